@@ -1,0 +1,1 @@
+from . import self_kd_cross_entropy  # noqa: F401

@@ -1,0 +1,387 @@
+"""Self-knowledge distillation (SKD) criterion: Hahn & Choi (2019), Section 3, Eqs. 8, 11, 12.
+
+For each target position with target t, lp = log_softmax(z) and n = argmax(lp), the model's own
+prediction. With W the output word-embedding matrix (z = Wh + b),
+
+    q_n  = min(exp(-sigma * ||W_t - W_n||_2), qn_max)          (Eq. 8; a target: no gradient)
+    loss = -(1 - a * q_n) * lp_t - a * q_n * lp_n,  a = alpha * lambda     (Eq. 11; lambda = 1: Eq. 12)
+
+Where n == t this is plain cross-entropy. alpha is 0 for the first K updates and then grows by
+eta per update up to alpha_max; it is a pure function of the update number (identical on every
+worker, restored by resuming from a checkpoint).
+"""
+
+import logging
+import math
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+from omegaconf import II
+
+from ..modules.output_embedding import find_output_embedding
+from ..modules.target_embedding_noise import TargetEmbeddingNoise
+
+logger = logging.getLogger(__name__)
+
+# Distances are computed for this many positions at a time, so the [positions x dim] rows of W
+# gathered for them stay small next to the [positions x vocab] log-probabilities.
+DISTANCE_CHUNK = 4096
+# The saturation warning looks at the first training batches until this many positions with
+# n != t have been seen, and fires if this fraction or more of them were clipped.
+SATURATION_MIN_POSITIONS = 2000
+SATURATION_CLIP_FRACTION = 0.95
+
+
+@dataclass
+class SelfKDCrossEntropyConfig(FairseqDataclass):
+    skd_sigma: float = field(
+        default=0.1,
+        metadata={
+            "help": "sigma of Eq. 8, q_n = exp(-sigma ||W_t - W_n||); it only means something "
+            "relative to the distances between output embeddings (watch skd_clip in the logs)"
+        },
+    )
+    skd_warmup_updates: int = field(
+        default=500,
+        metadata={"help": "K: updates trained with plain cross-entropy (alpha = 0) before SKD"},
+    )
+    skd_alpha_step: float = field(
+        default=0.0002, metadata={"help": "eta: increase of alpha per update after K updates"}
+    )
+    skd_alpha_max: float = field(default=1.0, metadata={"help": "largest value alpha reaches"})
+    skd_lambda: float = field(
+        default=1.0, metadata={"help": "lambda of Eq. 11 (1.0 gives the paper's Eq. 12)"}
+    )
+    skd_qn_max: float = field(
+        default=0.5,
+        metadata={"help": "clip of q_n (Eq. 8: the prediction is never more right than the target)"},
+    )
+    target_embed_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "std of Gaussian noise added to the decoder's input word embeddings during "
+            "training (the paper's +Noise); 0 = off"
+        },
+    )
+    ignore_prefix_size: int = field(default=0, metadata={"help": "ignore the first N target tokens"})
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+def _in_range(lo, hi, lo_open=False, hi_open=False):
+    def check(value):
+        return (value > lo if lo_open else value >= lo) and (
+            hi is None or (value < hi if hi_open else value <= hi)
+        )
+
+    text = ("(" if lo_open else "[") + f"{lo}, " + ("inf)" if hi is None else f"{hi}" + (")" if hi_open else "]"))
+    return check, text
+
+
+# flag -> (config field, check, allowed range as text)
+FLAG_CHECKS = {
+    "--skd-sigma": ("skd_sigma", *_in_range(0, None, lo_open=True)),
+    "--skd-warmup-updates": ("skd_warmup_updates", *_in_range(0, None)),
+    "--skd-alpha-step": ("skd_alpha_step", *_in_range(0, None)),
+    "--skd-alpha-max": ("skd_alpha_max", *_in_range(0, 1)),
+    "--skd-lambda": ("skd_lambda", *_in_range(0, 1)),
+    "--skd-qn-max": ("skd_qn_max", *_in_range(0, 1, lo_open=True)),
+    "--target-embed-noise": ("target_embed_noise", *_in_range(0, None)),
+    "--ignore-prefix-size": ("ignore_prefix_size", *_in_range(0, None)),
+}
+
+
+def check_flag(flag: str, value) -> None:
+    """Raise ValueError naming ``flag`` if ``value`` is outside its allowed range."""
+    _, check, allowed = FLAG_CHECKS[flag]
+    if value is None or isinstance(value, bool) or not math.isfinite(value) or not check(value):
+        raise ValueError(f"self_kd_cross_entropy: {flag} must be in {allowed}, got {value!r}")
+
+
+def skd_alpha(num_updates: int, warmup_updates: int, alpha_step: float, alpha_max: float) -> float:
+    """alpha before the update that follows ``num_updates`` completed updates.
+
+    0 for the first K updates (num_updates = 0 .. K-1), then eta, 2 eta, ... per update, capped
+    at alpha_max: alpha = min(alpha_max, max(0, num_updates - K + 1) * eta).
+    """
+    return min(alpha_max, max(0, num_updates - warmup_updates + 1) * alpha_step)
+
+
+def output_embedding_distances(output_embed, target, pred, chunk=DISTANCE_CHUNK):
+    """||W_t - W_n||_2 in float32 for each position, without gradient, ``chunk`` rows at a time."""
+    weight = output_embed.detach()
+    out = torch.empty(target.shape, dtype=torch.float32, device=target.device)
+    for start in range(0, target.numel(), chunk):
+        t = target[start : start + chunk]
+        n = pred[start : start + chunk]
+        out[start : start + chunk] = (weight[t].float() - weight[n].float()).norm(dim=-1)
+    return out
+
+
+def self_kd_nll_loss(
+    lprobs, target, output_embed, sigma, skd_weight, qn_max=0.5, ignore_index=None, reduce=True
+):
+    """SKD loss of paper Eq. 11 with ``skd_weight`` = alpha * lambda.
+
+    Args:
+        lprobs: [N x V] log-probabilities; target: [N] target indices;
+        output_embed: [V x D] output word-embedding matrix W (no gradient flows through q_n).
+    Returns:
+        (loss, nll_loss, stats): the loss, the plain negative log-likelihood (what
+        ``cross_entropy`` reports), summed unless ``reduce`` is False, and a dict of summable
+        tensors: ``match`` (positions with n == t), ``mismatch`` (n != t), ``qn`` (sum of q_n
+        over mismatch positions), ``clipped`` (mismatch positions where q_n hit ``qn_max``),
+        and ``distance`` (the [N] distances ||W_t - W_n||, for diagnostics).
+    With ``skd_weight`` == 0 the loss is computed exactly as fairseq's ``cross_entropy`` does.
+    """
+    target = target.view(-1)
+    lprobs = lprobs.view(-1, lprobs.size(-1))
+    if output_embed.size(0) != lprobs.size(-1):
+        raise ValueError(
+            f"self_kd_cross_entropy: the output embedding has {output_embed.size(0)} rows but the "
+            f"model predicts {lprobs.size(-1)} classes; get_output_embedding_matrix() must "
+            "return the [vocab x dim] matrix right below the softmax"
+        )
+    keep = target.ne(ignore_index) if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+
+    with torch.no_grad():
+        pred = lprobs.argmax(dim=-1)
+        mismatch = pred.ne(target) & keep
+        distance = output_embedding_distances(output_embed, target, pred)
+        qn_unclipped = torch.exp(-sigma * distance)
+        clipped = qn_unclipped.ge(qn_max) & mismatch
+        # q_n only matters where n != t (elsewhere the two terms are both lp_t); zero it there.
+        qn = qn_unclipped.clamp(max=qn_max).masked_fill(~mismatch, 0.0)
+        stats = {
+            "match": (pred.eq(target) & keep).sum(),
+            "mismatch": mismatch.sum(),
+            "qn": qn.sum(),
+            "clipped": clipped.sum(),
+            "distance": distance,
+            "mismatch_mask": mismatch,
+        }
+
+    if skd_weight == 0:
+        loss = F.nll_loss(
+            lprobs, target, ignore_index=-100 if ignore_index is None else ignore_index,
+            reduction="sum" if reduce else "none",
+        )
+        return loss, loss, stats
+
+    # One gather for both lp_t and lp_n keeps the backward to a single [N x V] scatter, as in
+    # cross-entropy.
+    lp = lprobs.gather(-1, torch.stack([target, pred], dim=-1))
+    lp_t, lp_n = lp.unbind(-1)
+    w_n = (skd_weight * qn).to(lp.dtype)
+    nll_loss = (-lp_t).masked_fill(~keep, 0.0)
+    loss = (-(1.0 - w_n) * lp_t - w_n * lp_n).masked_fill(~keep, 0.0)
+    if reduce:
+        loss, nll_loss = loss.sum(), nll_loss.sum()
+    return loss, nll_loss, stats
+
+
+@register_criterion("self_kd_cross_entropy", dataclass=SelfKDCrossEntropyConfig)
+class SelfKDCrossEntropyCriterion(FairseqCriterion):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        skd_sigma=0.1,
+        skd_warmup_updates=500,
+        skd_alpha_step=0.0002,
+        skd_alpha_max=1.0,
+        skd_lambda=1.0,
+        skd_qn_max=0.5,
+        target_embed_noise=0.0,
+        ignore_prefix_size=0,
+    ):
+        super().__init__(task)
+        for flag, (name, _, _) in FLAG_CHECKS.items():
+            check_flag(flag, locals()[name])
+        self.sentence_avg = sentence_avg
+        self.sigma = skd_sigma
+        self.warmup_updates = skd_warmup_updates
+        self.alpha_step = skd_alpha_step
+        self.alpha_max = skd_alpha_max
+        self.skd_lambda = skd_lambda
+        self.qn_max = skd_qn_max
+        self.target_embed_noise = target_embed_noise
+        self.ignore_prefix_size = ignore_prefix_size
+        self.num_updates = 0
+        self._noised_decoders = weakref.WeakSet()
+        self._saturation = {"mismatch": 0, "clipped": 0, "distances": [], "done": False}
+        if task is not None:
+            _forward_update_num_to_criterion(task, self)
+
+    @classmethod
+    def add_args(cls, parser):
+        """Check the --skd-* flags when the command line is parsed, so a bad value stops
+        fairseq-train with a usage error before any data or model is loaded."""
+        super().add_args(parser)
+        for flag, (_, _, _) in FLAG_CHECKS.items():
+            action = parser._option_string_actions.get(flag)
+            if action is not None and action.type in (int, float):
+                action.type = _checked_type(flag, action.type)
+
+    def set_num_updates(self, num_updates):
+        """The number of completed updates; the trainer's value reaches us through the task's
+        train_step before each forward (see _forward_update_num_to_criterion)."""
+        self.num_updates = num_updates
+
+    @property
+    def alpha(self) -> float:
+        return skd_alpha(self.num_updates, self.warmup_updates, self.alpha_step, self.alpha_max)
+
+    def forward(self, model, sample, reduce=True):
+        if self.target_embed_noise > 0:
+            self._install_target_embed_noise(model)
+        output_embed = find_output_embedding(model)
+        net_output = model(**sample["net_input"])
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        alpha = self.alpha if model.training else 0.0
+        loss, nll_loss, stats = self_kd_nll_loss(
+            lprobs,
+            target,
+            output_embed,
+            sigma=self.sigma,
+            skd_weight=alpha * self.skd_lambda,
+            qn_max=self.qn_max,
+            ignore_index=self.padding_idx,
+            reduce=reduce,
+        )
+        if not model.training:
+            # Validation reports the plain NLL as `loss`, so checkpoint selection and early
+            # stopping compare like with like across criterions and across alpha.
+            loss = nll_loss
+        else:
+            self._check_saturation(stats)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+            "skd_alpha": self.alpha,
+            "skd_batches": 1,
+            "skd_positions": stats["match"] + stats["mismatch"],
+            "skd_match": stats["match"],
+            "skd_mismatch": stats["mismatch"],
+            "skd_qn_sum": stats["qn"],
+            "skd_clipped": stats["clipped"],
+        }
+        return loss, sample_size, logging_output
+
+    def get_lprobs_and_target(self, model, net_output, sample):
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        target = model.get_targets(sample, net_output)
+        if self.ignore_prefix_size > 0:
+            lprobs = lprobs[:, self.ignore_prefix_size :, :].contiguous()
+            target = target[:, self.ignore_prefix_size :].contiguous()
+        return lprobs.view(-1, lprobs.size(-1)), target.view(-1)
+
+    def _install_target_embed_noise(self, model):
+        decoder = getattr(model, "decoder", model)
+        if decoder not in self._noised_decoders:
+            TargetEmbeddingNoise(decoder, self.target_embed_noise)
+            self._noised_decoders.add(decoder)
+
+    def _check_saturation(self, stats):
+        """Warn once when q_n sits at the clip almost everywhere: sigma then does not match
+        the scale of the embedding distances and SKD only pushes mass onto the argmax."""
+        state = self._saturation
+        if state["done"]:
+            return
+        state["mismatch"] += int(stats["mismatch"])
+        state["clipped"] += int(stats["clipped"])
+        state["distances"].append(stats["distance"][stats["mismatch_mask"]].cpu())
+        if state["mismatch"] < SATURATION_MIN_POSITIONS:
+            return
+        state["done"] = True
+        fraction = state["clipped"] / state["mismatch"]
+        median = torch.cat(state["distances"]).median().item()
+        state["distances"] = []
+        if fraction >= SATURATION_CLIP_FRACTION and _is_first_worker():
+            suggested = math.log(2.0 / self.qn_max) / max(median, 1e-12)
+            logger.warning(
+                f"SKD: q_n was clipped at --skd-qn-max={self.qn_max} for {100 * fraction:.1f}% of "
+                f"the positions where the prediction differs from the target: the median "
+                f"distance ||W_t - W_n|| is {median:.3g}, so exp(-{self.sigma} * d) is "
+                f"{math.exp(-self.sigma * median):.2f}. SKD then only moves alpha * {self.qn_max} "
+                f"of the target's mass onto the model's own prediction, whatever it is. "
+                f"--skd-sigma {suggested:.3g} would put q_n at {self.qn_max / 2:.2g} for the "
+                f"median distance (or scale the output embeddings up)."
+            )
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        """Aggregate logging outputs from micro-batches and data-parallel workers."""
+
+        def total(key):
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        loss_sum = total("loss")
+        nll_loss_sum = total("nll_loss")
+        ntokens = total("ntokens")
+        sample_size = total("sample_size")
+        metrics.log_scalar("loss", loss_sum / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("nll_loss", nll_loss_sum / ntokens / math.log(2), ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+
+        batches = total("skd_batches")
+        if batches > 0:
+            metrics.log_scalar("skd_alpha", total("skd_alpha") / batches, batches, round=5)
+        positions = total("skd_positions")
+        if positions > 0:
+            metrics.log_scalar("skd_match", total("skd_match") / positions, positions, round=4)
+        mismatch = total("skd_mismatch")
+        if mismatch > 0:
+            metrics.log_scalar("skd_qn", total("skd_qn_sum") / mismatch, mismatch, round=4)
+            metrics.log_scalar("skd_clip", total("skd_clipped") / mismatch, mismatch, round=4)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
+
+
+def _checked_type(flag, convert):
+    import argparse
+
+    def parse(text):
+        value = convert(text)
+        try:
+            check_flag(flag, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _forward_update_num_to_criterion(task, criterion):
+    """Pass the update number that fairseq's trainer gives ``task.train_step`` on to the
+    criterion before each training forward. fairseq tells only the model
+    (``model.set_num_updates``), and a criterion cannot see it; the trainer's number is what
+    makes alpha identical on every worker and correct after ``--restore-file``."""
+    inner = task.train_step
+    criterion_ref = weakref.ref(criterion)
+
+    def train_step(sample, model, criterion, optimizer, update_num, *args, **kwargs):
+        if criterion is criterion_ref():
+            criterion.set_num_updates(update_num)
+        return inner(sample, model, criterion, optimizer, update_num, *args, **kwargs)
+
+    train_step.__wrapped__ = inner
+    task.train_step = train_step
+
+
+def _is_first_worker() -> bool:
+    return not torch.distributed.is_available() or not torch.distributed.is_initialized() or (
+        torch.distributed.get_rank() == 0
+    )

@@ -1,0 +1,12 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq-skd",
+    version="0.1.0",
+    description="Self-knowledge distillation (Hahn & Choi, 2019) as a fairseq plugin",
+    packages=find_packages(include=["fairseq_skd", "fairseq_skd.*"]),
+    python_requires=">=3.10",
+    # torch and fairseq(-fixed) are installed by setup_env.sh, which pins them deliberately;
+    # declaring them here would let pip replace a CPU or user-built CUDA torch.
+    install_requires=[],
+)
