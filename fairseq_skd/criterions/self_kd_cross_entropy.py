@@ -215,7 +215,7 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
         self.num_updates = 0
         self._noised_decoders = weakref.WeakSet()
         self._saturation = {"mismatch": 0, "clipped": 0, "distances": [], "done": False}
-        if task is not None:
+        if hasattr(task, "train_step"):
             _forward_update_num_to_criterion(task, self)
 
     @classmethod

@@ -1,0 +1,345 @@
+"""The SKD loss against hand computations, and its invariants (after fairseq's
+tests/test_label_smoothing.py)."""
+
+import logging
+import math
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.data import Dictionary
+from fairseq.logging import metrics
+from torch import nn
+
+import fairseq_skd  # noqa: F401  (registers the criterion)
+from fairseq_skd.criterions.self_kd_cross_entropy import (
+    SATURATION_MIN_POSITIONS,
+    SelfKDCrossEntropyCriterion,
+    self_kd_nll_loss,
+    skd_alpha,
+)
+from fairseq_skd.modules.target_embedding_noise import TargetEmbeddingNoise
+
+PAD = 1  # fairseq's Dictionary puts <pad> at index 1
+
+# Four words in a 2-d output embedding; distances from word 0: 0.5 (word 2), 2.5 (word 3), 5 (word 1).
+W_HAND = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.3, 0.4], [1.5, 2.0]])
+LOGITS_HAND = torch.tensor([2.0, 1.0, 0.5, -1.0])  # argmax n = 0 at every position
+
+
+def hand_loss(logits, t, n, w, sigma, a, qn_max):
+    """Eq. 11 computed with the math module, one position at a time."""
+    lse = math.log(sum(math.exp(z) for z in logits))
+    lp = [z - lse for z in logits]
+    if n == t:
+        return -lp[t]
+    d = math.dist(w[t], w[n])
+    q = min(math.exp(-sigma * d), qn_max)
+    return -(1 - a * q) * lp[t] - a * q * lp[n]
+
+
+@pytest.mark.parametrize(
+    "target,case",
+    [(0, "n == t"), (2, "n != t, close: q_n clipped"), (3, "n != t, middle"), (1, "n != t, far")],
+)
+@pytest.mark.parametrize("qn_max", [0.5, 0.05])
+def test_loss_equals_hand_computation(target, case, qn_max):
+    sigma, a = 1.0, 0.6
+    lprobs = F.log_softmax(LOGITS_HAND, dim=-1).unsqueeze(0)
+    loss, nll, stats = self_kd_nll_loss(
+        lprobs, torch.tensor([target]), W_HAND, sigma=sigma, skd_weight=a, qn_max=qn_max
+    )
+    expected = hand_loss(LOGITS_HAND.tolist(), target, 0, W_HAND.tolist(), sigma, a, qn_max)
+    assert loss.item() == pytest.approx(expected, abs=1e-6), case
+    assert nll.item() == pytest.approx(-lprobs[0, target].item(), abs=1e-6)
+    assert stats["match"].item() == (target == 0)
+
+
+def test_clip_at_qn_max():
+    lprobs = F.log_softmax(LOGITS_HAND, dim=-1).repeat(3, 1)
+    target = torch.tensor([2, 3, 1])  # q_n unclipped: e^-0.5 = 0.61, e^-2.5 = 0.082, e^-5 = 0.0067
+    _, _, stats = self_kd_nll_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=1.0, qn_max=0.5)
+    assert stats["clipped"].item() == 1
+    assert stats["qn"].item() == pytest.approx(0.5 + math.exp(-2.5) + math.exp(-5), abs=1e-6)
+    _, _, stats = self_kd_nll_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=1.0, qn_max=0.05)
+    assert stats["clipped"].item() == 2
+    assert stats["qn"].item() == pytest.approx(0.05 + 0.05 + math.exp(-5), abs=1e-6)
+
+
+def test_alpha_schedule():
+    k, eta = 500, 0.0002
+    assert skd_alpha(0, k, eta, 1.0) == 0.0
+    assert skd_alpha(k - 1, k, eta, 1.0) == 0.0  # the K-th update still trains plain CE
+    assert skd_alpha(k, k, eta, 1.0) == pytest.approx(eta)
+    assert skd_alpha(k + 1, k, eta, 1.0) == pytest.approx(2 * eta)
+    assert skd_alpha(k + 4999, k, eta, 1.0) == pytest.approx(1.0)
+    assert skd_alpha(k + 10**6, k, eta, 1.0) == 1.0
+    assert skd_alpha(k + 10**6, k, eta, 0.3) == 0.3
+    assert skd_alpha(0, 0, eta, 1.0) == pytest.approx(eta)
+
+
+# --- invariants on a tiny model, through the criterion classes -------------------------------
+
+
+class TinyDecoderModel(nn.Module):
+    """Embedding -> tanh -> output embedding W: just what a criterion touches."""
+
+    def __init__(self, vocab=12, dim=6, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.out = nn.Linear(dim, vocab)
+        nn.init.normal_(self.out.weight, std=0.6)
+
+    def forward(self, src_tokens, src_lengths=None):
+        return self.out(torch.tanh(self.embed_tokens(src_tokens))), None
+
+    def get_normalized_probs(self, net_output, log_probs):
+        return F.log_softmax(net_output[0].float(), dim=-1)
+
+    def get_targets(self, sample, net_output):
+        return sample["target"]
+
+    def get_output_embedding_matrix(self):
+        return self.out.weight
+
+
+def make_task(vocab=12):
+    d = Dictionary()
+    for i in range(vocab - len(d)):
+        d.add_symbol(f"w{i}")
+    return types.SimpleNamespace(target_dictionary=d, source_dictionary=d)
+
+
+def make_sample(vocab=12, bsz=3, tgt_len=5, pad_last=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, vocab, (bsz, tgt_len), generator=g)
+    target = torch.randint(4, vocab, (bsz, tgt_len), generator=g)
+    target[-1, tgt_len - pad_last :] = PAD
+    ntokens = int(target.ne(PAD).sum())
+    return {"net_input": {"src_tokens": src}, "target": target, "ntokens": ntokens,
+            "nsentences": bsz}
+
+
+def make_criterion(num_updates=10, **overrides):
+    cfg = dict(skd_sigma=1.0, skd_warmup_updates=2, skd_alpha_step=0.1, skd_alpha_max=1.0,
+               skd_lambda=1.0, skd_qn_max=0.5)
+    cfg.update(overrides)
+    criterion = SelfKDCrossEntropyCriterion(make_task(), sentence_avg=False, **cfg)
+    criterion.set_num_updates(num_updates)
+    return criterion
+
+
+def loss_and_grads(criterion, sample, reduce=True):
+    model = TinyDecoderModel()
+    model.train()
+    loss, sample_size, log = criterion(model, sample, reduce=reduce)
+    loss.sum().backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()], sample_size, log
+
+
+@pytest.mark.parametrize("overrides", [dict(num_updates=1), dict(skd_lambda=0.0)],
+                         ids=["alpha=0 (warm-up)", "lambda=0"])
+def test_degenerate_settings_equal_cross_entropy_exactly(overrides):
+    sample = make_sample()
+    ce_loss, ce_grads, ce_size, _ = loss_and_grads(CrossEntropyCriterion(make_task(), False), sample)
+    loss, grads, size, log = loss_and_grads(make_criterion(**overrides), sample)
+    assert torch.equal(loss, ce_loss)
+    assert size == ce_size
+    for g, ce_g in zip(grads, ce_grads):
+        assert torch.equal(g, ce_g)
+    assert torch.equal(log["nll_loss"], ce_loss)
+
+
+def test_skd_changes_the_loss_once_alpha_is_positive():
+    sample = make_sample()
+    ce_loss, _, _, _ = loss_and_grads(CrossEntropyCriterion(make_task(), False), sample)
+    loss, _, _, log = loss_and_grads(make_criterion(num_updates=10), sample)
+    assert log["skd_alpha"] == pytest.approx(0.9)
+    assert log["skd_mismatch"] > 0
+    assert not torch.allclose(loss, ce_loss)
+    assert torch.equal(log["nll_loss"], ce_loss)  # nll_loss stays the true NLL
+
+
+def test_reduced_loss_is_sum_of_unreduced():
+    sample = make_sample()
+    criterion = make_criterion()
+    model = TinyDecoderModel().train()
+    reduced, _, _ = criterion(model, sample)
+    unreduced, _, _ = criterion(model, sample, reduce=False)
+    assert unreduced.shape == (sample["target"].numel(),)
+    assert reduced.item() == pytest.approx(unreduced.sum().item(), rel=1e-6)
+    assert torch.all(unreduced[sample["target"].view(-1).eq(PAD)] == 0)
+
+
+def test_padding_adds_nothing():
+    sample = make_sample(pad_last=0)
+    padded = make_sample(pad_last=0)
+    for key in ("target",):
+        padded[key] = torch.cat([sample[key], torch.full((3, 4), PAD)], dim=1)
+    padded["net_input"] = {"src_tokens": torch.cat([sample["net_input"]["src_tokens"],
+                                                    torch.full((3, 4), 5)], dim=1)}
+    criterion = make_criterion()
+    model = TinyDecoderModel().train()
+    loss, _, log = criterion(model, sample)
+    loss_padded, _, log_padded = criterion(model, padded)
+    assert loss_padded.item() == pytest.approx(loss.item(), rel=1e-6)
+    for key in ("skd_match", "skd_mismatch", "skd_qn_sum", "skd_clipped", "skd_positions"):
+        assert float(log_padded[key]) == pytest.approx(float(log[key]))
+
+
+def test_no_gradient_reaches_w_through_qn():
+    # lprobs independent of W: W enters only through q_n, so it must get no gradient at all.
+    w = W_HAND.clone().requires_grad_(True)
+    logits = LOGITS_HAND.repeat(3, 1).requires_grad_(True)
+    loss, _, _ = self_kd_nll_loss(F.log_softmax(logits, -1), torch.tensor([2, 3, 1]), w,
+                                  sigma=1.0, skd_weight=0.7)
+    loss.backward()
+    assert w.grad is None
+    assert logits.grad is not None
+
+
+def test_gradient_equals_that_of_a_constant_target():
+    # Where W also produces the logits, its gradient is the cross-entropy one with q_n held fixed.
+    sample = make_sample()
+    criterion = make_criterion()
+    model = TinyDecoderModel().train()
+    loss, _, _ = criterion(model, sample)
+    loss.backward()
+    grad = model.out.weight.grad.clone()
+
+    model.zero_grad()
+    lprobs = model.get_normalized_probs(model(**sample["net_input"]), True).view(-1, 12)
+    target = sample["target"].view(-1)
+    with torch.no_grad():
+        n = lprobs.argmax(-1)
+        w = model.out.weight
+        q = torch.exp(-1.0 * (w[target] - w[n]).norm(dim=-1)).clamp(max=0.5)
+        q = torch.where(n.eq(target) | target.eq(PAD), torch.zeros_like(q), q) * criterion.alpha
+    lp_t = lprobs.gather(1, target[:, None]).squeeze(1)
+    lp_n = lprobs.gather(1, n[:, None]).squeeze(1)
+    manual = (-(1 - q) * lp_t - q * lp_n)[target.ne(PAD)].sum()
+    manual.backward()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
+    assert torch.allclose(grad, model.out.weight.grad, atol=1e-6)
+
+
+def test_sentence_avg_and_validation_loss():
+    sample = make_sample()
+    criterion = SelfKDCrossEntropyCriterion(make_task(), sentence_avg=True, skd_sigma=1.0,
+                                            skd_warmup_updates=0, skd_alpha_step=1.0)
+    model = TinyDecoderModel()
+    _, sample_size, _ = criterion(model.train(), sample)
+    assert sample_size == 3
+    with torch.no_grad():
+        loss, _, log = criterion(model.eval(), sample)
+    assert torch.equal(loss, log["nll_loss"])  # validation reports plain NLL as loss
+
+
+def test_ignore_prefix_size():
+    sample = make_sample(pad_last=0)
+    criterion = make_criterion(ignore_prefix_size=2)
+    model = TinyDecoderModel().train()
+    _, _, log = criterion(model, sample)
+    lprobs = model.get_normalized_probs(model(**sample["net_input"]), True)[:, 2:]
+    nll = -lprobs.gather(-1, sample["target"][:, 2:, None]).sum()
+    assert log["nll_loss"].item() == pytest.approx(nll.item(), rel=1e-6)
+    assert int(log["skd_positions"]) == 3 * 3
+
+
+def test_low_precision_lprobs_keep_qn_in_float32():
+    lprobs = F.log_softmax(LOGITS_HAND, dim=-1).repeat(3, 1)
+    target = torch.tensor([2, 3, 1])
+    ref, _, ref_stats = self_kd_nll_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=0.6)
+    loss, _, stats = self_kd_nll_loss(lprobs.bfloat16(), target, W_HAND.bfloat16(), sigma=1.0,
+                                      skd_weight=0.6)
+    assert stats["distance"].dtype == torch.float32
+    assert torch.allclose(stats["distance"], ref_stats["distance"], rtol=1e-2)
+    assert loss.float().item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+def test_reduce_metrics_are_sums_over_workers():
+    criterion = make_criterion()
+    model = TinyDecoderModel().train()
+    logs = [criterion(model, make_sample(seed=s))[2] for s in range(3)]
+    with metrics.aggregate() as agg:
+        SelfKDCrossEntropyCriterion.reduce_metrics(logs)
+    mismatch = sum(float(log["skd_mismatch"]) for log in logs)
+    positions = sum(float(log["skd_positions"]) for log in logs)
+    ntokens = sum(log["ntokens"] for log in logs)
+    nll = sum(float(log["nll_loss"]) for log in logs)
+    assert agg.get_smoothed_value("skd_qn") == pytest.approx(
+        sum(float(log["skd_qn_sum"]) for log in logs) / mismatch, abs=1e-4)
+    assert agg.get_smoothed_value("skd_clip") == pytest.approx(
+        sum(float(log["skd_clipped"]) for log in logs) / mismatch, abs=1e-4)
+    assert agg.get_smoothed_value("skd_match") == pytest.approx(
+        sum(float(log["skd_match"]) for log in logs) / positions, abs=1e-4)
+    assert agg.get_smoothed_value("nll_loss") == pytest.approx(nll / ntokens / math.log(2), abs=1e-3)
+    assert agg.get_smoothed_value("skd_alpha") == pytest.approx(0.9)
+
+
+def test_saturation_warning_names_median_distance_and_a_sigma(caplog):
+    # sigma 0.1 with distances of a few units: q_n is clipped at 0.5 almost everywhere.
+    criterion = make_criterion(skd_sigma=0.1)
+    model = TinyDecoderModel(vocab=12, dim=6).train()
+    with caplog.at_level(logging.WARNING):
+        for seed in range(SATURATION_MIN_POSITIONS // 10 + 5):
+            criterion(model, make_sample(bsz=4, tgt_len=8, seed=seed))
+    warnings = [r.getMessage() for r in caplog.records if "clipped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "median distance" in warnings[0] and "--skd-sigma" in warnings[0]
+
+    caplog.clear()
+    informative = make_criterion(skd_sigma=3.0)
+    with caplog.at_level(logging.WARNING):
+        for seed in range(SATURATION_MIN_POSITIONS // 10 + 5):
+            informative(model, make_sample(bsz=4, tgt_len=8, seed=seed))
+    assert not [r for r in caplog.records if "clipped" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "flag,field,value",
+    [("--skd-sigma", "skd_sigma", -0.1), ("--skd-sigma", "skd_sigma", 0.0),
+     ("--skd-qn-max", "skd_qn_max", 0.0), ("--skd-qn-max", "skd_qn_max", 1.5),
+     ("--skd-alpha-max", "skd_alpha_max", 2.0), ("--skd-lambda", "skd_lambda", -1.0),
+     ("--skd-warmup-updates", "skd_warmup_updates", -5),
+     ("--skd-alpha-step", "skd_alpha_step", float("nan")),
+     ("--target-embed-noise", "target_embed_noise", -1.0)],
+)
+def test_bad_flag_values_are_refused_naming_the_flag(flag, field, value):
+    with pytest.raises(ValueError, match=flag):
+        make_criterion(**{field: value})
+
+
+def test_unsupported_model_is_refused_clearly():
+    class NoW(TinyDecoderModel):
+        get_output_embedding_matrix = None
+
+    with pytest.raises(ValueError, match="get_output_embedding_matrix"):
+        make_criterion()(NoW(), make_sample())
+
+
+def test_target_embed_noise_only_in_the_decoder_and_in_training():
+    embed = nn.Embedding(10, 4)
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = embed
+
+        def forward(self, tokens):
+            return self.embed_tokens(tokens)
+
+    decoder = Decoder()
+    TargetEmbeddingNoise(decoder, std=0.5)
+    tokens = torch.arange(10)
+    clean = embed.weight.detach()
+    decoder.train()
+    noisy = decoder(tokens)
+    assert not torch.allclose(noisy, clean)
+    assert (noisy - clean).std().item() == pytest.approx(0.5, rel=0.5)
+    assert torch.equal(embed(tokens), clean)  # the same module outside the decoder (an encoder)
+    decoder.eval()
+    assert torch.equal(decoder(tokens), clean)
