@@ -1,0 +1,512 @@
+"""The paper's NMT model: Bahdanau et al. (2015) attention encoder-decoder with LSTM for GRU.
+
+Hahn & Choi (2019), Section 4.2: "Attention-based NMT ... (Bahdanau et al., 2015), which is our
+baseline in this paper except for replacing GRU with LSTM". Registered as ``skd_bahdanau``.
+
+Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
+
+- encoder: source embeddings -> one bidirectional LSTM over packed sequences (left- or
+  right-padded input both work); the annotation of word j is h_j = [fwd_j; bwd_j].
+  The encoder also returns U_a h_j + b_a, the attention keys, computed ONCE per sentence
+  (that is why U_a lives in the encoder), and the backward state at the first word.
+- decoder initial state: [s_0; m_0] = tanh(W_s bwd_1 + b_s) (Bahdanau's s_0 = tanh(W_s bwd_1);
+  an LSTM also needs a memory cell m_0, taken from the same projection).
+- decoder step i (prefix-length-independent cost):
+      e_ij  = v^T tanh(W_a s_{i-1} + U_a h_j)      (padding masked with -inf, in float32)
+      a_ij  = softmax_j(e_ij),  c_i = sum_j a_ij h_j
+      s_i   = LSTM([E y_{i-1}; c_i], (s_{i-1}, m_{i-1}))
+      t_i   = maxout_2(U_o s_i + V_o E y_{i-1} + C_o c_i)       (deep output, pool size 2)
+      z_i   = W t_i + b,   p(y_i) = softmax(z_i)
+  (Bahdanau's readout reads s_{i-1}; we read the new state s_i, as dl4mt/Nematus do, so the
+  readout sees the LSTM step that consumed c_i.)  W [vocab x readout dim] is the output word
+  embedding that SKD measures distances in; ``get_output_embedding_matrix()`` returns it.
+- teacher-forced training runs the recurrence step by step (attention depends on s_{i-1}), but
+  everything that does not depend on the recurrence (the embedding part of the LSTM input
+  projection, the readout, the softmax) is computed for all positions at once.
+- incremental decoding keeps (s, m) in one cached dict; ``reorder_incremental_state`` and
+  ``reorder_encoder_out`` index_select(0, new_order) (all tensors are batch-first).
+- the extra output is ``{"attn": [A]}`` with A of shape B x T_tgt x T_src (fairseq's
+  transformer convention; SequenceGenerator, --print-alignment and SequenceScorer read it),
+  given in eval mode while ``need_attn`` (fairseq-generate sets it for --print-alignment).
+
+Initialisation (it matters for SKD, see /work/shared/FINDINGS.md section 1): q_n =
+exp(-sigma ||W_t - W_n||) is below the 0.5 clip only where the distance exceeds ln2 / sigma
+(6.9 at the paper's sigma = 0.1). fairseq's uniform(+-0.1) init puts rows of W 2-3 apart, so
+q_n is clipped almost everywhere. Here
+
+- W's rows are N(0, std^2) with std = ``--decoder-out-embed-std`` (default 1.0), so two rows are
+  about std * sqrt(2 * dim) apart: 31.6 at the default readout dim 500, 22.6 at 256, 8.0 at 32;
+- to keep the softmax sane with such a W, the readout (U_o, V_o, C_o) starts small: its weights
+  are N(0, 1 / (fan_in * out_dim)), so for inputs of RMS <= 1 each entry of t has RMS about
+  1/sqrt(out_dim), ||t|| about 1, and the logits z = W t have std about std * ||t|| <= 1
+  (about 0.1 to 0.2 in practice: the LSTM states and annotations are well below 1).
+  tests/test_skd_bahdanau_nmt.py checks both scales for the default preset.
+- when W is tied to the decoder input embeddings (--share-decoder-input-output-embed or
+  --share-all-embeddings) the shared matrix gets W's init; other embeddings, the LSTMs, the
+  attention and the initial-state projection use fairseq lstm's uniform(+-0.1); biases of the
+  readout and of W are zero.
+
+Presets: ``skd_bahdanau`` (Bahdanau's sizes: embeddings 620, hidden 1000 per direction and in
+the decoder, alignment dim 1000, readout 500), ``skd_bahdanau_small`` (256/256/256/256) and
+``skd_bahdanau_tiny`` (32/64/64/32, no dropout) for tests and CPU runs.
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import FairseqDropout
+from torch import Tensor
+
+DEFAULT_MAX_SOURCE_POSITIONS = 1e5
+DEFAULT_MAX_TARGET_POSITIONS = 1e5
+
+
+@register_model("skd_bahdanau")
+class SKDBahdanauModel(FairseqEncoderDecoderModel):
+    """Bahdanau et al. (2015) attention NMT with LSTM cells (the paper's NMT baseline)."""
+
+    @staticmethod
+    def add_args(parser):
+        """Add model-specific arguments to the parser."""
+        # fmt: off
+        parser.add_argument('--dropout', type=float, metavar='D',
+                            help='dropout probability (default for the granular ones below)')
+        parser.add_argument('--encoder-embed-dim', type=int, metavar='N',
+                            help='source word embedding dimension')
+        parser.add_argument('--encoder-hidden-size', type=int, metavar='N',
+                            help='encoder LSTM size per direction (annotations are twice this)')
+        parser.add_argument('--decoder-embed-dim', type=int, metavar='N',
+                            help='target (decoder input) word embedding dimension')
+        parser.add_argument('--decoder-hidden-size', type=int, metavar='N',
+                            help='decoder LSTM size')
+        parser.add_argument('--decoder-attention-dim', type=int, metavar='N',
+                            help="hidden size of the additive attention (Bahdanau's n')")
+        parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
+                            help='readout size after maxout = dimension of the output word '
+                                 'embeddings W (the softmax is z = W t + b)')
+        parser.add_argument('--decoder-out-embed-std', type=float, metavar='S',
+                            help='std of the N(0, S^2) init of W; rows start about '
+                                 'S * sqrt(2 * dim) apart (see the module docstring)')
+        parser.add_argument('--share-decoder-input-output-embed', action='store_true',
+                            help='tie the decoder input embeddings to W (needs '
+                                 '--decoder-embed-dim == --decoder-out-embed-dim)')
+        parser.add_argument('--share-all-embeddings', action='store_true',
+                            help='share source, target and output embeddings (needs a joined '
+                                 'dictionary and equal --encoder-embed-dim, --decoder-embed-dim '
+                                 'and --decoder-out-embed-dim)')
+        parser.add_argument('--encoder-dropout-in', type=float, metavar='D',
+                            help='dropout on the source embeddings')
+        parser.add_argument('--encoder-dropout-out', type=float, metavar='D',
+                            help='dropout on the encoder annotations')
+        parser.add_argument('--decoder-dropout-in', type=float, metavar='D',
+                            help='dropout on the target embeddings')
+        parser.add_argument('--decoder-dropout-out', type=float, metavar='D',
+                            help='dropout on the decoder LSTM outputs s_i (readout input)')
+        parser.add_argument('--decoder-dropout-readout', type=float, metavar='D',
+                            help='dropout on the readout t_i (softmax input)')
+        # fmt: on
+
+    @classmethod
+    def build_model(cls, args, task):
+        """Build a new model instance."""
+        base_architecture(args)
+        check_embedding_sharing(args, task.source_dictionary, task.target_dictionary)
+        max_source_positions = getattr(args, "max_source_positions", DEFAULT_MAX_SOURCE_POSITIONS)
+        max_target_positions = getattr(args, "max_target_positions", DEFAULT_MAX_TARGET_POSITIONS)
+
+        share_output = args.share_all_embeddings or args.share_decoder_input_output_embed
+        decoder_embed = None
+        if share_output:
+            decoder_embed = OutputEmbedding(
+                len(task.target_dictionary), args.decoder_embed_dim,
+                task.target_dictionary.pad(), args.decoder_out_embed_std,
+            )
+        encoder = SKDBahdanauEncoder(
+            dictionary=task.source_dictionary,
+            embed_dim=args.encoder_embed_dim,
+            hidden_size=args.encoder_hidden_size,
+            attention_dim=args.decoder_attention_dim,
+            dropout_in=args.encoder_dropout_in,
+            dropout_out=args.encoder_dropout_out,
+            embed_tokens=decoder_embed if args.share_all_embeddings else None,
+            max_source_positions=max_source_positions,
+        )
+        decoder = SKDBahdanauDecoder(
+            dictionary=task.target_dictionary,
+            embed_dim=args.decoder_embed_dim,
+            hidden_size=args.decoder_hidden_size,
+            encoder_output_units=encoder.output_units,
+            encoder_hidden_size=args.encoder_hidden_size,
+            attention_dim=args.decoder_attention_dim,
+            out_embed_dim=args.decoder_out_embed_dim,
+            out_embed_std=args.decoder_out_embed_std,
+            dropout_in=args.decoder_dropout_in,
+            dropout_out=args.decoder_dropout_out,
+            dropout_readout=args.decoder_dropout_readout,
+            embed_tokens=decoder_embed,
+            share_input_output_embed=share_output,
+            max_target_positions=max_target_positions,
+        )
+        return cls(encoder, decoder)
+
+    def get_output_embedding_matrix(self) -> nn.Parameter:
+        """W, the [vocab x readout dim] output word embedding (z = W t + b)."""
+        return self.decoder.get_output_embedding_matrix()
+
+
+def check_embedding_sharing(args, src_dict, tgt_dict) -> None:
+    """Raise ValueError naming the flags when the embedding-sharing options cannot hold."""
+    if args.share_all_embeddings:
+        if src_dict != tgt_dict:
+            raise ValueError(
+                "--share-all-embeddings requires a joined source/target dictionary "
+                "(fairseq-preprocess --joined-dictionary); the dictionaries differ"
+            )
+        dims = (args.encoder_embed_dim, args.decoder_embed_dim, args.decoder_out_embed_dim)
+        if len(set(dims)) != 1:
+            raise ValueError(
+                "--share-all-embeddings requires --encoder-embed-dim, --decoder-embed-dim and "
+                "--decoder-out-embed-dim to be equal, got {}, {} and {}".format(*dims)
+            )
+    if args.share_decoder_input_output_embed and args.decoder_embed_dim != args.decoder_out_embed_dim:
+        raise ValueError(
+            "--share-decoder-input-output-embed requires --decoder-embed-dim "
+            f"({args.decoder_embed_dim}) to equal --decoder-out-embed-dim "
+            f"({args.decoder_out_embed_dim})"
+        )
+
+
+class SKDBahdanauEncoder(FairseqEncoder):
+    """Bidirectional LSTM encoder; also computes the attention keys U_a h_j + b_a once."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim=620,
+        hidden_size=1000,
+        attention_dim=1000,
+        dropout_in=0.1,
+        dropout_out=0.1,
+        embed_tokens=None,
+        max_source_positions=DEFAULT_MAX_SOURCE_POSITIONS,
+    ):
+        super().__init__(dictionary)
+        self.padding_idx = dictionary.pad()
+        self.hidden_size = hidden_size
+        self.output_units = 2 * hidden_size
+        self.max_source_positions = max_source_positions
+        self.dropout_in_module = FairseqDropout(dropout_in, module_name=self.__class__.__name__)
+        self.dropout_out_module = FairseqDropout(dropout_out, module_name=self.__class__.__name__)
+        if embed_tokens is None:
+            embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
+        self.embed_tokens = embed_tokens
+        self.lstm = LSTM(embed_dim, hidden_size, bidirectional=True)
+        # U_a (with the attention's bias b_a): applied once per sentence, not per decoder step.
+        self.attention_key_proj = Linear(self.output_units, attention_dim)
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor):
+        """
+        Args:
+            src_tokens: B x T source tokens, left- or right-padded.
+            src_lengths: B lengths.
+        Returns:
+            a dict of batch-first tensors: ``annotations`` (B x T x 2H, zero at padding),
+            ``attention_keys`` (B x T x A, U_a h_j + b_a), ``padding_mask`` (B x T, True at
+            padding) and ``backward_first`` (B x H, the backward LSTM state at the first word).
+        """
+        # pack_padded_sequence wants right padding; a right-padded batch is returned unchanged.
+        src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
+        bsz, seqlen = src_tokens.size()
+        x = self.dropout_in_module(self.embed_tokens(src_tokens))
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, src_lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        packed_out, (final_hiddens, _) = self.lstm(packed)
+        annotations, _ = nn.utils.rnn.pad_packed_sequence(
+            packed_out, batch_first=True, total_length=seqlen
+        )
+        annotations = self.dropout_out_module(annotations)
+        return {
+            "annotations": annotations,
+            "attention_keys": self.attention_key_proj(annotations),
+            "padding_mask": src_tokens.eq(self.padding_idx),
+            # the backward direction ends at the first word: Bahdanau's bwd_1
+            "backward_first": final_hiddens[1],
+        }
+
+    def reorder_encoder_out(self, encoder_out: Dict[str, Tensor], new_order: Tensor):
+        return {key: value.index_select(0, new_order) for key, value in encoder_out.items()}
+
+    def max_positions(self):
+        """Maximum input length supported by the encoder."""
+        return self.max_source_positions
+
+
+class SKDBahdanauDecoder(FairseqIncrementalDecoder):
+    """LSTM decoder with additive attention and a maxout deep-output readout."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim=620,
+        hidden_size=1000,
+        encoder_output_units=2000,
+        encoder_hidden_size=1000,
+        attention_dim=1000,
+        out_embed_dim=500,
+        out_embed_std=1.0,
+        dropout_in=0.1,
+        dropout_out=0.1,
+        dropout_readout=0.1,
+        embed_tokens=None,
+        share_input_output_embed=False,
+        max_target_positions=DEFAULT_MAX_TARGET_POSITIONS,
+    ):
+        super().__init__(dictionary)
+        num_embeddings = len(dictionary)
+        padding_idx = dictionary.pad()
+        self.embed_dim = embed_dim
+        self.hidden_size = hidden_size
+        self.encoder_output_units = encoder_output_units
+        self.out_embed_dim = out_embed_dim
+        self.max_target_positions = max_target_positions
+        self.share_input_output_embed = share_input_output_embed
+        self.need_attn = True
+        self.dropout_in_module = FairseqDropout(dropout_in, module_name=self.__class__.__name__)
+        self.dropout_out_module = FairseqDropout(dropout_out, module_name=self.__class__.__name__)
+        self.dropout_readout_module = FairseqDropout(
+            dropout_readout, module_name=self.__class__.__name__
+        )
+
+        if embed_tokens is None:
+            if share_input_output_embed:
+                embed_tokens = OutputEmbedding(num_embeddings, embed_dim, padding_idx, out_embed_std)
+            else:
+                embed_tokens = Embedding(num_embeddings, embed_dim, padding_idx)
+        self.embed_tokens = embed_tokens
+
+        # [s_0; m_0] = tanh(W_s bwd_1 + b_s)
+        self.init_state_proj = Linear(encoder_hidden_size, 2 * hidden_size)
+        # W_a (the bias b_a is in the encoder's U_a) and v
+        self.attention_query_proj = Linear(hidden_size, attention_dim, bias=False)
+        self.attention_v = nn.Parameter(torch.empty(attention_dim).uniform_(-0.1, 0.1))
+        # input [E y_{i-1}; c_i]; its weights are used in the manual step below (same gate
+        # order and maths as nn.LSTMCell: i, f, g, o).
+        self.rnn = LSTMCell(embed_dim + encoder_output_units, hidden_size)
+        # U_o, V_o, C_o as one projection of [s_i; E y_{i-1}; c_i] to 2 * readout (maxout pairs)
+        self.readout = ReadoutLinear(hidden_size + embed_dim + encoder_output_units, out_embed_dim)
+        self.fc_out = nn.Linear(out_embed_dim, num_embeddings)
+        nn.init.zeros_(self.fc_out.bias)
+        if share_input_output_embed:
+            self.fc_out.weight = self.embed_tokens.weight
+        else:
+            init_output_embedding_(self.fc_out.weight, out_embed_std)
+
+    def get_output_embedding_matrix(self) -> nn.Parameter:
+        """W, the [vocab x readout dim] output word embedding (z = W t + b)."""
+        return self.fc_out.weight
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, Tensor]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        src_lengths: Optional[Tensor] = None,
+    ):
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        return self.output_layer(x), extra
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, Tensor]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+    ):
+        """Readout t (B x T_tgt x readout dim) and ``{"attn": [B x T_tgt x T_src or None]}``."""
+        assert encoder_out is not None, "skd_bahdanau's decoder needs the encoder output"
+        cached = self.get_incremental_state(incremental_state, "cached_state")
+        if cached is not None:
+            prev_output_tokens = prev_output_tokens[:, -1:]
+            hidden, cell = cached["hidden"], cached["cell"]
+        else:
+            init = torch.tanh(self.init_state_proj(encoder_out["backward_first"]))
+            hidden, cell = init.chunk(2, dim=-1)
+        assert hidden is not None and cell is not None
+
+        annotations = encoder_out["annotations"]  # B x S x C
+        keys = encoder_out["attention_keys"]  # B x S x A
+        padding_mask = encoder_out["padding_mask"]  # B x S
+        if not padding_mask.any():
+            padding_mask = None
+
+        emb = self.dropout_in_module(self.embed_tokens(prev_output_tokens))  # B x T x E
+        bsz, seqlen = prev_output_tokens.size()
+        weight_ih, weight_hh = self.rnn.weight_ih, self.rnn.weight_hh
+        # the embedding part of the LSTM input projection, for all steps at once (T x B x 4H)
+        emb_gates = F.linear(
+            emb.transpose(0, 1), weight_ih[:, : self.embed_dim], self.rnn.bias_ih + self.rnn.bias_hh
+        )
+        # [c_i; s_{i-1}] -> gates in one matmul per step
+        recurrent_weight = torch.cat([weight_ih[:, self.embed_dim :], weight_hh], dim=1).t()
+        v = self.attention_v
+
+        hiddens, contexts, alphas = [], [], []
+        for i in range(seqlen):
+            query = self.attention_query_proj(hidden)  # B x A
+            scores = torch.matmul(torch.tanh(keys + query.unsqueeze(1)), v)  # B x S
+            if padding_mask is not None:
+                scores = (
+                    scores.float().masked_fill(padding_mask, float("-inf")).type_as(scores)
+                )  # FP16 support: mask in float and cast back
+            alpha = F.softmax(scores, dim=-1)
+            context = torch.bmm(alpha.unsqueeze(1), annotations).squeeze(1)  # B x C
+            gates = torch.addmm(emb_gates[i], torch.cat([context, hidden], dim=1), recurrent_weight)
+            in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=1)
+            cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+            hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
+            hiddens.append(hidden)
+            contexts.append(context)
+            alphas.append(alpha)
+
+        self.set_incremental_state(
+            incremental_state, "cached_state", {"hidden": hidden, "cell": cell}
+        )
+
+        states = self.dropout_out_module(torch.stack(hiddens, dim=1))  # B x T x H
+        readout = self.readout(torch.cat([states, emb, torch.stack(contexts, dim=1)], dim=-1))
+        readout = readout.view(bsz, seqlen, self.out_embed_dim, 2).max(dim=-1)[0]  # maxout
+        readout = self.dropout_readout_module(readout)
+
+        attn: Optional[Tensor] = None
+        if not self.training and self.need_attn:
+            attn = torch.stack(alphas, dim=1)  # B x T_tgt x T_src
+        return readout, {"attn": [attn]}
+
+    def output_layer(self, features):
+        """z = W t + b."""
+        return self.fc_out(features)
+
+    def reorder_incremental_state(
+        self,
+        incremental_state: Dict[str, Dict[str, Optional[Tensor]]],
+        new_order: Tensor,
+    ):
+        cached = self.get_incremental_state(incremental_state, "cached_state")
+        if cached is None:
+            return
+        reordered = {
+            key: value.index_select(0, new_order) if value is not None else None
+            for key, value in cached.items()
+        }
+        self.set_incremental_state(incremental_state, "cached_state", reordered)
+
+    def max_positions(self):
+        """Maximum output length supported by the decoder."""
+        return self.max_target_positions
+
+    def make_generation_fast_(self, need_attn=False, **kwargs):
+        self.need_attn = need_attn
+
+
+def Embedding(num_embeddings, embedding_dim, padding_idx):
+    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
+    nn.init.uniform_(m.weight, -0.1, 0.1)
+    nn.init.constant_(m.weight[padding_idx], 0)
+    return m
+
+
+def init_output_embedding_(weight, std):
+    """N(0, std^2) rows: two rows are about std * sqrt(2 * dim) apart (module docstring)."""
+    with torch.no_grad():
+        weight.normal_(0.0, std)
+    return weight
+
+
+def OutputEmbedding(num_embeddings, embedding_dim, padding_idx, std):
+    """An embedding that is also W (tied): it gets W's init, padding row zero."""
+    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
+    init_output_embedding_(m.weight, std)
+    nn.init.constant_(m.weight[padding_idx], 0)
+    return m
+
+
+def LSTM(input_size, hidden_size, **kwargs):
+    m = nn.LSTM(input_size, hidden_size, batch_first=True, **kwargs)
+    for param in m.parameters():
+        param.data.uniform_(-0.1, 0.1)
+    return m
+
+
+def LSTMCell(input_size, hidden_size):
+    m = nn.LSTMCell(input_size, hidden_size)
+    for param in m.parameters():
+        param.data.uniform_(-0.1, 0.1)
+    return m
+
+
+def Linear(in_features, out_features, bias=True):
+    m = nn.Linear(in_features, out_features, bias=bias)
+    m.weight.data.uniform_(-0.1, 0.1)
+    if bias:
+        m.bias.data.uniform_(-0.1, 0.1)
+    return m
+
+
+def ReadoutLinear(in_features, out_features):
+    """U_o, V_o, C_o to 2 * out_features maxout inputs, started small so that ||t|| is about 1
+    for inputs of RMS 1 and the logits W t stay O(1) next to an N(0, 1) W (module docstring)."""
+    m = nn.Linear(in_features, 2 * out_features)
+    nn.init.normal_(m.weight, 0.0, (in_features * out_features) ** -0.5)
+    nn.init.zeros_(m.bias)
+    return m
+
+
+@register_model_architecture("skd_bahdanau", "skd_bahdanau")
+def base_architecture(args):
+    """Bahdanau et al. (2015) RNNsearch sizes: m = 620, n = n' = 1000, l = 500."""
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 620)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 1000)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 620)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 1000)
+    args.decoder_attention_dim = getattr(args, "decoder_attention_dim", args.decoder_hidden_size)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 500)
+    args.decoder_out_embed_std = getattr(args, "decoder_out_embed_std", 1.0)
+    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", False)
+    args.share_all_embeddings = getattr(args, "share_all_embeddings", False)
+    args.encoder_dropout_in = getattr(args, "encoder_dropout_in", args.dropout)
+    args.encoder_dropout_out = getattr(args, "encoder_dropout_out", args.dropout)
+    args.decoder_dropout_in = getattr(args, "decoder_dropout_in", args.dropout)
+    args.decoder_dropout_out = getattr(args, "decoder_dropout_out", args.dropout)
+    args.decoder_dropout_readout = getattr(args, "decoder_dropout_readout", args.dropout)
+
+
+@register_model_architecture("skd_bahdanau", "skd_bahdanau_small")
+def skd_bahdanau_small(args):
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 256)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 256)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 256)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 256)
+    base_architecture(args)
+
+
+@register_model_architecture("skd_bahdanau", "skd_bahdanau_tiny")
+def skd_bahdanau_tiny(args):
+    args.dropout = getattr(args, "dropout", 0.0)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 32)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 64)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 32)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 64)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 32)
+    base_architecture(args)
