@@ -11,6 +11,7 @@ eta per update up to alpha_max; it is a pure function of the update number (iden
 worker, restored by resuming from a checkpoint).
 """
 
+import argparse
 import logging
 import math
 import weakref
@@ -96,11 +97,19 @@ FLAG_CHECKS = {
 }
 
 
-def check_flag(flag: str, value) -> None:
-    """Raise ValueError naming ``flag`` if ``value`` is outside its allowed range."""
+def flag_problem(flag: str, value):
+    """What is wrong with ``value`` for ``flag`` ("must be in ..."), or None if it is fine."""
     _, check, allowed = FLAG_CHECKS[flag]
     if value is None or isinstance(value, bool) or not math.isfinite(value) or not check(value):
-        raise ValueError(f"self_kd_cross_entropy: {flag} must be in {allowed}, got {value!r}")
+        return f"must be in {allowed}, got {value!r}"
+    return None
+
+
+def check_flag(flag: str, value) -> None:
+    """Raise ValueError naming ``flag`` if ``value`` is outside its allowed range."""
+    problem = flag_problem(flag, value)
+    if problem is not None:
+        raise ValueError(f"self_kd_cross_entropy: {flag} {problem}")
 
 
 def skd_alpha(num_updates: int, warmup_updates: int, alpha_step: float, alpha_max: float) -> float:
@@ -350,14 +359,11 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
 
 
 def _checked_type(flag, convert):
-    import argparse
-
     def parse(text):
         value = convert(text)
-        try:
-            check_flag(flag, value)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+        problem = flag_problem(flag, value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     parse.__name__ = convert.__name__  # argparse names the type in its messages
