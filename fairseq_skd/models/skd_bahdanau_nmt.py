@@ -5,8 +5,11 @@ baseline in this paper except for replacing GRU with LSTM". Registered as ``skd_
 
 Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
 
-- encoder: source embeddings -> one bidirectional LSTM over packed sequences (left- or
-  right-padded input both work); the annotation of word j is h_j = [fwd_j; bwd_j].
+- encoder: source embeddings -> one bidirectional LSTM over packed sequences; the annotation
+  of word j is h_j = [fwd_j; bwd_j]. Left- and right-padded input both work, and annotations
+  (hence attention weights and --print-alignment) keep the input's positions. (fairseq's
+  ``lstm`` returns attention over right-padded positions even for its default left-padded
+  source, which shifts its printed alignments by the number of pads.)
   The encoder also returns U_a h_j + b_a, the attention keys, computed ONCE per sentence
   (that is why U_a lives in the encoder), and the backward state at the first word.
 - decoder initial state: [s_0; m_0] = tanh(W_s bwd_1 + b_s) (Bahdanau's s_0 = tanh(W_s bwd_1);
@@ -224,8 +227,13 @@ class SKDBahdanauEncoder(FairseqEncoder):
             ``attention_keys`` (B x T x A, U_a h_j + b_a), ``padding_mask`` (B x T, True at
             padding) and ``backward_first`` (B x H, the backward LSTM state at the first word).
         """
-        # pack_padded_sequence wants right padding; a right-padded batch is returned unchanged.
-        src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
+        padding_mask = src_tokens.eq(self.padding_idx)
+        left_padded = bool(padding_mask[:, 0].any())
+        if left_padded:
+            # pack_padded_sequence wants right padding
+            src_tokens = utils.convert_padding_direction(
+                src_tokens, self.padding_idx, left_to_right=True
+            )
         bsz, seqlen = src_tokens.size()
         x = self.dropout_in_module(self.embed_tokens(src_tokens))
         packed = nn.utils.rnn.pack_padded_sequence(
@@ -235,11 +243,15 @@ class SKDBahdanauEncoder(FairseqEncoder):
         annotations, _ = nn.utils.rnn.pad_packed_sequence(
             packed_out, batch_first=True, total_length=seqlen
         )
+        if left_padded:
+            # back to the caller's positions, so attention weights (and --print-alignment)
+            # index the source tokens as given
+            annotations = annotations.gather(1, _left_pad_index(padding_mask, annotations.size(-1)))
         annotations = self.dropout_out_module(annotations)
         return {
             "annotations": annotations,
             "attention_keys": self.attention_key_proj(annotations),
-            "padding_mask": src_tokens.eq(self.padding_idx),
+            "padding_mask": padding_mask,
             # the backward direction ends at the first word: Bahdanau's bwd_1
             "backward_first": final_hiddens[1],
         }
@@ -416,6 +428,17 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
 
     def make_generation_fast_(self, need_attn=False, **kwargs):
         self.need_attn = need_attn
+
+
+def _left_pad_index(padding_mask, dim):
+    """Gather index (B x T x dim) that moves right-padded rows back to left padding: position
+    p of a row with k pads reads right-padded position (p - k) mod T (a pad position for p < k).
+    The inverse of fairseq's utils.convert_padding_direction(left_to_right=True)."""
+    seqlen = padding_mask.size(1)
+    positions = torch.arange(seqlen, device=padding_mask.device).expand_as(padding_mask)
+    num_pads = padding_mask.long().sum(dim=1, keepdim=True)
+    index = torch.remainder(positions - num_pads, seqlen)
+    return index.unsqueeze(-1).expand(-1, -1, dim)
 
 
 def Embedding(num_embeddings, embedding_dim, padding_idx):

@@ -1,0 +1,453 @@
+"""skd_bahdanau: structure, initial scales, incremental decoding, beam search, learning, CLI."""
+
+import argparse
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.data import Dictionary, data_utils
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+from fairseq.sequence_generator import SequenceGenerator
+
+import fairseq_skd  # noqa: F401
+from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel
+from fairseq_skd.modules.output_embedding import find_output_embedding
+
+from fairseq_cli_helpers import (
+    USER_DIR,
+    make_reverse_translation_data,
+    parse_json_logs,
+    preprocess_translation,
+    run,
+    train,
+)
+
+ARCHS = ("skd_bahdanau", "skd_bahdanau_small", "skd_bahdanau_tiny")
+SKD_SIGMA = 0.1
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class _Task:
+    def __init__(self, src_dict, tgt_dict):
+        self.source_dictionary = src_dict
+        self.target_dictionary = tgt_dict
+
+
+def make_dictionary(n_words, prefix="w"):
+    d = Dictionary()
+    for i in range(n_words):
+        d.add_symbol(f"{prefix}{i}")
+    return d
+
+
+def build_model(arch="skd_bahdanau_tiny", src_dict=None, tgt_dict=None, seed=1, **overrides):
+    src_dict = src_dict if src_dict is not None else make_dictionary(20)
+    tgt_dict = tgt_dict if tgt_dict is not None else src_dict
+    args = argparse.Namespace(**overrides)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    torch.manual_seed(seed)
+    return SKDBahdanauModel.build_model(args, _Task(src_dict, tgt_dict))
+
+
+def random_sentences(lengths, dictionary, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        words = torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g)
+        out.append(torch.cat([words, torch.tensor([dictionary.eos()])]))
+    return out
+
+
+def source_batch(dictionary, lengths=(6, 3, 8, 1), seed=2, left_pad=True):
+    """Left-padded as fairseq's translation task pads sources by default."""
+    sents = random_sentences(lengths, dictionary, seed)
+    tokens = data_utils.collate_tokens(sents, dictionary.pad(), left_pad=left_pad)
+    return tokens, torch.tensor([len(s) for s in sents])
+
+
+def target_batch(dictionary, lengths=(4, 7, 2, 5), seed=3):
+    sents = random_sentences(lengths, dictionary, seed)
+    prev = data_utils.collate_tokens(
+        sents, dictionary.pad(), dictionary.eos(), left_pad=False, move_eos_to_beginning=True
+    )
+    return prev
+
+
+def incremental_lprobs(model, src_tokens, src_lengths, prev_output_tokens):
+    """Step-by-step log-probs (B x T x V) and attention (B x T x S) with one cached state."""
+    encoder_out = model.encoder(src_tokens, src_lengths)
+    state, steps, attns = {}, [], []
+    for t in range(prev_output_tokens.size(1)):
+        logits, extra = model.decoder(prev_output_tokens[:, : t + 1], encoder_out, state)
+        assert logits.size(1) == 1
+        steps.append(F.log_softmax(logits.float(), dim=-1))
+        attns.append(extra["attn"][0])
+    return torch.cat(steps, dim=1), torch.cat(attns, dim=1)
+
+
+def sacrebleu_of_generate(stdout):
+    import sacrebleu
+
+    hyps, refs = {}, {}
+    for line in stdout.splitlines():
+        fields = line.split("\t")
+        if line.startswith("H-"):
+            hyps[int(fields[0][2:])] = fields[2] if len(fields) > 2 else ""
+        elif line.startswith("T-"):
+            refs[int(fields[0][2:])] = fields[1] if len(fields) > 1 else ""
+    ids = sorted(refs)
+    bleu = sacrebleu.corpus_bleu([hyps.get(i, "") for i in ids], [[refs[i] for i in ids]])
+    return bleu.score, len(hyps), len(refs)
+
+
+# ---------------------------------------------------------------- registration and structure
+
+
+def test_presets_are_registered_with_prefix():
+    for arch in ARCHS:
+        assert ARCH_MODEL_REGISTRY[arch] is SKDBahdanauModel
+    args = argparse.Namespace()
+    ARCH_CONFIG_REGISTRY["skd_bahdanau"](args)
+    # Bahdanau et al. (2015): m = 620, n = n' = 1000, l = 500
+    assert (args.encoder_embed_dim, args.encoder_hidden_size) == (620, 1000)
+    assert (args.decoder_embed_dim, args.decoder_hidden_size) == (620, 1000)
+    assert (args.decoder_attention_dim, args.decoder_out_embed_dim) == (1000, 500)
+
+
+def test_output_embedding_is_found_and_decoder_has_embed_tokens():
+    model = build_model()
+    W = find_output_embedding(model)
+    assert isinstance(W, torch.nn.Parameter)
+    assert W is model.decoder.fc_out.weight is model.decoder.get_output_embedding_matrix()
+    assert W.shape == (len(model.decoder.dictionary), 32)
+    assert isinstance(model.decoder.embed_tokens, torch.nn.Embedding)
+
+
+def test_embedding_sharing_options():
+    d = make_dictionary(20)
+    tied = build_model(src_dict=d, share_decoder_input_output_embed=True)
+    assert find_output_embedding(tied) is tied.decoder.embed_tokens.weight
+    shared = build_model(src_dict=d, share_all_embeddings=True)
+    assert shared.encoder.embed_tokens is shared.decoder.embed_tokens
+    assert find_output_embedding(shared) is shared.encoder.embed_tokens.weight
+
+
+@pytest.mark.parametrize(
+    "overrides, dicts_differ, flags",
+    [
+        ({"share_decoder_input_output_embed": True, "decoder_out_embed_dim": 16}, False,
+         ["--share-decoder-input-output-embed", "--decoder-embed-dim", "--decoder-out-embed-dim"]),
+        ({"share_all_embeddings": True, "encoder_embed_dim": 16}, False,
+         ["--share-all-embeddings", "--encoder-embed-dim", "--decoder-embed-dim"]),
+        ({"share_all_embeddings": True}, True, ["--share-all-embeddings", "--joined-dictionary"]),
+    ],
+)
+def test_bad_sharing_configuration_names_the_flags(overrides, dicts_differ, flags):
+    src = make_dictionary(20)
+    tgt = make_dictionary(20, prefix="v") if dicts_differ else src
+    with pytest.raises(ValueError) as err:
+        build_model(src_dict=src, tgt_dict=tgt, **overrides)
+    for flag in flags:
+        assert flag in str(err.value)
+
+
+def test_max_positions_honoured():
+    model = build_model(max_source_positions=7, max_target_positions=9)
+    assert model.max_positions() == (7, 9)
+    assert model.max_decoder_positions() == 9
+
+
+def test_lstm_step_matches_reference_bahdanau_step():
+    """One decoder step written out with nn.LSTMCell and the paper's formulas."""
+    model = build_model().eval()
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d)
+    prev = target_batch(d)[:, :1]
+    with torch.no_grad():
+        logits, extra = model(src, lengths, prev)
+        dec = model.decoder
+        enc = model.encoder(src, lengths)
+        s0, m0 = torch.tanh(dec.init_state_proj(enc["backward_first"])).chunk(2, dim=-1)
+        e = torch.tanh(dec.attention_query_proj(s0)[:, None] + enc["attention_keys"]) @ dec.attention_v
+        alpha = e.masked_fill(enc["padding_mask"], float("-inf")).softmax(dim=-1)
+        c = (alpha[:, :, None] * enc["annotations"]).sum(dim=1)
+        ey = dec.embed_tokens(prev[:, 0])
+        s1, _ = dec.rnn(torch.cat([ey, c], dim=-1), (s0, m0))
+        pre = dec.readout(torch.cat([s1, ey, c], dim=-1))
+        t = torch.max(pre[:, 0::2], pre[:, 1::2])  # maxout, pool size 2
+        z = t @ dec.fc_out.weight.t() + dec.fc_out.bias
+    torch.testing.assert_close(logits[:, 0], z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(extra["attn"][0][:, 0], alpha, atol=1e-6, rtol=1e-6)
+
+
+def test_encoder_handles_padding():
+    """Each sentence's annotations equal those of the sentence encoded alone, at the input's
+    own positions for left and right padding; padding gets no attention."""
+    model = build_model().eval()
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d)
+    width = src.size(1)
+    with torch.no_grad():
+        batch = model.encoder(src, lengths)
+        right = model.encoder(*source_batch(d, left_pad=False))
+        torch.testing.assert_close(batch["backward_first"], right["backward_first"])
+        for i, n in enumerate(lengths.tolist()):
+            alone = model.encoder(src[i : i + 1, -n:], lengths[i : i + 1])
+            for key in ("annotations", "attention_keys"):
+                torch.testing.assert_close(batch[key][i, width - n :], alone[key][0], atol=1e-6, rtol=0)
+                torch.testing.assert_close(right[key][i, :n], alone[key][0], atol=1e-6, rtol=0)
+            assert batch["annotations"][i, : width - n].abs().sum() == 0
+            assert right["annotations"][i, n:].abs().sum() == 0
+            # Bahdanau's bwd_1: the backward annotation of the first word
+            torch.testing.assert_close(batch["backward_first"][i],
+                                       alone["annotations"][0, 0, model.encoder.hidden_size :])
+        assert torch.equal(batch["padding_mask"], src.eq(d.pad()))
+        _, extra = model(src, lengths, target_batch(d))
+    attn = extra["attn"][0]
+    assert attn.shape == (4, target_batch(d).size(1), src.size(1))
+    assert attn.masked_select(batch["padding_mask"][:, None, :].expand_as(attn)).sum() == 0
+    torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:2]))
+
+
+# ---------------------------------------------------------------- initialisation (SKD scale)
+
+
+def test_init_scales_default_preset():
+    """Output-embedding distances far above ln2 / sigma = 6.9 (q_n not clipped at 0.5), logits
+    of a sane scale at init (see the module docstring)."""
+    d = make_dictionary(300)
+    model = build_model("skd_bahdanau", src_dict=d).eval()
+    W = find_output_embedding(model).detach()[d.nspecial :]
+    g = torch.Generator().manual_seed(0)
+    pairs = torch.randint(0, W.size(0), (4000, 2), generator=g)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    dist = (W[pairs[:, 0]] - W[pairs[:, 1]]).norm(dim=-1)
+    nearest = torch.cdist(W, W).fill_diagonal_(float("inf")).min(dim=1)[0]
+    threshold = math.log(2) / SKD_SIGMA
+    assert dist.median() > threshold and nearest.median() > threshold
+    assert 25 < dist.median() < 40  # ~ sqrt(2 * 500) = 31.6
+    src, lengths = source_batch(d, lengths=(12, 9, 15), seed=4)
+    with torch.no_grad():
+        logits, _ = model(src, lengths, target_batch(d, lengths=(10, 8, 14), seed=5))
+    assert 0.01 < logits.std() <= 1.5
+    # a near-uniform start: the initial loss is close to log(V)
+    assert logits.max() - logits.min() < 10
+
+
+# ---------------------------------------------------------------- incremental decoding
+
+
+@pytest.mark.parametrize("arch", ["skd_bahdanau_tiny", "skd_bahdanau_small"])
+def test_incremental_equals_full_forward(arch):
+    model = build_model(arch).eval()
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d)
+    prev = target_batch(d)
+    with torch.no_grad():
+        full_logits, full_extra = model(src, lengths, prev)
+        full = F.log_softmax(full_logits.float(), dim=-1)
+        steps, attn = incremental_lprobs(model, src, lengths, prev)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(attn, full_extra["attn"][0], atol=1e-5, rtol=0)
+
+
+def test_incremental_state_is_one_dict_and_step_cost_is_constant():
+    model = build_model().eval()
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d)
+    prev = target_batch(d)
+    state = {}
+    with torch.no_grad():
+        encoder_out = model.encoder(src, lengths)
+        for t in range(prev.size(1)):
+            model.decoder(prev[:, : t + 1], encoder_out, state)
+            assert len(state) == 1
+            (cached,) = state.values()
+            # the state does not grow with the prefix: (s, m), B x hidden each
+            assert {k: tuple(v.shape) for k, v in cached.items()} == {
+                "hidden": (4, 64), "cell": (4, 64)}
+
+
+def test_reorder_incremental_state_and_encoder_out():
+    """After reordering (permutation with repeats, as beam search does), the next step gives
+    the reordered outputs of the unreordered run."""
+    model = build_model().eval()
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d)
+    prev = target_batch(d)
+    new_order = torch.tensor([2, 0, 0, 3, 1, 2])
+    with torch.no_grad():
+        reference, _ = incremental_lprobs(model, src, lengths, prev)
+        encoder_out = model.encoder(src, lengths)
+        state = {}
+        for t in range(3):
+            model.decoder(prev[:, : t + 1], encoder_out, state)
+        encoder_out = model.encoder.reorder_encoder_out(encoder_out, new_order)
+        model.decoder.reorder_incremental_state_scripting(state, new_order)
+        for t in range(3, prev.size(1)):
+            logits, _ = model.decoder(prev[new_order, : t + 1], encoder_out, state)
+            torch.testing.assert_close(F.log_softmax(logits[:, 0], dim=-1),
+                                       reference[new_order, t], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- beam search
+
+
+def generate(model, src, lengths, beam, **kwargs):
+    generator = SequenceGenerator([model], model.decoder.dictionary, beam_size=beam, **kwargs)
+    sample = {"id": torch.arange(src.size(0)), "net_input": {"src_tokens": src, "src_lengths": lengths}}
+    return generator.generate([model], sample)
+
+
+def peaked_model(seed, eos_bias=0.0, readout_scale=30.0):
+    """A random model whose next-word distributions are peaked (logit std about 1 instead of the
+    near-uniform start of the SKD-scaled init) and depend on the source, so that beams diverge
+    and hypotheses end at different steps."""
+    model = build_model(seed=seed).eval()
+    with torch.no_grad():
+        model.decoder.readout.weight.mul_(readout_scale)
+        model.decoder.fc_out.bias[model.decoder.dictionary.eos()] = eos_bias
+    return model
+
+
+def greedy(model, src, lengths, max_len):
+    """Greedy decoding written out, with SequenceGenerator's rules (no pad, no eos at step 0,
+    eos forced at max_len)."""
+    d = model.decoder.dictionary
+    bsz = src.size(0)
+    tokens = torch.full((bsz, 1), d.eos())
+    encoder_out = model.encoder(src, lengths)
+    state, results = {}, [None] * bsz
+    scores = torch.zeros(bsz, 0)
+    for step in range(max_len + 1):
+        logits, _ = model.decoder(tokens, encoder_out, state)
+        lprobs = F.log_softmax(logits[:, -1].float(), dim=-1)
+        lprobs[:, d.pad()] = -math.inf
+        if step == 0:
+            lprobs[:, d.eos()] = -math.inf
+        if step == max_len:
+            best = torch.full((bsz,), d.eos())
+        else:
+            best = lprobs.argmax(dim=-1)
+        tokens = torch.cat([tokens, best[:, None]], dim=1)
+        scores = torch.cat([scores, lprobs.gather(1, best[:, None])], dim=1)
+        for i in range(bsz):
+            if results[i] is None and best[i] == d.eos():
+                results[i] = (tokens[i, 1:].clone(), scores[i].clone())
+    return results
+
+
+def test_beam_1_equals_greedy():
+    model = peaked_model(seed=6, eos_bias=0.5)
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d, lengths=(6, 3, 8, 1, 5), seed=6)
+    max_len = 12
+    with torch.no_grad():
+        hypos = generate(model, src, lengths, beam=1, max_len_b=max_len)
+        expected = greedy(model, src, lengths, max_len)
+    for (hypo,), (tokens, scores) in zip(hypos, expected):
+        assert hypo["tokens"].tolist() == tokens.tolist()
+        torch.testing.assert_close(hypo["positional_scores"], scores, atol=1e-5, rtol=0)
+
+
+def test_beam_12_on_padded_batch_with_alignments():
+    model = peaked_model(seed=4, eos_bias=0.5)
+    model.prepare_for_inference_(
+        argparse.Namespace(generation=argparse.Namespace(print_alignment=True)))
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d)
+    with torch.no_grad():
+        hypos = generate(model, src, lengths, beam=12, max_len_b=10)
+    assert len(hypos) == src.size(0)
+    for i, beams in enumerate(hypos):
+        assert len(beams) == 12
+        scores = [h["score"].item() for h in beams]
+        assert scores == sorted(scores, reverse=True)
+        for h in beams:
+            assert h["tokens"][-1] == d.eos() and d.pad() not in h["tokens"].tolist()
+            # src_len x tgt_len, no mass on the source padding
+            assert h["attention"].shape == (src.size(1), h["tokens"].numel())
+            pad = src.size(1) - lengths[i]  # left padding: attention keeps input positions
+            assert h["attention"][:pad].abs().sum() == 0
+
+
+def test_beam_search_batch_equals_each_sentence_alone():
+    """Beams diverge and reorder, and sentences finish at different steps (the batch shrinks):
+    every hypothesis and score must be the one found for the sentence decoded alone."""
+    model = peaked_model(seed=6, eos_bias=0.5)
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d, lengths=(6, 3, 8, 1, 5), seed=6)
+    kwargs = dict(beam=5, max_len_a=0, max_len_b=10)
+    with torch.no_grad():
+        batch = generate(model, src, lengths, **kwargs)
+        n_reordered = 0
+        for i, n in enumerate(lengths.tolist()):
+            alone = generate(model, src[i : i + 1, -n:], lengths[i : i + 1], **kwargs)[0]
+            assert [h["tokens"].tolist() for h in batch[i]] == [h["tokens"].tolist() for h in alone]
+            for hb, ha in zip(batch[i], alone):
+                torch.testing.assert_close(hb["positional_scores"], ha["positional_scores"],
+                                           atol=1e-5, rtol=0)
+            # the beams really diverged: the best hypotheses are not all one prefix + suffix
+            n_reordered += len({tuple(h["tokens"][:2].tolist()) for h in alone}) > 1
+    assert n_reordered > 0
+    assert len({len(h[0]["tokens"]) for h in batch}) > 1  # sentences ended at different steps
+
+
+# ---------------------------------------------------------------- fairseq command line
+
+
+@pytest.fixture(scope="module")
+def reverse_bin(tmp_path_factory):
+    data = make_reverse_translation_data(tmp_path_factory.mktemp("bahdanau_mt"), n_train=2000)
+    return preprocess_translation(data)
+
+
+TRAIN = ["--task", "translation", "--arch", "skd_bahdanau_tiny", "--optimizer", "adam",
+         "--lr", 0.003, "--max-tokens", 500, "--required-batch-size-multiple", 1,
+         "--no-epoch-checkpoints", "--no-last-checkpoints"]
+
+
+def fairseq_generate(data_bin, checkpoint, *extra):
+    return run("fairseq-generate", data_bin, "--user-dir", USER_DIR, "--path", checkpoint,
+               "--gen-subset", "test", "--beam", 5, "--batch-size", 16, "--cpu",
+               "--num-workers", 0, "--required-batch-size-multiple", 1, *extra)
+
+
+def test_learns_to_reverse(reverse_bin, tmp_path):
+    train(reverse_bin, tmp_path, *TRAIN, "--criterion", "cross_entropy", "--max-epoch", 8)
+    out = fairseq_generate(reverse_bin, tmp_path / "checkpoint_best.pt").stdout
+    bleu, n_hyps, n_refs = sacrebleu_of_generate(out)
+    assert n_refs == 40 and n_hyps == 40  # every test sentence was translated
+    assert bleu >= 90, out[-2000:]
+
+
+def test_skd_criterion_train_and_generate_with_alignment(reverse_bin, tmp_path):
+    proc = train(reverse_bin, tmp_path, *TRAIN, "--criterion", "self_kd_cross_entropy",
+                 "--skd-warmup-updates", 10, "--skd-alpha-step", 0.02, "--skd-sigma", SKD_SIGMA,
+                 "--target-embed-noise", 0.1, "--max-update", 40)
+    logs = parse_json_logs(proc.stdout + proc.stderr, "train_inner")
+    assert logs and float(logs[-1]["skd_alpha"]) > 0
+    assert all(math.isfinite(float(r["loss"])) for r in logs)
+    # distances at the tiny preset's readout dim (32) are about 8 > ln2 / sigma: q_n not clipped
+    assert float(logs[-1]["skd_clip"]) < 0.9
+    out = fairseq_generate(reverse_bin, tmp_path / "checkpoint_best.pt", "--print-alignment").stdout
+    alignments = [line for line in out.splitlines() if line.startswith("A-")]
+    hyps = [line for line in out.splitlines() if line.startswith("H-")]
+    assert len(hyps) == 40 and len(alignments) == 40
+    for line in alignments:
+        fields = line.split("\t")
+        assert len(fields) == 2 and all(re.fullmatch(r"\d+-\d+", a) for a in fields[1].split())
+
+
+def test_bad_configuration_fails_before_training(reverse_bin, tmp_path):
+    proc = run("fairseq-train", reverse_bin, "--user-dir", USER_DIR, "--save-dir", tmp_path,
+               "--cpu", *TRAIN, "--share-decoder-input-output-embed", "--decoder-out-embed-dim",
+               16, "--max-epoch", 1, check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "--share-decoder-input-output-embed" in text and "--decoder-out-embed-dim" in text
+    assert not list(tmp_path.glob("*.pt"))
