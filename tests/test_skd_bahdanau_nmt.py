@@ -419,10 +419,23 @@ def fairseq_generate(data_bin, checkpoint, *extra):
 
 def test_learns_to_reverse(reverse_bin, tmp_path):
     train(reverse_bin, tmp_path, *TRAIN, "--criterion", "cross_entropy", "--max-epoch", 8)
-    out = fairseq_generate(reverse_bin, tmp_path / "checkpoint_best.pt").stdout
+    out = fairseq_generate(reverse_bin, tmp_path / "checkpoint_best.pt", "--print-alignment").stdout
     bleu, n_hyps, n_refs = sacrebleu_of_generate(out)
     assert n_refs == 40 and n_hyps == 40  # every test sentence was translated
     assert bleu >= 90, out[-2000:]
+    # attention learned the reversal: target word k aligned to source word n-1-k, at the
+    # positions of the (left-padded) source as given
+    src_len, links, reversed_links = {}, 0, 0
+    for line in out.splitlines():
+        fields = line.split("\t")
+        if line.startswith("S-"):
+            src_len[fields[0][2:]] = len(fields[1].split())
+        elif line.startswith("A-"):
+            for link in fields[1].split():
+                s, t = map(int, link.split("-"))
+                links += 1
+                reversed_links += s == src_len[fields[0][2:]] - 1 - t
+    assert links > 0 and reversed_links >= 0.9 * links
 
 
 def test_skd_criterion_train_and_generate_with_alignment(reverse_bin, tmp_path):

@@ -8,8 +8,8 @@ Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
 - encoder: source embeddings -> one bidirectional LSTM over packed sequences; the annotation
   of word j is h_j = [fwd_j; bwd_j]. Left- and right-padded input both work, and annotations
   (hence attention weights and --print-alignment) keep the input's positions. (fairseq's
-  ``lstm`` returns attention over right-padded positions even for its default left-padded
-  source, which shifts its printed alignments by the number of pads.)
+  ``lstm``, read from its code, attends over right-padded positions even for its default
+  left-padded source, which would shift its printed alignments by the number of pads.)
   The encoder also returns U_a h_j + b_a, the attention keys, computed ONCE per sentence
   (that is why U_a lives in the encoder), and the backward state at the first word.
 - decoder initial state: [s_0; m_0] = tanh(W_s bwd_1 + b_s) (Bahdanau's s_0 = tanh(W_s bwd_1);
