@@ -43,7 +43,12 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 vpy=$venv/bin/python
-pip_install() { "$vpy" -m pip install --disable-pip-version-check -q "$@"; }
+# Some machines' pip configs name local index folders that lack most packages; pip warns about
+# each one, which only buries what matters.
+pip_install() {
+  "$vpy" -m pip install --disable-pip-version-check -q "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
 
 if "$vpy" -c "import torch" >/dev/null 2>&1; then
   log "keeping the installed torch $("$vpy" -c 'import torch; print(torch.__version__)')"
