@@ -15,7 +15,9 @@ Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
 - decoder initial state: [s_0; m_0] = tanh(W_s bwd_1 + b_s) (Bahdanau's s_0 = tanh(W_s bwd_1);
   an LSTM also needs a memory cell m_0, taken from the same projection).
 - decoder step i (prefix-length-independent cost):
-      e_ij  = v^T tanh(W_a s_{i-1} + U_a h_j)      (padding masked with -inf, in float32)
+      e_ij  = v^T tanh(W_a s_{i-1} + U_a h_j)      (padding masked with -inf, in float32;
+                                                   computed as 2 v^T sigmoid(2 (...)), which
+                                                   differs by a constant the softmax ignores)
       a_ij  = softmax_j(e_ij),  c_i = sum_j a_ij h_j
       s_i   = LSTM([E y_{i-1}; c_i], (s_{i-1}, m_{i-1}))
       t_i   = maxout_2(U_o s_i + V_o E y_{i-1} + C_o c_i)       (deep output, pool size 2)
@@ -364,18 +366,22 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
         emb = self.dropout_in_module(self.embed_tokens(prev_output_tokens))  # B x T x E
         bsz, seqlen = prev_output_tokens.size()
         weight_ih, weight_hh = self.rnn.weight_ih, self.rnn.weight_hh
-        # the embedding part of the LSTM input projection, for all steps at once (T x B x 4H)
+        # the embedding part of the LSTM input projection, for all steps at once (B x T x 4H);
+        # unbind, not emb_gates[i]: the backward of T selects would fill T full-size zero grads
         emb_gates = F.linear(
-            emb.transpose(0, 1), weight_ih[:, : self.embed_dim], self.rnn.bias_ih + self.rnn.bias_hh
-        )
+            emb, weight_ih[:, : self.embed_dim], self.rnn.bias_ih + self.rnn.bias_hh
+        ).unbind(1)
         # [c_i; s_{i-1}] -> gates in one matmul per step
         recurrent_weight = torch.cat([weight_ih[:, self.embed_dim :], weight_hh], dim=1).t()
-        v = self.attention_v
+        # v^T tanh(z) = 2 v^T sigmoid(2 z) - sum(v), and the softmax over source words ignores
+        # the constant: the same attention weights, and torch.sigmoid is several times faster
+        # than torch.tanh on CPU (0.4 vs 2.7 ms for 96 x 30 x 256 floats on one core).
+        v2 = 2.0 * self.attention_v
 
         hiddens, contexts, alphas = [], [], []
         for i in range(seqlen):
             query = self.attention_query_proj(hidden)  # B x A
-            scores = torch.matmul(torch.tanh(keys + query.unsqueeze(1)), v)  # B x S
+            scores = torch.matmul((keys + query.unsqueeze(1)).mul_(2.0).sigmoid_(), v2)  # B x S
             if padding_mask is not None:
                 scores = (
                     scores.float().masked_fill(padding_mask, float("-inf")).type_as(scores)

@@ -1,0 +1,209 @@
+"""CPU speed of skd_bahdanau next to fairseq's own ``lstm`` (one layer, attention on).
+
+Both models are built programmatically with random weights and the same dimensions (source and
+target embeddings, a bidirectional encoder of --hidden per direction, a decoder LSTM of
+--hidden, output embeddings of --readout) and run on the same random batches:
+
+1. training tokens/s: forward, cross-entropy, backward and an Adam step on padded batches;
+2. beam search sentences/s through fairseq's SequenceGenerator (the output length is forced to
+   --gen-len with min_len = max_len, so both models produce the same number of tokens);
+3. beam search time per sentence of skd_bahdanau for outputs of 10, 20 and 40 tokens: with a
+   per-step cost that does not depend on the prefix, time per token stays flat.
+
+    OMP_NUM_THREADS=1 python bench/bench_nmt_model.py            # ~2 minutes on one core
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fairseq.data import Dictionary, data_utils  # noqa: E402
+from fairseq.models import ARCH_CONFIG_REGISTRY  # noqa: E402
+from fairseq.models.lstm import LSTMModel  # noqa: E402
+from fairseq.sequence_generator import SequenceGenerator  # noqa: E402
+
+import fairseq_skd  # noqa: E402,F401
+from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel  # noqa: E402
+
+
+class _Task:
+    def __init__(self, dictionary):
+        self.source_dictionary = self.target_dictionary = dictionary
+
+
+def make_dictionary(n_words):
+    d = Dictionary()
+    for i in range(n_words):
+        d.add_symbol(f"w{i}")
+    return d
+
+
+def build_models(opts, dictionary):
+    common = dict(dropout=opts.dropout, encoder_embed_dim=opts.embed, decoder_embed_dim=opts.embed,
+                  encoder_hidden_size=opts.hidden, decoder_hidden_size=opts.hidden,
+                  decoder_out_embed_dim=opts.readout)
+    task = _Task(dictionary)
+    torch.manual_seed(opts.seed)
+    args = argparse.Namespace(**common)
+    ARCH_CONFIG_REGISTRY["skd_bahdanau"](args)
+    skd = SKDBahdanauModel.build_model(args, task)
+    args = argparse.Namespace(**common, encoder_layers=1, decoder_layers=1,
+                              encoder_bidirectional=True, decoder_attention="1",
+                              criterion="cross_entropy")
+    ARCH_CONFIG_REGISTRY["lstm"](args)
+    lstm = LSTMModel.build_model(args, task)
+    return {"skd_bahdanau": skd, "lstm": lstm}
+
+
+def random_batch(dictionary, bsz, min_len, max_len, generator):
+    def sentences():
+        out = []
+        for _ in range(bsz):
+            n = int(torch.randint(min_len, max_len + 1, (1,), generator=generator))
+            words = torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=generator)
+            out.append(torch.cat([words, torch.tensor([dictionary.eos()])]))
+        return out
+
+    # sorted by source length, longest first, as fairseq's LanguagePairDataset collates
+    # (fairseq's lstm encoder needs it)
+    pairs = sorted(zip(sentences(), sentences()), key=lambda p: -len(p[0]))
+    src, tgt = [s for s, _ in pairs], [t for _, t in pairs]
+    pad, eos = dictionary.pad(), dictionary.eos()
+    return {
+        "net_input": {
+            "src_tokens": data_utils.collate_tokens(src, pad, eos, left_pad=True),
+            "src_lengths": torch.tensor([len(s) for s in src]),
+            "prev_output_tokens": data_utils.collate_tokens(
+                tgt, pad, eos, left_pad=False, move_eos_to_beginning=True),
+        },
+        "target": data_utils.collate_tokens(tgt, pad, eos, left_pad=False),
+        "ntokens": sum(len(t) for t in tgt),
+        "id": torch.arange(bsz),
+    }
+
+
+def bench_training(model, batches, pad, warmup):
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(batch):
+        logits, _ = model(**batch["net_input"])
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), batch["target"].view(-1),
+                               ignore_index=pad, reduction="sum")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for batch in batches[:warmup]:
+        step(batch)
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    return sum(b["ntokens"] for b in batches) / (time.perf_counter() - start)
+
+
+def bench_generation(model, dictionary, batches, beam, out_len, repeats=1):
+    """Seconds per sentence (median over repeats) with exactly ``out_len`` words + </s>."""
+    model.eval()
+    generator = SequenceGenerator([model], dictionary, beam_size=beam, max_len_a=0,
+                                  max_len_b=out_len, min_len=out_len)
+    sample = lambda b: {"id": b["id"], "net_input": {  # noqa: E731
+        "src_tokens": b["net_input"]["src_tokens"], "src_lengths": b["net_input"]["src_lengths"]}}
+    with torch.no_grad():
+        generator.generate([model], sample(batches[0]))  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            n = 0
+            for batch in batches:
+                hypos = generator.generate([model], sample(batch))
+                assert all(len(h[0]["tokens"]) == out_len + 1 for h in hypos)
+                n += len(hypos)
+            times.append((time.perf_counter() - start) / n)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--vocab", type=int, default=8000, help="words in the (joined) dictionary")
+    parser.add_argument("--embed", type=int, default=256, help="source and target embedding dim")
+    parser.add_argument("--hidden", type=int, default=256,
+                        help="encoder LSTM size per direction and decoder LSTM size")
+    parser.add_argument("--readout", type=int, default=256, help="output embedding dim")
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--train-batches", type=int, default=6)
+    parser.add_argument("--train-bsz", type=int, default=32, help="sentences per training batch")
+    parser.add_argument("--min-len", type=int, default=15, help="shortest sentence (words)")
+    parser.add_argument("--max-len", type=int, default=30, help="longest sentence (words)")
+    parser.add_argument("--beam", type=int, default=12)
+    parser.add_argument("--gen-bsz", type=int, default=8, help="sentences per generation batch")
+    parser.add_argument("--gen-batches", type=int, default=2)
+    parser.add_argument("--gen-len", type=int, default=20, help="forced output length (words)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[10, 20, 40],
+                        help="output lengths for the scaling table")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=1)
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(opts.threads)
+
+    dictionary = make_dictionary(opts.vocab)
+    models = build_models(opts, dictionary)
+    g = torch.Generator().manual_seed(opts.seed)
+    train_batches = [random_batch(dictionary, opts.train_bsz, opts.min_len, opts.max_len, g)
+                     for _ in range(opts.train_batches)]
+    gen_batches = [random_batch(dictionary, opts.gen_bsz, opts.min_len, opts.max_len, g)
+                   for _ in range(opts.gen_batches)]
+
+    print(f"torch {torch.__version__}, {opts.threads} thread(s); vocab {len(dictionary)}, "
+          f"embed {opts.embed}, hidden {opts.hidden} (encoder: per direction), readout "
+          f"{opts.readout}, dropout {opts.dropout}; source/target {opts.min_len}-{opts.max_len} "
+          "words, source left-padded")
+    for name, model in models.items():
+        n = sum(p.numel() for p in model.parameters())
+        print(f"  {name}: {n / 1e6:.2f}M parameters")
+
+    # 1 and 2: the models take turns, repeated, so drift of the machine hits both alike
+    train_tps = {name: [] for name in models}
+    gen_sps = {name: [] for name in models}
+    for _ in range(opts.repeats):
+        for name, model in models.items():
+            train_tps[name].append(bench_training(model, train_batches, dictionary.pad(), warmup=1))
+            gen_sps[name].append(1.0 / bench_generation(model, dictionary, gen_batches, opts.beam,
+                                                         opts.gen_len))
+    train_tps = {k: statistics.median(v) for k, v in train_tps.items()}
+    gen_sps = {k: statistics.median(v) for k, v in gen_sps.items()}
+
+    print()
+    print(f"| measure (median of {opts.repeats}) | skd_bahdanau | lstm | ratio skd/lstm | goal |")
+    print("|---|---|---|---|---|")
+    print(f"| training target tokens/s (bsz {opts.train_bsz}) | {train_tps['skd_bahdanau']:.0f} "
+          f"| {train_tps['lstm']:.0f} | {train_tps['skd_bahdanau'] / train_tps['lstm']:.2f} "
+          "| >= 0.8 |")
+    print(f"| beam {opts.beam} sentences/s ({opts.gen_len} words out, bsz {opts.gen_bsz}) "
+          f"| {gen_sps['skd_bahdanau']:.2f} | {gen_sps['lstm']:.2f} "
+          f"| {gen_sps['skd_bahdanau'] / gen_sps['lstm']:.2f} | >= 0.8 |")
+
+    # 3: time per sentence against output length
+    print()
+    print(f"| output words | skd_bahdanau s/sentence | per output token (ms) | lstm s/sentence |")
+    print("|---|---|---|---|")
+    for length in opts.lengths:
+        per_sentence = {name: bench_generation(model, dictionary, gen_batches, opts.beam, length,
+                                               repeats=opts.repeats)
+                        for name, model in models.items()}
+        print(f"| {length} | {per_sentence['skd_bahdanau']:.4f} "
+              f"| {1000 * per_sentence['skd_bahdanau'] / (length + 1):.2f} "
+              f"| {per_sentence['lstm']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
