@@ -1,0 +1,357 @@
+"""The paper's language model: one LSTM layer and one feed-forward layer with ReLU.
+
+Hahn & Choi (2019), Section 4.2: "RNNLM is our baseline, which consists of a single LSTM layer
+and single feed forward layer with ReLU (Le et al., 2015) ... The word dimension is set to 500
+and the number of hidden nodes is 400". Registered as ``skd_lstm_lm``.
+
+Structure, for the word y_{i-1} before position i:
+
+    e_i        = E y_{i-1}                              (input word embedding, --decoder-embed-dim)
+    s_i, c_i   = LSTM(e_i, (s_{i-1}, c_{i-1}))          (--decoder-hidden-size)
+    h_i        = ReLU(F s_i + f)                        (to the word dim, --decoder-out-embed-dim)
+    z_i        = W h_i + b,   p(y_i) = softmax(z_i)     (paper Eq. 6)
+
+W [vocab x word dim] is the output word embedding SKD measures distances in;
+``get_output_embedding_matrix()`` on the model and on the decoder returns it. With
+``--share-decoder-input-output-embed`` E is W (off by default; needs --decoder-embed-dim equal to
+--decoder-out-embed-dim, checked in ``build_model``). Dropout as in fairseq's ``lstm_lm``:
+--decoder-dropout-in on e, --decoder-dropout-out on s and again on h (both default to --dropout).
+
+The LSTM is the fused ``nn.LSTM`` for whole sequences and for single generation steps.
+Padding tokens are not words: they never change the recurrent state, so a sentence gets the
+same outputs alone or in a batch with right padding (what ``language_modeling`` gives) or with
+left padding (moved to the right before the LSTM and the outputs moved back). In training a
+right-padded batch runs straight through the LSTM (the outputs at real words only depend on
+earlier words); with an incremental state, where the final state matters, rows are packed.
+Generation keeps (s, c) in one cached dict (``get_incremental_state`` /
+``set_incremental_state``), reordered with ``index_select(0, new_order)``; the cost of a step
+does not depend on the prefix length.
+
+Initialisation (it matters for SKD, see /work/shared/FINDINGS.md section 1): q_n =
+exp(-sigma ||W_t - W_n||) is below the 0.5 clip only where the distance exceeds ln2 / sigma
+(6.9 at the paper's sigma = 0.1). fairseq's ``lstm_lm`` initialises W uniformly in +-0.1, which
+puts its rows 2-3 apart, so q_n is clipped almost everywhere. Here
+
+- W's rows are N(0, std^2), std = ``--decoder-out-embed-std`` (default 1.0): two rows are about
+  std * sqrt(2 * dim) apart, 31.6 at the paper's word dim 500 (nearest neighbours among 10K
+  words are still ~26 apart, distances concentrate in high dimension), 11.3 at 64, 8.0 at 32;
+- to keep the softmax trainable with such a W, the feed-forward layer F starts small: its
+  weights are N(0, 2 / (hidden * dim)) and f = 0, so for LSTM outputs of RMS r each entry of h
+  has RMS about r / sqrt(dim) (the 2 undoes ReLU's halving of the second moment), ||h|| is
+  about r <= 1, and the logits z = W h have std about std * r <= std. LSTM outputs start with
+  r ~ 0.1, so the logits start near 0 (std ~ 0.05-0.1 at the default sizes) and the loss near
+  log(vocab), as with fairseq's init. tests/test_skd_lstm_lm.py measures both scales.
+- b = 0; E, the LSTM and their biases get fairseq lstm's uniform(+-0.1) (padding row of E zero).
+  When E is tied to W it has W's N(0, std^2) init (padding row zero), so the LSTM inputs have
+  RMS std instead of ~0.06; with the uniform(+-0.1) LSTM weights the gate pre-activations then
+  have std ~1.3 at dim 500, which trains fine.
+
+Presets: ``skd_lstm_lm`` (the paper's 500 / 400 / 500), ``skd_lstm_lm_tiny`` (32 / 64 / 32, no
+dropout) for tests and CPU runs.
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.models import (
+    FairseqIncrementalDecoder,
+    FairseqLanguageModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import FairseqDropout
+from torch import Tensor
+
+DEFAULT_MAX_TARGET_POSITIONS = 1e5
+
+
+@register_model("skd_lstm_lm")
+class SKDLSTMLanguageModel(FairseqLanguageModel):
+    """One LSTM layer + a feed-forward layer with ReLU + softmax (the paper's RNNLM)."""
+
+    @staticmethod
+    def add_args(parser):
+        """Add model-specific arguments to the parser."""
+        # fmt: off
+        parser.add_argument('--dropout', type=float, metavar='D',
+                            help='dropout probability (default for the granular ones below)')
+        parser.add_argument('--decoder-embed-dim', type=int, metavar='N',
+                            help='input word embedding dimension')
+        parser.add_argument('--decoder-hidden-size', type=int, metavar='N',
+                            help='LSTM hidden size')
+        parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
+                            help='word dimension: output of the feed-forward ReLU layer and '
+                                 'dimension of the output word embeddings W (z = W h + b)')
+        parser.add_argument('--decoder-out-embed-std', type=float, metavar='S',
+                            help='std of the N(0, S^2) init of W; rows start about '
+                                 'S * sqrt(2 * dim) apart (see the module docstring)')
+        parser.add_argument('--decoder-dropout-in', type=float, metavar='D',
+                            help='dropout on the input word embeddings')
+        parser.add_argument('--decoder-dropout-out', type=float, metavar='D',
+                            help='dropout on the LSTM outputs and on the feed-forward outputs')
+        parser.add_argument('--share-decoder-input-output-embed', default=False,
+                            action='store_true',
+                            help='tie the input word embeddings to W (needs '
+                                 '--decoder-embed-dim == --decoder-out-embed-dim)')
+        # fmt: on
+
+    @classmethod
+    def build_model(cls, args, task):
+        """Build a new model instance."""
+        # make sure all arguments are present in older models
+        base_architecture(args)
+        check_embedding_sharing(args)
+        if getattr(args, "max_target_positions", None) is not None:
+            max_target_positions = args.max_target_positions
+        else:
+            max_target_positions = getattr(args, "tokens_per_sample", DEFAULT_MAX_TARGET_POSITIONS)
+        decoder = SKDLSTMDecoder(
+            dictionary=task.target_dictionary,
+            embed_dim=args.decoder_embed_dim,
+            hidden_size=args.decoder_hidden_size,
+            out_embed_dim=args.decoder_out_embed_dim,
+            out_embed_std=args.decoder_out_embed_std,
+            dropout_in=args.decoder_dropout_in,
+            dropout_out=args.decoder_dropout_out,
+            share_input_output_embed=args.share_decoder_input_output_embed,
+            max_target_positions=max_target_positions,
+        )
+        return cls(decoder)
+
+    def get_output_embedding_matrix(self) -> nn.Parameter:
+        """W, the [vocab x word dim] output word embedding (z = W h + b)."""
+        return self.decoder.get_output_embedding_matrix()
+
+
+def check_embedding_sharing(args) -> None:
+    """Raise ValueError naming the flags when the embeddings cannot be tied."""
+    if args.share_decoder_input_output_embed and args.decoder_embed_dim != args.decoder_out_embed_dim:
+        raise ValueError(
+            "--share-decoder-input-output-embed requires --decoder-embed-dim "
+            f"({args.decoder_embed_dim}) to equal --decoder-out-embed-dim "
+            f"({args.decoder_out_embed_dim}, the word dimension of W)"
+        )
+
+
+class SKDLSTMDecoder(FairseqIncrementalDecoder):
+    """Embedding -> LSTM -> ReLU feed-forward -> W; incremental state (s, c) in one dict."""
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim=500,
+        hidden_size=400,
+        out_embed_dim=500,
+        out_embed_std=1.0,
+        dropout_in=0.1,
+        dropout_out=0.1,
+        share_input_output_embed=False,
+        max_target_positions=DEFAULT_MAX_TARGET_POSITIONS,
+    ):
+        super().__init__(dictionary)
+        num_embeddings = len(dictionary)
+        self.padding_idx = dictionary.pad()
+        self.hidden_size = hidden_size
+        self.share_input_output_embed = share_input_output_embed
+        self.max_target_positions = max_target_positions
+        self.dropout_in_module = FairseqDropout(dropout_in, module_name=self.__class__.__name__)
+        self.dropout_out_module = FairseqDropout(dropout_out, module_name=self.__class__.__name__)
+
+        if share_input_output_embed:
+            self.embed_tokens = OutputEmbedding(
+                num_embeddings, embed_dim, self.padding_idx, out_embed_std
+            )
+        else:
+            self.embed_tokens = Embedding(num_embeddings, embed_dim, self.padding_idx)
+        self.lstm = LSTM(embed_dim, hidden_size)
+        # F, f: the feed-forward ReLU layer to the word dimension, started small (docstring)
+        self.fc_hidden = FeedForward(hidden_size, out_embed_dim)
+        # W, b
+        self.fc_out = nn.Linear(out_embed_dim, num_embeddings)
+        nn.init.zeros_(self.fc_out.bias)
+        if share_input_output_embed:
+            self.fc_out.weight = self.embed_tokens.weight
+        else:
+            init_output_embedding_(self.fc_out.weight, out_embed_std)
+
+    def get_output_embedding_matrix(self) -> nn.Parameter:
+        """W, the [vocab x word dim] output word embedding (z = W h + b)."""
+        return self.fc_out.weight
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out=None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            prev_output_tokens: B x T previous words (right- or left-padded).
+            incremental_state: the generation cache; when it holds a state, only the last
+                column of ``prev_output_tokens`` is read.
+        Returns:
+            logits (B x T x vocab, or B x 1 x vocab for a cached step) and ``{"attn": [None]}``.
+        """
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        return self.output_layer(x), extra
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out=None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        **kwargs,
+    ):
+        """h (B x T x word dim), the input of the softmax layer, and ``{"attn": [None]}``."""
+        cached = self.get_incremental_state(incremental_state, "cached_state")
+        if cached is not None:
+            hidden, cell = cached["hidden"], cached["cell"]
+            assert hidden is not None and cell is not None
+            outputs, hidden, cell = self._step(prev_output_tokens[:, -1:], hidden, cell)
+        else:
+            outputs, hidden, cell = self._run(
+                prev_output_tokens, final_state=incremental_state is not None
+            )
+        if incremental_state is not None:
+            self.set_incremental_state(
+                incremental_state, "cached_state", {"hidden": hidden, "cell": cell}
+            )
+        x = self.dropout_out_module(outputs)
+        x = self.dropout_out_module(F.relu(self.fc_hidden(x)))
+        return x, {"attn": [None]}
+
+    def _step(self, tokens: Tensor, hidden: Tensor, cell: Tensor):
+        """One generation step from the cached (s, c), B x H each; a padding token keeps them."""
+        x = self.dropout_in_module(self.embed_tokens(tokens))  # B x 1 x E
+        outputs, (new_hidden, new_cell) = self.lstm(x, (hidden.unsqueeze(0), cell.unsqueeze(0)))
+        new_hidden, new_cell = new_hidden.squeeze(0), new_cell.squeeze(0)
+        is_pad = tokens.eq(self.padding_idx)  # B x 1
+        if is_pad.any():
+            new_hidden = torch.where(is_pad, hidden, new_hidden)
+            new_cell = torch.where(is_pad, cell, new_cell)
+        return outputs, new_hidden, new_cell
+
+    def _run(self, tokens: Tensor, final_state: bool):
+        """LSTM over whole (padded) sequences from the zero state: outputs B x T x H and, when
+        ``final_state``, the state after each row's last word (B x H each)."""
+        bsz, seqlen = tokens.size()
+        padding_mask = tokens.eq(self.padding_idx)
+        left_padded = bool(padding_mask[:, 0].any())
+        if left_padded:
+            # the LSTM must start at each row's first word: move the padding to the right
+            tokens = utils.convert_padding_direction(tokens, self.padding_idx, left_to_right=True)
+        x = self.dropout_in_module(self.embed_tokens(tokens))  # B x T x E
+        if final_state and bool(padding_mask.any()):
+            lengths = (~padding_mask).sum(dim=1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, lengths, batch_first=True, enforce_sorted=False
+            )
+            packed_out, (hidden, cell) = self.lstm(packed)
+            outputs, _ = nn.utils.rnn.pad_packed_sequence(
+                packed_out, batch_first=True, total_length=seqlen
+            )
+        else:
+            # right padding: the outputs at words only depend on earlier words
+            outputs, (hidden, cell) = self.lstm(x)
+        if left_padded:
+            outputs = outputs.gather(1, _left_pad_index(padding_mask, outputs.size(-1)))
+        return outputs, hidden.squeeze(0), cell.squeeze(0)
+
+    def output_layer(self, features):
+        """z = W h + b."""
+        return self.fc_out(features)
+
+    def reorder_incremental_state(
+        self,
+        incremental_state: Dict[str, Dict[str, Optional[Tensor]]],
+        new_order: Tensor,
+    ):
+        cached = self.get_incremental_state(incremental_state, "cached_state")
+        if cached is None:
+            return
+        reordered = {
+            key: value.index_select(0, new_order) if value is not None else None
+            for key, value in cached.items()
+        }
+        self.set_incremental_state(incremental_state, "cached_state", reordered)
+
+    def max_positions(self):
+        """Maximum output length supported by the decoder."""
+        return self.max_target_positions
+
+
+def _left_pad_index(padding_mask, dim):
+    """Gather index (B x T x dim) that moves right-padded rows back to left padding: position
+    p of a row with k pads reads right-padded position (p - k) mod T (a pad position for p < k).
+    The inverse of fairseq's utils.convert_padding_direction(left_to_right=True)."""
+    seqlen = padding_mask.size(1)
+    positions = torch.arange(seqlen, device=padding_mask.device).expand_as(padding_mask)
+    num_pads = padding_mask.long().sum(dim=1, keepdim=True)
+    index = torch.remainder(positions - num_pads, seqlen)
+    return index.unsqueeze(-1).expand(-1, -1, dim)
+
+
+def Embedding(num_embeddings, embedding_dim, padding_idx):
+    """fairseq lstm's input embedding: uniform(+-0.1), padding row zero."""
+    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
+    nn.init.uniform_(m.weight, -0.1, 0.1)
+    nn.init.constant_(m.weight[padding_idx], 0)
+    return m
+
+
+def init_output_embedding_(weight, std):
+    """N(0, std^2) rows: two rows are about std * sqrt(2 * dim) apart (module docstring)."""
+    with torch.no_grad():
+        weight.normal_(0.0, std)
+    return weight
+
+
+def OutputEmbedding(num_embeddings, embedding_dim, padding_idx, std):
+    """An input embedding that is also W (tied): W's init, padding row zero."""
+    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
+    init_output_embedding_(m.weight, std)
+    nn.init.constant_(m.weight[padding_idx], 0)
+    return m
+
+
+def LSTM(input_size, hidden_size):
+    """fairseq lstm's init: every weight and bias uniform(+-0.1)."""
+    m = nn.LSTM(input_size, hidden_size, batch_first=True)
+    for param in m.parameters():
+        param.data.uniform_(-0.1, 0.1)
+    return m
+
+
+def FeedForward(in_features, out_features):
+    """F, f of h = ReLU(F s + f), started small: N(0, 2 / (in * out)) weights, zero bias, so
+    ||h|| is about the RMS of s and the logits W h stay O(1) next to an N(0, 1) W."""
+    m = nn.Linear(in_features, out_features)
+    nn.init.normal_(m.weight, 0.0, (2.0 / (in_features * out_features)) ** 0.5)
+    nn.init.zeros_(m.bias)
+    return m
+
+
+@register_model_architecture("skd_lstm_lm", "skd_lstm_lm")
+def base_architecture(args):
+    """Hahn & Choi (2019), Section 4.2: word dimension 500, 400 hidden units."""
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 500)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 400)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 500)
+    args.decoder_out_embed_std = getattr(args, "decoder_out_embed_std", 1.0)
+    args.decoder_dropout_in = getattr(args, "decoder_dropout_in", args.dropout)
+    args.decoder_dropout_out = getattr(args, "decoder_dropout_out", args.dropout)
+    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", False)
+
+
+@register_model_architecture("skd_lstm_lm", "skd_lstm_lm_tiny")
+def skd_lstm_lm_tiny(args):
+    args.dropout = getattr(args, "dropout", 0.0)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 32)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 64)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 32)
+    base_architecture(args)
