@@ -246,14 +246,17 @@ class SKDLSTMDecoder(FairseqIncrementalDecoder):
             tokens = utils.convert_padding_direction(tokens, self.padding_idx, left_to_right=True)
         x = self.dropout_in_module(self.embed_tokens(tokens))  # B x T x E
         if final_state and bool(padding_mask.any()):
-            lengths = (~padding_mask).sum(dim=1).clamp(min=1).cpu()
+            lengths = (~padding_mask).sum(dim=1)
             packed = nn.utils.rnn.pack_padded_sequence(
-                x, lengths, batch_first=True, enforce_sorted=False
+                x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
             )
             packed_out, (hidden, cell) = self.lstm(packed)
             outputs, _ = nn.utils.rnn.pad_packed_sequence(
                 packed_out, batch_first=True, total_length=seqlen
             )
+            # rows of padding only (the first step of a left-padded batch) keep the zero state
+            empty = lengths.eq(0).view(1, bsz, 1)
+            hidden, cell = hidden.masked_fill(empty, 0.0), cell.masked_fill(empty, 0.0)
         else:
             # right padding: the outputs at words only depend on earlier words
             outputs, (hidden, cell) = self.lstm(x)
