@@ -360,8 +360,6 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
         annotations = encoder_out["annotations"]  # B x S x C
         keys = encoder_out["attention_keys"]  # B x S x A
         padding_mask = encoder_out["padding_mask"]  # B x S
-        if not padding_mask.any():
-            padding_mask = None
 
         emb = self.dropout_in_module(self.embed_tokens(prev_output_tokens))  # B x T x E
         bsz, seqlen = prev_output_tokens.size()
@@ -382,11 +380,10 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
         for i in range(seqlen):
             query = self.attention_query_proj(hidden)  # B x A
             scores = torch.matmul((keys + query.unsqueeze(1)).mul_(2.0).sigmoid_(), v2)  # B x S
-            if padding_mask is not None:
-                scores = (
-                    scores.float().masked_fill(padding_mask, float("-inf")).type_as(scores)
-                )  # FP16 support: mask in float and cast back
-            alpha = F.softmax(scores, dim=-1)
+            # FP16 support: mask and normalise in float, cast back
+            alpha = F.softmax(
+                scores.float().masked_fill(padding_mask, float("-inf")), dim=-1
+            ).type_as(scores)
             context = torch.bmm(alpha.unsqueeze(1), annotations).squeeze(1)  # B x C
             gates = torch.addmm(emb_gates[i], torch.cat([context, hidden], dim=1), recurrent_weight)
             in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=1)
