@@ -158,7 +158,7 @@ def test_skd_changes_the_loss_once_alpha_is_positive():
     ce_loss, _, _, _ = loss_and_grads(CrossEntropyCriterion(make_task(), False), sample)
     loss, _, _, log = loss_and_grads(make_criterion(num_updates=10), sample)
     assert log["skd_alpha"] == pytest.approx(0.9)
-    assert log["skd_mismatch"] > 0
+    assert log["skd_qn_count"] > 0
     assert not torch.allclose(loss, ce_loss)
     assert torch.equal(log["nll_loss"], ce_loss)  # nll_loss stays the true NLL
 
@@ -186,7 +186,7 @@ def test_padding_adds_nothing():
     loss, _, log = criterion(model, sample)
     loss_padded, _, log_padded = criterion(model, padded)
     assert loss_padded.item() == pytest.approx(loss.item(), rel=1e-6)
-    for key in ("skd_match", "skd_mismatch", "skd_qn_sum", "skd_clipped", "skd_positions"):
+    for key in ("skd_match", "skd_qn_count", "skd_qn_sum", "skd_clipped", "skd_positions"):
         assert float(log_padded[key]) == pytest.approx(float(log[key]))
 
 
@@ -266,7 +266,7 @@ def test_reduce_metrics_are_sums_over_workers():
     logs = [criterion(model, make_sample(seed=s))[2] for s in range(3)]
     with metrics.aggregate() as agg:
         SelfKDCrossEntropyCriterion.reduce_metrics(logs)
-    mismatch = sum(float(log["skd_mismatch"]) for log in logs)
+    mismatch = sum(float(log["skd_qn_count"]) for log in logs)
     positions = sum(float(log["skd_positions"]) for log in logs)
     ntokens = sum(log["ntokens"] for log in logs)
     nll = sum(float(log["nll_loss"]) for log in logs)

@@ -21,11 +21,20 @@ import torch
 import torch.nn.functional as F
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import FairseqDataclass
+from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
+from ..modules.embedding_distance import (
+    DISTANCES,
+    auto_sigma,
+    mean_nearest_neighbour_distance,
+    nearest_neighbours,
+    pair_distance,
+)
 from ..modules.output_embedding import find_output_embedding
+from ..modules.soft_target_losses import full_soft_target_loss, topk_soft_target_loss
 from ..modules.target_embedding_noise import TargetEmbeddingNoise
 
 logger = logging.getLogger(__name__)
@@ -39,14 +48,21 @@ SATURATION_MIN_POSITIONS = 2000
 SATURATION_CLIP_FRACTION = 0.95
 
 
+SOFT_TARGETS = ("predicted", "topk", "full")
+
+
 @dataclass
 class SelfKDCrossEntropyConfig(FairseqDataclass):
-    skd_sigma: float = field(
-        default=0.1,
+    skd_sigma: str = field(
+        default="0.1",
         metadata={
-            "help": "sigma of Eq. 8, q_n = exp(-sigma ||W_t - W_n||); it only means something "
-            "relative to the distances between output embeddings (watch skd_clip in the logs)"
+            "help": "sigma of Eq. 8, q_n = exp(-sigma d(W_t, W_n)), or 'auto': ln 2 / the mean "
+            "nearest-neighbour distance in W (refreshed every --skd-sigma-refresh updates). A "
+            "number only means something relative to the embedding distances (watch skd_clip)"
         },
+    )
+    skd_sigma_refresh: int = field(
+        default=100, metadata={"help": "with --skd-sigma auto: updates between recomputations"}
     )
     skd_warmup_updates: int = field(
         default=500,
@@ -61,7 +77,30 @@ class SelfKDCrossEntropyConfig(FairseqDataclass):
     )
     skd_qn_max: float = field(
         default=0.5,
-        metadata={"help": "clip of q_n (Eq. 8: the prediction is never more right than the target)"},
+        metadata={"help": "clip of q_n (Eq. 8: the prediction is never more right than the "
+                  "target); with topk/full, the clip of the total non-target mass"},
+    )
+    skd_soft_targets: ChoiceEnum(SOFT_TARGETS) = field(
+        default="predicted",
+        metadata={"help": "predicted: the paper's Eq. 8 (target and the model's prediction); "
+                  "topk: Eq. 7 over the target and its --skd-topk nearest words; full: Eq. 7 "
+                  "over the whole vocabulary"},
+    )
+    skd_topk: int = field(default=10, metadata={"help": "K nearest words for --skd-soft-targets topk"})
+    skd_topk_refresh: int = field(
+        default=100,
+        metadata={"help": "updates between recomputations of the nearest-word sets for topk "
+                  "(the distances to them are always current)"},
+    )
+    skd_distance: ChoiceEnum(DISTANCES) = field(
+        default="l2",
+        metadata={"help": "l2: ||W_t - W_k|| (paper); cosine: 1 - cos(W_t, W_k); dot: "
+                  "max(0, W_t.W_t - W_t.W_k); each mapped to exp(-sigma d)"},
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "epsilon of label smoothing mixed into the SKD target: (1 - eps) * "
+                  "SKD target + eps/(V-1) on every other word"},
     )
     target_embed_noise: float = field(
         default=0.0,
@@ -87,6 +126,10 @@ def _in_range(lo, hi, lo_open=False, hi_open=False):
 # flag -> (config field, check, allowed range as text)
 FLAG_CHECKS = {
     "--skd-sigma": ("skd_sigma", *_in_range(0, None, lo_open=True)),
+    "--skd-sigma-refresh": ("skd_sigma_refresh", *_in_range(1, None)),
+    "--skd-topk": ("skd_topk", *_in_range(1, None)),
+    "--skd-topk-refresh": ("skd_topk_refresh", *_in_range(1, None)),
+    "--label-smoothing": ("label_smoothing", *_in_range(0, 1, hi_open=True)),
     "--skd-warmup-updates": ("skd_warmup_updates", *_in_range(0, None)),
     "--skd-alpha-step": ("skd_alpha_step", *_in_range(0, None)),
     "--skd-alpha-max": ("skd_alpha_max", *_in_range(0, 1)),
@@ -97,9 +140,27 @@ FLAG_CHECKS = {
 }
 
 
+def parse_sigma(value):
+    """--skd-sigma: 'auto' or a number (kept as a string in the config for 'auto')."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def flag_problem(flag: str, value):
     """What is wrong with ``value`` for ``flag`` ("must be in ..."), or None if it is fine."""
     _, check, allowed = FLAG_CHECKS[flag]
+    if flag == "--skd-sigma":
+        value = parse_sigma(value)
+        if value == "auto":
+            return None
+        if isinstance(value, str):
+            return f"must be 'auto' or a number in {allowed}, got {value!r}"
     if value is None or isinstance(value, bool) or not math.isfinite(value) or not check(value):
         return f"must be in {allowed}, got {value!r}"
     return None
@@ -121,20 +182,53 @@ def skd_alpha(num_updates: int, warmup_updates: int, alpha_step: float, alpha_ma
     return min(alpha_max, max(0, num_updates - warmup_updates + 1) * alpha_step)
 
 
-def output_embedding_distances(output_embed, target, pred, chunk=DISTANCE_CHUNK):
-    """||W_t - W_n||_2 in float32 for each position, without gradient, ``chunk`` rows at a time."""
+def output_embedding_distances(output_embed, target, pred, distance="l2", chunk=DISTANCE_CHUNK):
+    """d(W_t, W_n) in float32 for each position, without gradient, ``chunk`` rows at a time."""
     weight = output_embed.detach()
     out = torch.empty(target.shape, dtype=torch.float32, device=target.device)
     for start in range(0, target.numel(), chunk):
-        t = target[start : start + chunk]
-        n = pred[start : start + chunk]
-        out[start : start + chunk] = (weight[t].float() - weight[n].float()).norm(dim=-1)
+        rows = slice(start, start + chunk)
+        out[rows] = pair_distance(weight[target[rows]], weight[pred[rows]], distance)
     return out
 
 
-def self_kd_nll_loss(
-    lprobs, target, output_embed, sigma, skd_weight, qn_max=0.5, ignore_index=None, reduce=True
-):
+def _check_vocab(output_embed, lprobs):
+    if output_embed.size(0) != lprobs.size(-1):
+        raise ValueError(
+            f"self_kd_cross_entropy: the output embedding has {output_embed.size(0)} rows but the "
+            f"model predicts {lprobs.size(-1)} classes; get_output_embedding_matrix() must "
+            "return the [vocab x dim] matrix right below the softmax"
+        )
+
+
+def predicted_soft_targets(lprobs, target, output_embed, sigma, qn_max, keep, distance="l2"):
+    """The paper's q_n (Eq. 8) for every position, and summable statistics about it.
+
+    Returns (pred, qn, stats): the model's predictions n = argmax lp, q_n (0 where n == t or
+    the position is padding) and a dict with ``match`` (positions with n == t), ``qn_count``
+    (positions with n != t), ``qn`` (sum of q_n over them), ``clipped`` (those where q_n hit
+    ``qn_max``), ``distance`` ([N] distances d(W_t, W_n)) and ``mismatch_mask``.
+    """
+    with torch.no_grad():
+        pred = lprobs.argmax(dim=-1)
+        mismatch = pred.ne(target) & keep
+        dist = output_embedding_distances(output_embed, target, pred, distance)
+        qn_unclipped = torch.exp(-sigma * dist)
+        # q_n only matters where n != t (elsewhere both terms are lp_t); zero it there.
+        qn = qn_unclipped.clamp(max=qn_max).masked_fill(~mismatch, 0.0)
+        stats = {
+            "match": (pred.eq(target) & keep).sum(),
+            "qn_count": mismatch.sum(),
+            "qn": qn.sum(),
+            "clipped": (qn_unclipped.ge(qn_max) & mismatch).sum(),
+            "distance": dist,
+            "mismatch_mask": mismatch,
+        }
+    return pred, qn, stats
+
+
+def self_kd_nll_loss(lprobs, target, output_embed, sigma, skd_weight, qn_max=0.5,
+                     ignore_index=None, reduce=True, distance="l2"):
     """SKD loss of paper Eq. 11 with ``skd_weight`` = alpha * lambda.
 
     Args:
@@ -142,39 +236,16 @@ def self_kd_nll_loss(
         output_embed: [V x D] output word-embedding matrix W (no gradient flows through q_n).
     Returns:
         (loss, nll_loss, stats): the loss, the plain negative log-likelihood (what
-        ``cross_entropy`` reports), summed unless ``reduce`` is False, and a dict of summable
-        tensors: ``match`` (positions with n == t), ``mismatch`` (n != t), ``qn`` (sum of q_n
-        over mismatch positions), ``clipped`` (mismatch positions where q_n hit ``qn_max``),
-        and ``distance`` (the [N] distances ||W_t - W_n||, for diagnostics).
+        ``cross_entropy`` reports), summed unless ``reduce`` is False, and the statistics of
+        :func:`predicted_soft_targets`.
     With ``skd_weight`` == 0 the loss is computed exactly as fairseq's ``cross_entropy`` does.
     """
     target = target.view(-1)
     lprobs = lprobs.view(-1, lprobs.size(-1))
-    if output_embed.size(0) != lprobs.size(-1):
-        raise ValueError(
-            f"self_kd_cross_entropy: the output embedding has {output_embed.size(0)} rows but the "
-            f"model predicts {lprobs.size(-1)} classes; get_output_embedding_matrix() must "
-            "return the [vocab x dim] matrix right below the softmax"
-        )
+    _check_vocab(output_embed, lprobs)
     keep = target.ne(ignore_index) if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
-
-    with torch.no_grad():
-        pred = lprobs.argmax(dim=-1)
-        mismatch = pred.ne(target) & keep
-        distance = output_embedding_distances(output_embed, target, pred)
-        qn_unclipped = torch.exp(-sigma * distance)
-        clipped = qn_unclipped.ge(qn_max) & mismatch
-        # q_n only matters where n != t (elsewhere the two terms are both lp_t); zero it there.
-        qn = qn_unclipped.clamp(max=qn_max).masked_fill(~mismatch, 0.0)
-        stats = {
-            "match": (pred.eq(target) & keep).sum(),
-            "mismatch": mismatch.sum(),
-            "qn": qn.sum(),
-            "clipped": clipped.sum(),
-            "distance": distance,
-            "mismatch_mask": mismatch,
-        }
-
+    pred, qn, stats = predicted_soft_targets(lprobs, target, output_embed, sigma, qn_max, keep,
+                                             distance)
     if skd_weight == 0:
         loss = F.nll_loss(
             lprobs, target, ignore_index=-100 if ignore_index is None else ignore_index,
@@ -194,34 +265,122 @@ def self_kd_nll_loss(
     return loss, nll_loss, stats
 
 
+def skd_loss(lprobs, target, output_embed, sigma, skd_weight, qn_max=0.5, ignore_index=None,
+             reduce=True, soft_targets="predicted", distance="l2", neighbours=None,
+             label_smoothing=0.0):
+    """The criterion's loss in every mode: (loss, nll_loss, stats).
+
+    ``soft_targets``: ``predicted`` (paper Eq. 8/11, :func:`self_kd_nll_loss`), ``topk`` (needs
+    ``neighbours`` [V x K]) or ``full`` (see ``fairseq_skd.modules.soft_target_losses``).
+    ``label_smoothing`` eps mixes uniform mass into the SKD target y:
+    (1 - eps) * y + eps/(V-1) on every word but t, i.e.
+    loss = (1 - eps) * loss_skd + eps/(V-1) * sum_{k != t} -lp_k. With eps = 0 this is the SKD
+    loss exactly; with skd_weight = 0 it is fairseq's ``label_smoothed_cross_entropy`` exactly.
+    Statistics: as :func:`predicted_soft_targets` for ``predicted``; for ``topk``/``full``
+    ``qn`` sums the (clipped) non-target mass over all ``qn_count`` positions and ``clipped``
+    counts positions whose non-target mass was clipped; none while skd_weight is 0.
+    """
+    target = target.view(-1)
+    lprobs = lprobs.view(-1, lprobs.size(-1))
+    _check_vocab(output_embed, lprobs)
+    if soft_targets not in SOFT_TARGETS:
+        raise ValueError(f"--skd-soft-targets must be one of {SOFT_TARGETS}, got {soft_targets!r}")
+    predicted = soft_targets == "predicted"
+    if label_smoothing == 0 and (predicted or skd_weight == 0):
+        loss, nll_loss, stats = self_kd_nll_loss(lprobs, target, output_embed, sigma, skd_weight,
+                                                 qn_max, ignore_index, reduce, distance)
+        return loss, nll_loss, (stats if predicted else {})
+
+    keep = target.ne(ignore_index) if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    if skd_weight == 0:  # label smoothing alone: exactly fairseq's
+        loss, nll_loss = label_smoothed_nll_loss(lprobs, target, label_smoothing, ignore_index,
+                                                 reduce)
+        if not reduce:
+            loss, nll_loss = loss.view(-1), nll_loss.view(-1)
+        stats = {}
+        if predicted:
+            _, _, stats = predicted_soft_targets(lprobs, target, output_embed, sigma, qn_max,
+                                                 keep, distance)
+        return loss, nll_loss, stats
+
+    if predicted:
+        loss, nll_loss, stats = self_kd_nll_loss(lprobs, target, output_embed, sigma, skd_weight,
+                                                 qn_max, ignore_index, False, distance)
+    else:
+        if soft_targets == "topk":
+            if neighbours is None:
+                raise ValueError("--skd-soft-targets topk needs the nearest-word table")
+            loss, mass, clipped = topk_soft_target_loss(
+                lprobs, target, output_embed.detach(), neighbours, sigma, skd_weight, qn_max,
+                distance, ignore_index)
+        else:
+            loss, mass, clipped = full_soft_target_loss(
+                lprobs, target, output_embed, sigma, skd_weight, qn_max, distance, ignore_index)
+        loss = loss.masked_fill(~keep, 0.0)
+        nll_loss = (-lprobs.gather(1, target[:, None]).squeeze(1)).masked_fill(~keep, 0.0)
+        with torch.no_grad():
+            stats = {"match": (lprobs.argmax(-1).eq(target) & keep).sum(),
+                     "qn_count": keep.sum(), "qn": mass.masked_fill(~keep, 0.0).sum(),
+                     "clipped": (clipped & keep).sum()}
+    if label_smoothing > 0:
+        eps_i = label_smoothing / (lprobs.size(-1) - 1)
+        others = (-lprobs.sum(-1)).masked_fill(~keep, 0.0) - nll_loss
+        loss = (1.0 - label_smoothing) * loss + eps_i * others
+    if reduce:
+        loss, nll_loss = loss.sum(), nll_loss.sum()
+    return loss, nll_loss, stats
+
+
 @register_criterion("self_kd_cross_entropy", dataclass=SelfKDCrossEntropyConfig)
 class SelfKDCrossEntropyCriterion(FairseqCriterion):
     def __init__(
         self,
         task,
         sentence_avg,
-        skd_sigma=0.1,
+        skd_sigma="0.1",
+        skd_sigma_refresh=100,
         skd_warmup_updates=500,
         skd_alpha_step=0.0002,
         skd_alpha_max=1.0,
         skd_lambda=1.0,
         skd_qn_max=0.5,
+        skd_soft_targets="predicted",
+        skd_topk=10,
+        skd_topk_refresh=100,
+        skd_distance="l2",
+        label_smoothing=0.0,
         target_embed_noise=0.0,
         ignore_prefix_size=0,
     ):
         super().__init__(task)
         for flag, (name, _, _) in FLAG_CHECKS.items():
             check_flag(flag, locals()[name])
+        for flag, value, choices in (("--skd-soft-targets", skd_soft_targets, SOFT_TARGETS),
+                                     ("--skd-distance", skd_distance, DISTANCES)):
+            if str(value) not in choices:
+                raise ValueError(f"self_kd_cross_entropy: {flag} must be one of {choices}, "
+                                 f"got {value!r}")
         self.sentence_avg = sentence_avg
-        self.sigma = skd_sigma
+        sigma = parse_sigma(skd_sigma)
+        self.auto_sigma = sigma == "auto"
+        self.sigma = None if self.auto_sigma else float(sigma)
+        self.sigma_refresh = skd_sigma_refresh
         self.warmup_updates = skd_warmup_updates
         self.alpha_step = skd_alpha_step
         self.alpha_max = skd_alpha_max
         self.skd_lambda = skd_lambda
         self.qn_max = skd_qn_max
+        self.soft_targets = str(skd_soft_targets)
+        self.topk = skd_topk
+        self.topk_refresh = skd_topk_refresh
+        self.distance = str(skd_distance)
+        self.label_smoothing = label_smoothing
         self.target_embed_noise = target_embed_noise
         self.ignore_prefix_size = ignore_prefix_size
         self.num_updates = 0
+        # Derived from W and refreshed periodically: (update number, value).
+        self._sigma_state = None
+        self._neighbour_state = None
         self._noised_decoders = weakref.WeakSet()
         self._saturation = {"mismatch": 0, "clipped": 0, "distances": [], "done": False}
         if hasattr(task, "train_step"):
@@ -232,9 +391,9 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
         """Check the --skd-* flags when the command line is parsed, so a bad value stops
         fairseq-train with a usage error before any data or model is loaded."""
         super().add_args(parser)
-        for flag, (_, _, _) in FLAG_CHECKS.items():
+        for flag in FLAG_CHECKS:
             action = parser._option_string_actions.get(flag)
-            if action is not None and action.type in (int, float):
+            if action is not None and action.type in (int, float, str):
                 action.type = _checked_type(flag, action.type)
 
     def set_num_updates(self, num_updates):
@@ -246,6 +405,35 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
     def alpha(self) -> float:
         return skd_alpha(self.num_updates, self.warmup_updates, self.alpha_step, self.alpha_max)
 
+    def current_sigma(self, output_embed) -> float:
+        """The fixed sigma, or with 'auto' ln 2 / the mean nearest-neighbour distance in W,
+        recomputed every --skd-sigma-refresh updates (and at the first forward after a start
+        or resume)."""
+        if not self.auto_sigma:
+            return self.sigma
+        state = self._sigma_state
+        if state is None or (self.num_updates != state[0] and self.num_updates % self.sigma_refresh == 0):
+            mean_nn = mean_nearest_neighbour_distance(output_embed, self.distance,
+                                                      exclude=self.padding_idx)
+            self._sigma_state = state = (self.num_updates, auto_sigma(mean_nn))
+        return state[1]
+
+    def current_neighbours(self, output_embed):
+        """Each word's --skd-topk nearest words in W, recomputed every --skd-topk-refresh
+        updates (and at the first forward after a start or resume)."""
+        state = self._neighbour_state
+        stale = state is None or (self.num_updates != state[0]
+                                  and self.num_updates % self.topk_refresh == 0)
+        if stale or state[1].device != output_embed.device:
+            vocab = output_embed.size(0)
+            if self.topk >= vocab:
+                raise ValueError(f"self_kd_cross_entropy: --skd-topk must be smaller than the "
+                                 f"vocabulary ({vocab}), got {self.topk}")
+            neighbours, _ = nearest_neighbours(output_embed, self.topk, self.distance,
+                                               exclude=self.padding_idx)
+            self._neighbour_state = state = (self.num_updates, neighbours)
+        return state[1]
+
     def forward(self, model, sample, reduce=True):
         if self.target_embed_noise > 0:
             self._install_target_embed_noise(model)
@@ -253,22 +441,22 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
         net_output = model(**sample["net_input"])
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
         alpha = self.alpha if model.training else 0.0
-        loss, nll_loss, stats = self_kd_nll_loss(
-            lprobs,
-            target,
-            output_embed,
-            sigma=self.sigma,
-            skd_weight=alpha * self.skd_lambda,
-            qn_max=self.qn_max,
-            ignore_index=self.padding_idx,
-            reduce=reduce,
+        skd_weight = alpha * self.skd_lambda
+        sigma = self.current_sigma(output_embed)
+        neighbours = (self.current_neighbours(output_embed)
+                      if self.soft_targets == "topk" and skd_weight > 0 else None)
+        loss, nll_loss, stats = skd_loss(
+            lprobs, target, output_embed, sigma=sigma, skd_weight=skd_weight,
+            qn_max=self.qn_max, ignore_index=self.padding_idx, reduce=reduce,
+            soft_targets=self.soft_targets, distance=self.distance, neighbours=neighbours,
+            label_smoothing=self.label_smoothing,
         )
         if not model.training:
             # Validation reports the plain NLL as `loss`, so checkpoint selection and early
             # stopping compare like with like across criterions and across alpha.
             loss = nll_loss
-        else:
-            self._check_saturation(stats)
+        elif "distance" in stats:
+            self._check_saturation(stats, sigma)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": loss.data,
@@ -277,13 +465,17 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
             "skd_alpha": self.alpha,
+            "skd_sigma": sigma,
             "skd_batches": 1,
-            "skd_positions": stats["match"] + stats["mismatch"],
-            "skd_match": stats["match"],
-            "skd_mismatch": stats["mismatch"],
-            "skd_qn_sum": stats["qn"],
-            "skd_clipped": stats["clipped"],
         }
+        if stats:
+            logging_output.update({
+                "skd_positions": target.ne(self.padding_idx).sum(),
+                "skd_match": stats["match"],
+                "skd_qn_count": stats["qn_count"],
+                "skd_qn_sum": stats["qn"],
+                "skd_clipped": stats["clipped"],
+            })
         return loss, sample_size, logging_output
 
     def get_lprobs_and_target(self, model, net_output, sample):
@@ -300,13 +492,13 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
             TargetEmbeddingNoise(decoder, self.target_embed_noise)
             self._noised_decoders.add(decoder)
 
-    def _check_saturation(self, stats):
+    def _check_saturation(self, stats, sigma):
         """Warn once when q_n sits at the clip almost everywhere: sigma then does not match
         the scale of the embedding distances and SKD only pushes mass onto the argmax."""
         state = self._saturation
         if state["done"]:
             return
-        state["mismatch"] += int(stats["mismatch"])
+        state["mismatch"] += int(stats["qn_count"])
         state["clipped"] += int(stats["clipped"])
         state["distances"].append(stats["distance"][stats["mismatch_mask"]].cpu())
         if state["mismatch"] < SATURATION_MIN_POSITIONS:
@@ -320,11 +512,11 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
             logger.warning(
                 f"SKD: q_n was clipped at --skd-qn-max={self.qn_max} for {100 * fraction:.1f}% of "
                 f"the positions where the prediction differs from the target: the median "
-                f"distance ||W_t - W_n|| is {median:.3g}, so exp(-{self.sigma} * d) is "
-                f"{math.exp(-self.sigma * median):.2f}. SKD then only moves alpha * {self.qn_max} "
+                f"distance d(W_t, W_n) is {median:.3g}, so exp(-{sigma:.3g} * d) is "
+                f"{math.exp(-sigma * median):.2f}. SKD then only moves alpha * {self.qn_max} "
                 f"of the target's mass onto the model's own prediction, whatever it is. "
                 f"--skd-sigma {suggested:.3g} would put q_n at {self.qn_max / 2:.2g} for the "
-                f"median distance (or scale the output embeddings up)."
+                f"median distance (or use --skd-sigma auto, or scale the output embeddings up)."
             )
 
     @staticmethod
@@ -345,10 +537,11 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
         batches = total("skd_batches")
         if batches > 0:
             metrics.log_scalar("skd_alpha", total("skd_alpha") / batches, batches, round=5)
+            metrics.log_scalar("skd_sigma", total("skd_sigma") / batches, batches, round=5)
         positions = total("skd_positions")
         if positions > 0:
             metrics.log_scalar("skd_match", total("skd_match") / positions, positions, round=4)
-        mismatch = total("skd_mismatch")
+        mismatch = total("skd_qn_count")
         if mismatch > 0:
             metrics.log_scalar("skd_qn", total("skd_qn_sum") / mismatch, mismatch, round=4)
             metrics.log_scalar("skd_clip", total("skd_clipped") / mismatch, mismatch, round=4)
