@@ -96,18 +96,20 @@ class Study:
         warmup = max(1, total // 4)
         # alpha reaches 1 two thirds of the way between K and the end of training
         alpha_step = 1.0 / max(1, (total - warmup) * 2 // 3)
-        return ["--arch", a.arch,
+        sizes = [] if a.smoke else ["--decoder-embed-dim", "128", "--decoder-hidden-size", "128",
+                                    "--decoder-out-embed-dim", "128"]
+        return ["--arch", a.arch, *sizes,
             "--task", "language_modeling", "--sample-break-mode", "eos",
             "--tokens-per-sample", "128", "--optimizer", "adam", "--lr", "0.002",
             "--clip-norm", "1.0", "--dropout", "0.2", "--max-tokens", str(a.max_tokens),
             "--required-batch-size-multiple", "1", "--update-epoch-batch-itr", "True",
-            "--max-epoch", str(a.epochs), "--skd-warmup-updates", str(warmup),
-            "--skd-alpha-step", f"{alpha_step:.6g}", "--log-format", "json",
+            "--max-epoch", str(a.epochs), "--log-format", "json",
             "--log-interval", "10", "--no-progress-bar", "--num-workers", "0",
             "--no-epoch-checkpoints",
-        ] + ([] if torch.cuda.is_available() else ["--cpu"])
+        ] + ([] if torch.cuda.is_available() else ["--cpu"]), [
+            "--skd-warmup-updates", str(warmup), "--skd-alpha-step", f"{alpha_step:.6g}"]
 
-    def train_and_score(self, bin_dir, variant, seed, base_flags):
+    def train_and_score(self, bin_dir, variant, seed, base_flags, schedule_flags):
         name = f"{variant}-seed{seed}"
         save_dir = self.out / "checkpoints" / name
         log_file = self.out / "logs" / f"{name}.train.log"
@@ -116,7 +118,9 @@ class Study:
             self.log(f"training {VARIANT_NAMES[variant]} (seed {seed})")
             self.run([str(BIN / "fairseq-train"), str(bin_dir), "--user-dir", USER_DIR,
                       "--save-dir", str(save_dir), "--seed", str(seed), *base_flags,
-                      *VARIANTS[variant], *self.args.fairseq_args], log_file)
+                      *VARIANTS[variant],
+                      *(schedule_flags if "self_kd_cross_entropy" in VARIANTS[variant] else []),
+                      *self.args.fairseq_args], log_file)
         train_log = log_file.read_text()
         result = {"variant": variant, "seed": seed}
         result.update(parse_training_log(train_log))
@@ -148,8 +152,8 @@ class Study:
         self.log(f"output folder {self.out}; device {device}")
         bin_dir = self.prepare_data()
         train_tokens = sum(len(line.split()) + 1 for line in open(self.out / "data" / "train.txt"))
-        base_flags = self.train_flags(max(1, train_tokens // a.max_tokens))
-        results = [self.train_and_score(bin_dir, v, s, base_flags)
+        base_flags, schedule_flags = self.train_flags(max(1, train_tokens // a.max_tokens))
+        results = [self.train_and_score(bin_dir, v, s, base_flags, schedule_flags)
                    for s in a.seeds for v in a.variants]
         write_tables(results, self.out)
         print((self.out / "results.md").read_text())
@@ -226,8 +230,8 @@ def build_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed per variant")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per run")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    p.add_argument("--arch", default=None, help="fairseq architecture of the LM "
-                   "(default skd_lstm_lm_small; skd_lstm_lm_tiny with --smoke)")
+    p.add_argument("--arch", default=None, help="fairseq architecture of the LM (default "
+                   "skd_lstm_lm with word dim 128 and 128 hidden units; skd_lstm_lm_tiny with --smoke)")
     p.add_argument("--max-tokens", type=int, default=2000)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (a minute or two)")
     p.add_argument("fairseq_args", nargs=argparse.REMAINDER,
@@ -240,7 +244,7 @@ def main(argv=None):
     if args.fairseq_args and args.fairseq_args[0] == "--":
         args.fairseq_args = args.fairseq_args[1:]
     if args.arch is None:
-        args.arch = "skd_lstm_lm_tiny" if args.smoke else "skd_lstm_lm_small"
+        args.arch = "skd_lstm_lm_tiny" if args.smoke else "skd_lstm_lm"
     if args.epochs is None:
         args.epochs = 2 if args.smoke else 8
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
