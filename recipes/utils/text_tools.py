@@ -1,0 +1,129 @@
+"""Small text steps of the recipes (standard library only; run with the recipes' python).
+
+    text_tools.py sgm IN.sgm > OUT.txt
+        WMT's SGML test sets to one segment per line, exactly as sacrebleu does for them
+        (``FakeSGMLDataset``: lines starting with "<seg ", the text between the tags, spaces
+        collapsed), so the references equal ``sacrebleu -t wmtXX -l xx-yy --echo ref``.
+    text_tools.py titles IN SRC_OUT TGT_OUT
+        WMT'15 Wiki Headlines ("finnish ||| english" per line) into two aligned files.
+    text_tools.py clean SRC TGT SRC_OUT TGT_OUT --max-len N --ratio R
+        Drop training pairs with an empty side, a side longer than N tokens, or a token-length
+        ratio above R (Moses' clean-corpus-n.perl rules; tokens are space-separated words).
+    text_tools.py wikitext-sentences IN OUT [--unit sentence|line]
+        WikiText-2 to one sentence per line; see recipes/README.md ("What is a sentence in
+        WikiText-2"). Empty lines are dropped; every other token is kept as it is.
+"""
+
+import argparse
+import re
+import sys
+
+SEG = re.compile(r"<seg.*?>(.*)</seg>.*?")
+# WikiText is tokenized: a sentence ends with a separate ".", "?" or "!" token. (Decimal points
+# and abbreviations are inside tokens or written "@.@", so they do not end sentences.)
+SENTENCE_END = {".", "?", "!"}
+
+
+def clean(s):
+    return re.sub(r"\s+", " ", s.strip())
+
+
+def sgm_to_text(path, out):
+    n = 0
+    with open(path, encoding="utf-8") as fin:
+        for line in fin:
+            if line.startswith("<seg "):
+                print(clean(SEG.sub("\\1", line)), file=out)
+                n += 1
+    if n == 0:
+        raise SystemExit(f"text_tools.py sgm: no <seg> lines in {path}")
+
+
+def split_titles(path, src_out, tgt_out):
+    with open(path, encoding="utf-8") as fin, open(src_out, "w", encoding="utf-8") as fs, \
+            open(tgt_out, "w", encoding="utf-8") as ft:
+        for i, line in enumerate(fin, 1):
+            parts = line.rstrip("\n").split("|||")
+            if len(parts) != 2:
+                raise SystemExit(f"text_tools.py titles: {path}:{i}: expected 'a ||| b', got {line!r}")
+            print(clean(parts[0]), file=fs)
+            print(clean(parts[1]), file=ft)
+
+
+def clean_parallel(src, tgt, src_out, tgt_out, max_len, ratio):
+    kept = total = 0
+    with open(src, encoding="utf-8") as fs, open(tgt, encoding="utf-8") as ft, \
+            open(src_out, "w", encoding="utf-8") as os_, open(tgt_out, "w", encoding="utf-8") as ot:
+        for s, t in zip(fs, ft, strict=True):
+            total += 1
+            ls, lt = len(s.split()), len(t.split())
+            if ls == 0 or lt == 0 or ls > max_len or lt > max_len:
+                continue
+            if max(ls, lt) / min(ls, lt) > ratio:
+                continue
+            os_.write(s)
+            ot.write(t)
+            kept += 1
+    print(f"clean: kept {kept} of {total} pairs (max {max_len} tokens, ratio <= {ratio})",
+          file=sys.stderr)
+
+
+def wikitext_sentences(path, out_path, unit):
+    lines = sentences = 0
+    with open(path, encoding="utf-8") as fin, open(out_path, "w", encoding="utf-8") as fout:
+        for line in fin:
+            tokens = line.split()
+            if not tokens:
+                continue
+            lines += 1
+            if unit == "line":
+                print(" ".join(tokens), file=fout)
+                sentences += 1
+                continue
+            current = []
+            for tok in tokens:
+                current.append(tok)
+                if tok in SENTENCE_END:
+                    print(" ".join(current), file=fout)
+                    sentences += 1
+                    current = []
+            if current:
+                print(" ".join(current), file=fout)
+                sentences += 1
+    print(f"wikitext-sentences: {path}: {lines} non-empty lines -> {sentences} {unit}s",
+          file=sys.stderr)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("sgm")
+    a.add_argument("path")
+    a = sub.add_parser("titles")
+    a.add_argument("path")
+    a.add_argument("src_out")
+    a.add_argument("tgt_out")
+    a = sub.add_parser("clean")
+    a.add_argument("src")
+    a.add_argument("tgt")
+    a.add_argument("src_out")
+    a.add_argument("tgt_out")
+    a.add_argument("--max-len", type=int, required=True)
+    a.add_argument("--ratio", type=float, required=True)
+    a = sub.add_parser("wikitext-sentences")
+    a.add_argument("path")
+    a.add_argument("out")
+    a.add_argument("--unit", choices=["sentence", "line"], default="sentence")
+    args = p.parse_args()
+    if args.cmd == "sgm":
+        sgm_to_text(args.path, sys.stdout)
+    elif args.cmd == "titles":
+        split_titles(args.path, args.src_out, args.tgt_out)
+    elif args.cmd == "clean":
+        clean_parallel(args.src, args.tgt, args.src_out, args.tgt_out, args.max_len, args.ratio)
+    else:
+        wikitext_sentences(args.path, args.out, args.unit)
+
+
+if __name__ == "__main__":
+    main()
