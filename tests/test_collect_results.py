@@ -1,0 +1,232 @@
+"""fairseq-skd-collect on synthetic experiment folders: table values, CSV rows, paper numbers,
+missing pieces as "-", resumed logs, figures, errors."""
+
+import csv
+import json
+
+import pytest
+
+from fairseq_skd.cli import collect_results, recipe_layout
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def log_line(kind, record, clock="15:03:42"):
+    """A line as fairseq-train --log-format json writes it (values as strings, as fairseq does)."""
+    body = {k: (v if k in ("epoch", "update") else f"{v:g}" if isinstance(v, float) else str(v))
+            for k, v in record.items()}
+    return f"2026-11-24 {clock} | INFO | {kind} | {json.dumps(body)}"
+
+
+def train_log(updates, qn=lambda u: 0.3 + 0.01 * u, alpha=lambda u: min(1.0, 0.1 * u),
+              valid_every=4, skd=True, bleu=None, start=1, epoch_size=4):
+    """train_inner records for updates start..updates, valid and train records every epoch."""
+    lines = ["2026-11-24 15:03:41 | INFO | fairseq_cli.train | training on 1 devices (GPUs/TPUs)"]
+    for u in range(start, updates + 1):
+        rec = {"epoch": (u - 1) // epoch_size + 1, "update": round(u / epoch_size, 3),
+               "loss": 5.0 - 0.1 * u, "nll_loss": 5.0 - 0.1 * u}
+        if skd:
+            rec.update(skd_alpha=alpha(u), skd_match=0.2, skd_qn=qn(u), skd_clip=0.25)
+        rec.update(ppl=2 ** (5.0 - 0.1 * u), wps=100.0, num_updates=u, lr=0.003)
+        lines.append(log_line("train_inner", rec))
+        if u % valid_every == 0:
+            valid = {"epoch": u // epoch_size, "valid_loss": 4.0 - 0.05 * u, "valid_nll_loss": 4.0 - 0.05 * u}
+            if bleu is not None:
+                valid["valid_bleu"] = bleu(u)
+            valid.update(valid_ppl=10.0, valid_num_updates=u)
+            lines.append(log_line("valid", valid))
+            epoch = {"epoch": u // epoch_size, "train_loss": 4.5, "train_nll_loss": 4.5}
+            if skd:
+                epoch.update(train_skd_alpha=alpha(u), train_skd_qn=qn(u) - 0.005, train_skd_clip=0.2)
+            epoch.update(train_num_updates=u, train_lr=0.003)
+            lines.append(log_line("train", epoch))
+    return lines
+
+
+def write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def write_json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def read_csv(path):
+    with open(path) as f:
+        return {row["variant"]: row for row in csv.DictReader(f)}
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000, path
+
+
+LM_SCORES = {  # variant: (test nll/sentence, test ppl, valid nll/sentence)
+    "baseline": (120.5, 150.25, 118.0),
+    "skd": (118.25, 140.5, None),  # score_valid.json missing
+    "noise_skd": (117.0, 135.75, 115.5),
+}  # noise: not run
+
+
+@pytest.fixture
+def ptb(tmp_path):
+    exp = tmp_path / "ptb"
+    for variant, (test, ppl, valid) in LM_SCORES.items():
+        d = exp / variant
+        write_json(d / "score_test.json", {"subset": "test", "sentences": 3761, "tokens": 82430,
+                                           "nll_per_sentence": test, "ppl": ppl, "checkpoint": "x.pt"})
+        if valid is not None:
+            write_json(d / "score_valid.json", {"subset": "valid", "sentences": 3370, "tokens": 73760,
+                                                "nll_per_sentence": valid, "ppl": 99.0, "checkpoint": "x.pt"})
+        write(d / "train.log", train_log(12, skd=variant != "baseline"))
+    # noise_skd was resumed: the first run died after update 10 (last checkpoint at update 8);
+    # the second run redoes updates 9.. with other q_n values and goes on to update 16
+    write(exp / "noise_skd" / "train.log",
+          train_log(10, qn=lambda u: 0.9) + train_log(16, qn=lambda u: 0.4 + 0.001 * u, start=9))
+    return exp
+
+
+def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
+    out = tmp_path / "report"
+    collect_results.main([str(ptb), "--out", str(out)])
+    printed = capsys.readouterr().out
+
+    rows = read_csv(out / "results.csv")
+    assert list(rows) == list(recipe_layout.VARIANTS)
+    for variant, (test, ppl, valid) in LM_SCORES.items():
+        assert float(rows[variant]["test_nll_per_sentence"]) == test
+        assert float(rows[variant]["test_ppl"]) == ppl
+        assert rows[variant]["valid_nll_per_sentence"] == ("" if valid is None else str(valid))
+        assert float(rows[variant]["paper_test_nll_per_sentence"]) == recipe_layout.PAPER_TABLE2["ptb"][variant]
+    assert float(rows["noise_skd"]["delta_vs_baseline"]) == pytest.approx(117.0 - 120.5)
+    assert float(rows["noise_skd"]["paper_delta_vs_baseline"]) == pytest.approx(97.41 - 101.40)
+    assert rows["noise"]["test_nll_per_sentence"] == "" and rows["noise"]["paper_test_nll_per_sentence"] == "101.28"
+    # last-epoch q_n / clip / alpha from the `train` records; the baseline logs none
+    assert float(rows["skd"]["final_qn"]) == pytest.approx(0.3 + 0.12 - 0.005)
+    assert float(rows["skd"]["final_clip"]) == pytest.approx(0.2)
+    assert float(rows["skd"]["final_alpha"]) == pytest.approx(1.0)
+    assert rows["skd"]["updates"] == "12"
+    assert rows["baseline"]["final_qn"] == "" and rows["baseline"]["updates"] == "12"
+    # the resumed run replaces the first run's records from update 9 on
+    assert rows["noise_skd"]["updates"] == "16"
+    assert float(rows["noise_skd"]["final_qn"]) == pytest.approx(0.4 + 0.016 - 0.005)
+
+    md = (out / "results.md").read_text()
+    assert md == printed.split("written to")[0]
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in md.splitlines() if line.startswith("| +") or line.startswith("| Baseline")}
+    assert table["Baseline"][:6] == ["120.50", "+0.00", "150.25", "118.00", "101.40", "+0.00"]
+    assert table["+SKD"][:6] == ["118.25", "-2.25", "140.50", "-", "99.38", "-2.02"]
+    assert table["+Noise"][:6] == ["-", "-", "-", "-", "101.28", "-0.12"]
+    assert table["+Noise+SKD"][6:9] == ["16", "0.4110", "0.2000"]
+    assert "Paper PTB" in md and "Sentences scored: test 3761, valid 3370." in md
+    assert "- noise: not run (no folder noise/)" in md
+    assert "- skd: score_valid.json missing" in md
+
+    assert_png(out / "fig3_qn_alpha.png")
+    assert_png(out / "valid_loss.png")
+    assert not (out / "fig4_valid_bleu.png").exists()  # LM: no BLEU figure
+
+
+def test_resumed_log_keeps_the_last_run(ptb):
+    records = recipe_layout.parse_log(ptb / "noise_skd" / "train.log")
+    updates, qn = recipe_layout.series(records, "train_inner", "skd_qn")
+    assert updates == list(range(1, 17))
+    assert qn[:8] == [0.9] * 8
+    assert qn[8:] == pytest.approx([0.4 + 0.001 * u for u in range(9, 17)])
+    assert recipe_layout.series(records, "valid", "valid_loss")[0] == [4, 8, 12, 16]
+    assert [r["valid_num_updates"] for r in records["valid"]] == [4.0, 8.0, 12.0, 16.0]
+
+
+MT_BLEU = {  # variant: {(subset, beam): bleu}
+    "baseline": {("test", 1): 7.5, ("valid", 1): 8.25, ("test", 12): 9.0, ("valid", 12): 9.75},
+    "noise": {("test", 1): 7.75, ("valid", 1): 8.5, ("test", 12): 9.25},  # valid beam 12 missing
+    "skd": {("test", 1): 8.5, ("valid", 1): 9.5, ("test", 12): 10.0, ("valid", 12): 10.25},
+    "noise_skd": {("test", 1): 8.75, ("valid", 1): 9.0, ("test", 12): 10.5, ("valid", 12): 10.75},
+}
+SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.4.3"
+
+
+@pytest.fixture
+def en_fi(tmp_path):
+    exp = tmp_path / "wmt15_en_fi"
+    for i, (variant, scores) in enumerate(MT_BLEU.items()):
+        d = exp / variant
+        for (subset, beam), bleu in scores.items():
+            write_json(d / recipe_layout.bleu_file(subset, beam),
+                       {"bleu": bleu, "signature": SIGNATURE, "sentences": 1370})
+        write(d / "train.log", train_log(12, skd=variant in ("skd", "noise_skd"),
+                                         bleu=lambda u, i=i: 2.0 + 0.5 * u + i))
+    return exp
+
+
+def test_mt_table_csv_and_figures(en_fi, tmp_path):
+    out = tmp_path / "report"
+    _, rows, md = collect_results.run(en_fi, out)
+    csv_rows = read_csv(out / "results.csv")
+    for variant, scores in MT_BLEU.items():
+        for beam in (1, 12):
+            test, dev = recipe_layout.PAPER_TABLE3["wmt15_en_fi"][variant][beam]
+            assert float(csv_rows[variant][f"paper_test_bleu_beam{beam}"]) == test
+            assert float(csv_rows[variant][f"paper_dev_bleu_beam{beam}"]) == dev
+            for subset, column in (("test", "test"), ("valid", "dev")):
+                value = csv_rows[variant][f"{column}_bleu_beam{beam}"]
+                assert value == ("" if (subset, beam) not in scores else str(scores[subset, beam]))
+        assert csv_rows[variant]["signature"] == SIGNATURE
+    assert float(csv_rows["skd"]["final_qn"]) == pytest.approx(0.3 + 0.12 - 0.005)
+
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in md.splitlines() if line.startswith("| +") or line.startswith("| Baseline")}
+    assert table["Baseline"][:4] == ["7.50 (8.25)", "7.29 (8.28)", "9.00 (9.75)", "9.01 (9.85)"]
+    assert table["+Noise"][:4] == ["7.75 (8.50)", "7.68 (8.50)", "9.25 (-)", "9.35 (9.53)"]
+    assert table["+Noise+SKD"][:4] == ["8.75 (9.00)", "8.81 (8.95)", "10.50 (10.75)", "10.13 (10.47)"]
+    assert table["+SKD"][5] == "0.4150" and table["Baseline"][5] == "-"
+    assert f"sacreBLEU signature: `{SIGNATURE}`" in md
+    assert "- noise: bleu_valid_beam12.json missing" in md
+    assert "En-Fi" in md
+
+    for name in ("fig3_qn_alpha.png", "fig4_valid_bleu.png", "valid_loss.png"):
+        assert_png(out / name)
+        assert f"`{name}`" in md
+
+
+def test_mt_differing_signatures_and_sentence_counts_are_noted(en_fi, tmp_path):
+    write_json(en_fi / "skd" / recipe_layout.bleu_file("test", 1),
+               {"bleu": 8.5, "signature": SIGNATURE.replace("13a", "intl"), "sentences": 1000})
+    _, _, md = collect_results.run(en_fi, tmp_path / "out", figures=False)
+    assert "sacreBLEU signatures differ" in md and "tok:intl" in md
+    assert "test beam 1: variants were scored on different numbers of sentences" in md
+    assert not (tmp_path / "out" / "fig4_valid_bleu.png").exists()
+
+
+def test_partial_experiment_and_unknown_name(tmp_path):
+    exp = tmp_path / "my_lm_run"
+    write_json(exp / "skd" / "score_test.json", {"subset": "test", "sentences": 5, "tokens": 50,
+                                                 "nll_per_sentence": 12.0, "ppl": 3.3})
+    (exp / "scratch").mkdir()
+    results, rows, md = collect_results.run(exp, tmp_path / "out")
+    assert results["task"] == "lm"
+    assert [r["test_nll_per_sentence"] for r in rows] == [None, None, 12.0, None]
+    assert "no paper numbers for experiment 'my_lm_run'" in md
+    assert "skd: train.log missing" in md and "folders ignored (not a variant): scratch" in md
+    assert "fig3_qn_alpha.png not drawn" in md
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_clear_errors(tmp_path):
+    missing = tmp_path / "ptb"
+    with pytest.raises(SystemExit) as e:
+        collect_results.main([str(missing)])
+    assert f"experiment folder not found: {missing}" in str(e.value.code)
+
+    (tmp_path / "wiki2" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        collect_results.main([str(tmp_path / "wiki2")])
+    assert "has no variant folder" in str(e.value.code) and "noise_skd" in str(e.value.code)
+
+    (tmp_path / "mystery" / "skd").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        collect_results.main([str(tmp_path / "mystery")])
+    assert "--task lm or --task mt" in str(e.value.code)
