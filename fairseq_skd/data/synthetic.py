@@ -7,7 +7,13 @@ some are rare, inside a small grammar with topical preferences (cats chase balls
 over rivers, ...). A language model that learns the corpus can predict the concept but not the
 synonym, which is the situation SKD's soft targets describe.
 
-    python -m fairseq_skd.data.synthetic OUT_DIR   # writes train/valid/test.txt
+For translation, ``ParallelCorpusGenerator`` renders the same kind of sentence in English and
+in a made-up target language with its own synonyms for every concept (chosen independently of
+the source's synonym, so the target word is predictable only up to its synonym set), verbs at
+the end of their clause, adjectives after nouns and postpositions.
+
+    python -m fairseq_skd.data.synthetic OUT_DIR          # writes train/valid/test.txt
+    python -m fairseq_skd.data.synthetic OUT_DIR --parallel   # train/valid/test.{en,xx}
 """
 
 import argparse
@@ -113,6 +119,101 @@ class CorpusGenerator:
         return " ".join(words)
 
 
+TARGET_DETERMINERS = {"the": "lo", "a": "un", "my": "mi", "this": "ce"}
+TARGET_FUNCTION_WORDS = {"and": "e"}
+SYLLABLES = ["ka", "ti", "mo", "ru", "se", "na", "lo", "pi", "ve", "zu", "do", "fa", "gu",
+             "he", "ji", "ko", "ma", "no", "po", "ri", "sa", "tu", "vi", "wa", "ye"]
+
+
+def target_lexicon(seed=12345):
+    """(table name, concept) -> target synonyms, as many as the source has; deterministic."""
+    rng = random.Random(seed)
+    used = set(TARGET_DETERMINERS.values()) | set(TARGET_FUNCTION_WORDS.values())
+    lexicon = {}
+    for name, table in CONCEPT_TABLES.items():
+        for concept in sorted(table):
+            words = []
+            while len(words) < len(table[concept]):
+                word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
+                if word not in used:
+                    used.add(word)
+                    words.append(word)
+            lexicon[name, concept] = words
+    return lexicon
+
+
+CONCEPT_TABLES = {"animal": ANIMALS, "person": PEOPLE, "object": OBJECTS, "adjective": ADJECTIVES,
+                  "transitive": TRANSITIVE, "intransitive": INTRANSITIVE, "adverb": ADVERBS,
+                  "preposition": PREPOSITIONS}
+
+
+class ParallelCorpusGenerator:
+    """(English, target) sentence pairs over the same concepts; see the module docstring."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        self.lexicon = target_lexicon()
+
+    def pick(self, name, concept=None):
+        """One concept of table ``name``: (source word, target word), synonyms drawn apart."""
+        table = CONCEPT_TABLES[name]
+        concept = concept or self.rng.choice(sorted(table))
+        src = self.rng.choices(table[concept], weights=SYNONYM_WEIGHTS[: len(table[concept])])[0]
+        targets = self.lexicon[name, concept]
+        tgt = self.rng.choices(targets, weights=SYNONYM_WEIGHTS[: len(targets)])[0]
+        return src, tgt
+
+    def noun_phrase(self, name, concept=None, adjective_rate=0.4):
+        det = self.rng.choice(DETERMINERS)
+        adjective = self.pick("adjective") if self.rng.random() < adjective_rate else None
+        noun = self.pick(name, concept)
+        src = [det] + ([adjective[0]] if adjective else []) + [noun[0]]
+        tgt = [TARGET_DETERMINERS[det], noun[1]] + ([adjective[1]] if adjective else [])
+        return src, tgt
+
+    def clause(self):
+        name = "animal" if self.rng.random() < 0.5 else "person"
+        subject = self.rng.choice(sorted(CONCEPT_TABLES[name]))
+        src, tgt = self.noun_phrase(name, subject)
+        if self.rng.random() < 0.65:
+            verb = self.pick("transitive")
+            if self.rng.random() < 0.75:
+                obj = self.noun_phrase("object", self.rng.choice(PREFERRED_OBJECTS[subject]))
+            else:
+                obj = self.noun_phrase("animal")
+            src, tgt = src + [verb[0]] + obj[0], tgt + obj[1] + [verb[1]]
+        else:
+            verb = self.pick("intransitive")
+            adverb = self.pick("adverb") if self.rng.random() < 0.5 else None
+            src = src + [verb[0]] + ([adverb[0]] if adverb else [])
+            tgt = tgt + ([adverb[1]] if adverb else []) + [verb[1]]
+        if self.rng.random() < 0.4:
+            prep = self.pick("preposition")
+            place = self.noun_phrase("object", self.rng.choice(PREFERRED_OBJECTS[subject]), 0.2)
+            src, tgt = src + [prep[0]] + place[0], place[1] + [prep[1]] + tgt
+        return src, tgt
+
+    def sentence_pair(self):
+        src, tgt = self.clause()
+        if self.rng.random() < 0.3:
+            src2, tgt2 = self.clause()
+            src, tgt = src + ["and"] + src2, tgt + [TARGET_FUNCTION_WORDS["and"]] + tgt2
+        return " ".join(src), " ".join(tgt)
+
+
+def write_parallel_corpus(out_dir, n_train=4000, n_valid=300, n_test=300, seed=1,
+                          src="en", tgt="xx"):
+    """Write {train,valid,test}.{src,tgt} (one sentence per line) and return out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = ParallelCorpusGenerator(seed)
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        pairs = [gen.sentence_pair() for _ in range(n)]
+        (out_dir / f"{split}.{src}").write_text("\n".join(p[0] for p in pairs) + "\n")
+        (out_dir / f"{split}.{tgt}").write_text("\n".join(p[1] for p in pairs) + "\n")
+    return out_dir
+
+
 def write_lm_corpus(out_dir, n_train=8000, n_valid=500, n_test=500, seed=1):
     """Write train.txt / valid.txt / test.txt (one sentence per line) and return out_dir."""
     out_dir = Path(out_dir)
@@ -131,8 +232,11 @@ def main():
     parser.add_argument("--valid", type=int, default=500)
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--parallel", action="store_true",
+                        help="write an English -> made-up-language parallel corpus instead")
     args = parser.parse_args()
-    write_lm_corpus(args.out_dir, args.train, args.valid, args.test, args.seed)
+    write = write_parallel_corpus if args.parallel else write_lm_corpus
+    write(args.out_dir, args.train, args.valid, args.test, args.seed)
 
 
 if __name__ == "__main__":
