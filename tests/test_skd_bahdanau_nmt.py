@@ -418,7 +418,10 @@ def fairseq_generate(data_bin, checkpoint, *extra):
 
 
 def test_learns_to_reverse(reverse_bin, tmp_path):
-    train(reverse_bin, tmp_path, *TRAIN, "--criterion", "cross_entropy", "--max-epoch", 8)
+    # lr 0.003 alone gives validation-loss spikes late in training (fairseq's own lstm too);
+    # clipping and a linear decay make the run reach BLEU 100 for seeds 1, 2 and 3
+    train(reverse_bin, tmp_path, *TRAIN, "--criterion", "cross_entropy", "--max-epoch", 10,
+          "--clip-norm", 0.3, "--lr-scheduler", "polynomial_decay", "--total-num-update", 270)
     out = fairseq_generate(reverse_bin, tmp_path / "checkpoint_best.pt", "--print-alignment").stdout
     bleu, n_hyps, n_refs = sacrebleu_of_generate(out)
     assert n_refs == 40 and n_hyps == 40  # every test sentence was translated
