@@ -440,7 +440,7 @@ def test_learns_the_grammar(lm_bin, tmp_path):
 
 def test_skd_criterion_train_then_eval_lm(lm_bin, tmp_path):
     proc = train(lm_bin, tmp_path, *TRAIN, "--criterion", "self_kd_cross_entropy",
-                 "--skd-warmup-updates", 5, "--skd-alpha-step", 0.05, "--skd-sigma", SKD_SIGMA,
+                 "--skd-warmup-updates", 5, "--skd-alpha-step", 0.02, "--skd-sigma", SKD_SIGMA,
                  "--target-embed-noise", 0.05, "--max-epoch", 3)
     logs = parse_json_logs(proc.stdout + proc.stderr, "train_inner")
     assert logs and float(logs[-1]["skd_alpha"]) > 0
