@@ -66,7 +66,15 @@ def load_model_and_task(checkpoint, data, user_dir="auto", use_cuda=False):
     if not os.path.isfile(os.path.join(data, "dict.txt")):
         raise ScoreError(f"not a fairseq data folder (no dict.txt): {data}")
     overrides = {"data": data, "sample_break_mode": "eos"}
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+    try:
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+    except FileNotFoundError as e:  # e.g. a translation checkpoint looks for dict.<lang>.txt
+        raise ScoreError(f"cannot set up the task of {checkpoint} on {data}: {e}") from e
+    from fairseq.tasks.language_modeling import LanguageModelingTask
+
+    if not isinstance(task, LanguageModelingTask):
+        raise ScoreError(f"{checkpoint} is not a language model: its task is "
+                         f"{type(task).__name__}, not language_modeling")
     if len(models) != 1:
         raise ScoreError(f"expected one model in {checkpoint}, got {len(models)}")
     task_cfg = getattr(task, "cfg", None) or getattr(task, "args", None)
