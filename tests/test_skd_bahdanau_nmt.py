@@ -467,3 +467,13 @@ def test_bad_configuration_fails_before_training(reverse_bin, tmp_path):
     text = proc.stdout + proc.stderr
     assert "--share-decoder-input-output-embed" in text and "--decoder-out-embed-dim" in text
     assert not list(tmp_path.glob("*.pt"))
+
+
+def test_share_all_embeddings_from_the_command_line(tmp_path):
+    data = make_reverse_translation_data(tmp_path / "data", n_train=200, n_valid=20, n_test=20)
+    data_bin = preprocess_translation(data, joined_dictionary=True)
+    proc = train(data_bin, tmp_path / "ckpt", *TRAIN, "--criterion", "self_kd_cross_entropy",
+                 "--share-all-embeddings", "--max-epoch", 1)
+    assert parse_json_logs(proc.stdout + proc.stderr, "train")
+    out = fairseq_generate(data_bin, tmp_path / "ckpt" / "checkpoint_best.pt").stdout
+    assert sum(line.startswith("H-") for line in out.splitlines()) == 20
