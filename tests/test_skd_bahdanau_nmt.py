@@ -155,6 +155,20 @@ def test_bad_sharing_configuration_names_the_flags(overrides, dicts_differ, flag
         assert flag in str(err.value)
 
 
+def test_dropout_options_apply_in_training_only():
+    d = make_dictionary(20)
+    src, lengths = source_batch(d)
+    prev = target_batch(d)
+    for flag in ("encoder_dropout_in", "encoder_dropout_out", "decoder_dropout_in",
+                 "decoder_dropout_out", "decoder_dropout_readout"):
+        model = build_model(src_dict=d, **{flag: 0.5})
+        with torch.no_grad():
+            model.train()
+            assert not torch.equal(model(src, lengths, prev)[0], model(src, lengths, prev)[0]), flag
+            model.eval()
+            assert torch.equal(model(src, lengths, prev)[0], model(src, lengths, prev)[0]), flag
+
+
 def test_max_positions_honoured():
     model = build_model(max_source_positions=7, max_target_positions=9)
     assert model.max_positions() == (7, 9)
@@ -360,8 +374,11 @@ def test_beam_12_on_padded_batch_with_alignments():
         argparse.Namespace(generation=argparse.Namespace(print_alignment=True)))
     d = model.decoder.dictionary
     src, lengths = source_batch(d)
+    key_calls = []
+    model.encoder.attention_key_proj.register_forward_hook(lambda *args: key_calls.append(1))
     with torch.no_grad():
         hypos = generate(model, src, lengths, beam=12, max_len_b=10)
+    assert len(key_calls) == 1  # U_a h_j once per batch, not per step
     assert len(hypos) == src.size(0)
     for i, beams in enumerate(hypos):
         assert len(beams) == 12
