@@ -413,6 +413,13 @@ TRAIN = [*LM_TASK, "--arch", "skd_lstm_lm_tiny", "--optimizer", "adam", "--lr", 
          "--max-tokens", 400, "--required-batch-size-multiple", 1, "--no-epoch-checkpoints"]
 
 
+# the sentences of fairseq_cli_helpers.make_lm_data
+_VERB = "(sees|likes|watches|finds)"
+_OBJECT = "(the ball|a ball|the house|a toy|the garden|a bird)"
+GRAMMAR = re.compile(
+    f"(the cat|the dog|a cat|a dog|my friend|the teacher) {_VERB} {_OBJECT}( and {_VERB} {_OBJECT})?")
+
+
 def tokens_of(path):
     """Words of a text file, one sentence a line, each line ending in </s>."""
     return [w for line in path.read_text().splitlines() for w in line.split() + ["</s>"]]
@@ -436,6 +443,22 @@ def test_learns_the_grammar(lm_bin, tmp_path):
     # (unigram ~3.6 bits; the grammar's own entropy is ~2 bits per token)
     assert losses[-1] < unigram - 1.0, (losses, unigram)
     assert losses[-1] < losses[0]
+
+    # fairseq-generate continues each test sentence's first two words (incremental state,
+    # beam search): the continuations follow the grammar
+    gen = run("fairseq-generate", lm_bin, "--user-dir", USER_DIR, *LM_TASK,
+              "--path", tmp_path / "checkpoint_best.pt", "--gen-subset", "test", "--beam", 3,
+              "--prefix-size", 2, "--max-len-a", 0, "--max-len-b", 10, "--batch-size", 16,
+              "--required-batch-size-multiple", 1, "--cpu", "--num-workers", 0)
+    out = gen.stdout + gen.stderr
+    sources = dict(re.findall(r"^S-(\d+)\t(.*)$", out, flags=re.M))
+    hypotheses = dict(re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, flags=re.M))
+    assert len(sources) == len(hypotheses) == 40
+    grammatical = 0
+    for i, hyp in hypotheses.items():
+        assert hyp.split()[:2] == sources[i].split()[:2]
+        grammatical += GRAMMAR.fullmatch(hyp) is not None
+    assert grammatical >= 36, out[-3000:]
 
 
 def test_skd_criterion_train_then_eval_lm(lm_bin, tmp_path):
