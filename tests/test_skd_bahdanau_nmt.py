@@ -269,6 +269,21 @@ def test_incremental_equals_full_forward(arch):
     torch.testing.assert_close(attn, full_extra["attn"][0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward(dtype):
+    """The -inf padding mask and the attention softmax run in float and are cast back."""
+    model = build_model().eval()
+    d = model.decoder.dictionary
+    src, lengths = source_batch(d)
+    prev = target_batch(d)
+    with torch.no_grad():
+        reference = F.log_softmax(model(src, lengths, prev)[0], dim=-1)
+        logits, extra = model.to(dtype)(src, lengths, prev)
+    assert logits.dtype == dtype and extra["attn"][0].dtype == dtype
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(F.log_softmax(logits.float(), dim=-1), reference, atol=1e-2, rtol=0)
+
+
 def test_incremental_state_is_one_dict_and_step_cost_is_constant():
     model = build_model().eval()
     d = model.decoder.dictionary
