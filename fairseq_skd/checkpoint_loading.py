@@ -4,20 +4,40 @@ fairseq calls ``torch.load`` without ``weights_only``, so on torch >= 2.6 the sa
 refuses every checkpoint of an argparse-configured (legacy) architecture with
 ``Unsupported global: GLOBAL argparse.Namespace``; ``fairseq-generate``, ``fairseq-eval-lm``
 and ``--restore-file`` all fail. fairseq imports ``--user-dir`` before loading anything, so
-allow-listing here fixes them without switching the safety off: the only global such
-checkpoints need beyond torch's defaults is ``argparse.Namespace`` (checked with
-``torch.serialization.get_unsafe_globals_in_checkpoint`` on translation and LM checkpoints,
-``checkpoint_last.pt`` included). Any other global is still refused.
+allow-listing here fixes them without switching the safety off. What fairseq checkpoints need
+beyond torch's defaults (checked with ``torch.serialization.get_unsafe_globals_in_checkpoint``
+on translation and LM checkpoints, ``checkpoint_last.pt`` included):
+
+- ``argparse.Namespace``: the model configuration of legacy architectures;
+- numpy arrays of booleans, integers or floats (``ndarray``, ``dtype`` and its per-type classes,
+  and the ``_reconstruct`` helper that rebuilds arrays):
+  the validation meters of ``--eval-bleu`` keep their n-gram counts as int64 arrays in the
+  checkpoint's metrics state. These rebuild plain arrays from raw bytes; an object array's
+  elements still go through the restricted unpickler.
+
+Any other global is still refused.
 """
 
 import argparse
 
+import numpy
 import torch
 
-FAIRSEQ_CHECKPOINT_GLOBALS = (argparse.Namespace,)
+
+def fairseq_checkpoint_globals():
+    allowed = [argparse.Namespace, numpy.ndarray, numpy.dtype]
+    # numpy >= 1.25 rebuilds a dtype as an instance of its class (numpy.dtypes.Int64DType...)
+    allowed += sorted({type(numpy.dtype(code)) for code in "? b h i l q B H I L Q e f d".split()},
+                      key=lambda cls: cls.__name__)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x, 2.x
+        try:
+            allowed.append(__import__(module, fromlist=["_reconstruct"])._reconstruct)
+        except (ImportError, AttributeError):
+            pass
+    return allowed
 
 
 def allow_fairseq_checkpoint_globals() -> None:
     add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
     if add_safe_globals is not None:  # torch < 2.4 loads everything anyway
-        add_safe_globals(list(FAIRSEQ_CHECKPOINT_GLOBALS))
+        add_safe_globals(fairseq_checkpoint_globals())

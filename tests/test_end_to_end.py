@@ -89,7 +89,12 @@ def test_adaptive_softmax_is_refused_naming_the_flag(lm_bin):
         find_output_embedding(model)
 
 
-@pytest.mark.parametrize("arch,extra", [("lstm", ["--target-embed-noise", 0.1]),
+# --eval-bleu puts numpy arrays (its n-gram counts) into the checkpoint: they must load too.
+EVAL_BLEU = ["--eval-bleu", "--eval-bleu-args", '{"beam": 1}', "--best-checkpoint-metric", "bleu",
+             "--maximize-best-checkpoint-metric"]
+
+
+@pytest.mark.parametrize("arch,extra", [("lstm", ["--target-embed-noise", 0.1, *EVAL_BLEU]),
                                         ("transformer", SHARED)])
 def test_translation_train_then_generate(arch, extra, mt_bin, tmp_path):
     proc = train(mt_bin, tmp_path, "--task", "translation", *ARCHS[arch], *SKD, *OPTIM, *extra,
