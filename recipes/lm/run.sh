@@ -245,10 +245,12 @@ fi
 if stage_enabled 5; then
     log "stage 5: collect: fairseq-skd-collect $exp_dir"
     require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
-    if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" -name '*.json' -newer "$exp_dir/results.md") ]]; then
-        log "  $exp_dir/results.md is newer than every score file, skipped"
+    if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" \( -name '*.json' -o -name train.log \) \
+            -newer "$exp_dir/results.md") ]]; then
+        log "  $exp_dir/results.md is newer than every score file and log, skipped"
     else
-        fairseq-skd-collect "$exp_dir"
+        # the experiment's name selects the paper's numbers printed beside ours
+        fairseq-skd-collect "$exp_dir" --experiment "$dataset" --task lm
         log "  wrote $exp_dir/results.md"
     fi
 fi

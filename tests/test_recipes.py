@@ -1,0 +1,199 @@
+"""The recipes (recipes/lm/run.sh, recipes/mt/run.sh) end to end in --smoke mode on the fixtures.
+
+The LM (PTB) and MT (En-Fi) recipes run all their stages, for the baseline and SKD variants,
+on tests/fixtures (offline); they run side by side (each single-threaded) to keep the wall time
+down. Then: the results table has the rows, the score files cover every sentence, a second run
+is a no-op, --stage/--stop-stage select stages, a missing input file and an unknown option
+fail with a message that says what is wrong.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+LM = REPO / "recipes" / "lm" / "run.sh"
+MT = REPO / "recipes" / "mt" / "run.sh"
+VARIANTS = "baseline skd"
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # the recipes find fairseq-train etc. on PATH: this interpreter's environment
+    e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
+    e.pop("VIRTUAL_ENV", None)
+    return e
+
+
+def run(script, *args, check=True, timeout=900):
+    proc = subprocess.run(["bash", str(script), *map(str, args)], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script.name} {' '.join(map(str, args))} exited {proc.returncode}\n"
+                             f"--- stderr (end)\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def lm_args(tmp, *extra):
+    return ["--dataset", "ptb", "--smoke", "--data-dir", FIXTURES / "ptb",
+            "--prep-dir", tmp / "data", "--exp-dir", tmp / "exp", "--variants", VARIANTS, *extra]
+
+
+def mt_args(tmp, *extra):
+    return ["--pair", "en-fi", "--smoke", "--data-dir", FIXTURES / "wmt15",
+            "--prep-dir", tmp / "data", "--exp-dir", tmp / "exp", "--variants", VARIANTS, *extra]
+
+
+def count_lines(path):
+    return sum(1 for _ in open(path, encoding="utf-8"))
+
+
+def count_segs(path):
+    return sum(1 for line in open(path, encoding="utf-8") if line.startswith("<seg "))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Both recipes, all stages, side by side. Returns {name: (tmp dir, stderr, seconds)}."""
+    tmp = {name: tmp_path_factory.mktemp(name) for name in ("lm", "mt")}
+    # `-- --seed 2`: extra flags go to fairseq-train
+    cmds = {"lm": [LM, *lm_args(tmp["lm"], "--", "--seed", "2")], "mt": [MT, *mt_args(tmp["mt"])]}
+    start = time.time()
+    procs = {name: subprocess.Popen(["bash", *map(str, cmd)], cwd=REPO, env=env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, cmd in cmds.items()}
+    out = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, f"{name} recipe exited {proc.returncode}\n{err[-8000:]}"
+        out[name] = (tmp[name], err, time.time() - start)
+    return out
+
+
+def test_lm_all_stages(runs):
+    tmp, err, _ = runs["lm"]
+    for stage in range(6):
+        assert f"stage {stage}: " in err
+    exp = tmp / "exp"
+    results = (exp / "results.md").read_text()
+    assert "| Baseline |" in results and "| +SKD |" in results
+    assert (exp / "results.csv").is_file()
+    for variant in VARIANTS.split():
+        for name in ("train.log", "checkpoint_best.pt", "checkpoint_last.pt"):
+            assert (exp / variant / name).is_file(), f"{variant}/{name}"
+        for subset, n in (("test", count_lines(FIXTURES / "ptb" / "ptb.test.txt")),
+                          ("valid", count_lines(FIXTURES / "ptb" / "ptb.valid.txt"))):
+            score = json.loads((exp / variant / f"score_{subset}.json").read_text())
+            assert score["sentences"] == n, (variant, subset, score)
+            assert score["nll_per_sentence"] > 0 and score["ppl"] > 1
+        log = (exp / variant / "train.log").read_text()
+        # --update-epoch-batch-itr always; extra flags after `--` reach fairseq-train last
+        assert "--update-epoch-batch-itr True" in log
+        assert "--seed 2" in log.splitlines()[0].split("--no-progress-bar")[-1]
+    assert "self_kd_cross_entropy" in (exp / "skd" / "train.log").read_text()
+    assert '"skd_alpha"' in (exp / "skd" / "train.log").read_text()
+
+
+def test_mt_all_stages(runs):
+    tmp, err, _ = runs["mt"]
+    for stage in range(7):
+        assert f"stage {stage}: " in err
+    exp = tmp / "exp"
+    results = (exp / "results.md").read_text()
+    assert "| Baseline |" in results and "| +SKD |" in results
+    assert "nrefs:1|case:mixed|eff:no|tok:13a" in results
+    n = {"valid": count_segs(FIXTURES / "wmt15" / "dev" / "newsdev2015-enfi-src.en.sgm"),
+         "test": count_segs(FIXTURES / "wmt15" / "test" / "newstest2015-enfi-src.en.sgm")}
+    for variant in VARIANTS.split():
+        for subset in ("valid", "test"):
+            for beam in (1, 12):
+                bleu = json.loads((exp / variant / f"bleu_{subset}_beam{beam}.json").read_text())
+                assert bleu["sentences"] == n[subset], (variant, subset, beam, bleu)
+                assert "signature" in bleu
+        # Fig. 4: validation BLEU logged during training
+        assert '"valid_bleu"' in (exp / variant / "train.log").read_text()
+    # the joint BPE and the dictionaries exist; the raw references are the SGML segments
+    data = tmp / "data"
+    assert (data / "bpe" / "codes").is_file() and (data / "bin" / "dict.fi.txt").is_file()
+    assert count_lines(data / "raw" / "test.fi") == n["test"]
+
+
+@pytest.mark.parametrize("name", ["lm", "mt"])
+def test_rerun_is_a_noop(runs, name):
+    tmp, _, _ = runs[name]
+    ckpt = tmp / "exp" / "skd" / "checkpoint_best.pt"
+    before = ckpt.stat().st_mtime_ns
+    start = time.time()
+    proc = run(LM, *lm_args(tmp)) if name == "lm" else run(MT, *mt_args(tmp))
+    assert time.time() - start < 30
+    assert ckpt.stat().st_mtime_ns == before
+    assert "trained already (.train.done), skipped" in proc.stderr
+    assert "fairseq-train" not in proc.stderr.replace("fairseq-train ended", "")
+    assert "results.md is newer than every score file and log, skipped" in proc.stderr
+
+
+def test_lm_stage_selection(tmp_path):
+    # stages 0-1 only: the raw and text files, nothing binarized, nothing trained
+    proc = run(LM, *lm_args(tmp_path, "--stage", "0", "--stop-stage", "1"))
+    assert "stage 0: " in proc.stderr and "stage 1: " in proc.stderr
+    assert "stage 2: " not in proc.stderr
+    assert (tmp_path / "data" / "text" / "test.txt").is_file()
+    assert not (tmp_path / "data" / "bin").exists()
+    assert not (tmp_path / "exp").exists()
+    # a later stage without its input says which stage to run
+    proc = run(LM, *lm_args(tmp_path, "--stage", "3", "--stop-stage", "3"), check=False)
+    assert proc.returncode != 0
+    assert "run stage 2 first" in proc.stderr
+
+
+def test_wiki2_sentences(tmp_path):
+    """WikiText-2: empty lines dropped, paragraphs split after sentence-final tokens."""
+    args = ["--dataset", "wiki2", "--smoke", "--data-dir", FIXTURES / "wikitext-2",
+            "--prep-dir", tmp_path / "data", "--exp-dir", tmp_path / "exp", "--stop-stage", "1"]
+    run(LM, *args)
+    raw = (FIXTURES / "wikitext-2" / "wiki.train.tokens").read_text(encoding="utf-8")
+    text = (tmp_path / "data" / "text" / "train.txt").read_text(encoding="utf-8").splitlines()
+    assert raw.split() == " ".join(text).split()  # every token kept, in order
+    assert all(line.strip() for line in text)
+    assert len(text) > sum(1 for line in raw.splitlines() if line.strip())
+    for line in text:
+        assert line.split()[-1] in {".", "?", "!"} or line.startswith("=")
+
+
+@pytest.mark.parametrize("recipe,missing,args", [
+    (LM, "ptb/ptb.valid.txt", lambda d, t: lm_args(t)[:4] + [d] + lm_args(t)[5:]),
+    (MT, "wmt15/test/newstest2015-enfi-ref.fi.sgm", lambda d, t: mt_args(t)[:4] + [d] + mt_args(t)[5:]),
+])
+def test_missing_data_file(tmp_path, recipe, missing, args):
+    top = missing.split("/")[0]
+    data = tmp_path / "in" / top
+    shutil.copytree(FIXTURES / top, data)
+    (tmp_path / "in" / missing).unlink()
+    proc = run(recipe, *args(data, tmp_path), "--stop-stage", "0", check=False)
+    assert proc.returncode != 0
+    assert Path(missing).name in proc.stderr
+    assert "ERROR" in proc.stderr
+
+
+@pytest.mark.parametrize("recipe", [LM, MT])
+def test_usage_errors(recipe):
+    proc = run(recipe, "--bogus", check=False)
+    assert proc.returncode != 0
+    assert "Usage:" in proc.stderr and "unknown option '--bogus'" in proc.stderr
+    proc = run(recipe, "--help")
+    assert "Usage:" in proc.stdout and "--stop-stage" in proc.stdout
+    proc = run(recipe, check=False)  # the dataset / pair is required
+    assert proc.returncode != 0 and "required" in proc.stderr
+    key = "--dataset" if recipe == LM else "--pair"
+    proc = run(recipe, key, "x", "--variants", "baseline", check=False)
+    assert proc.returncode != 0 and "unknown" in proc.stderr
+    good = ["--dataset", "ptb"] if recipe == LM else ["--pair", "en-fi"]
+    proc = run(recipe, *good, "--variants", "baseline typo", "--stop-stage", "0", check=False)
+    assert proc.returncode != 0 and "unknown variant 'typo'" in proc.stderr
