@@ -377,12 +377,15 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
         # v^T tanh(z) = 2 v^T sigmoid(2 z) - sum(v), and the softmax over source words ignores
         # the constant: the same attention weights, and torch.sigmoid is several times faster
         # than torch.tanh on CPU (0.4 vs 2.7 ms for 96 x 30 x 256 floats on one core).
+        # The factor 2 inside goes on the keys once and on W_a, not on B x S x A every step.
         v2 = 2.0 * self.attention_v
+        keys2 = 2.0 * keys
+        query_weight2 = 2.0 * self.attention_query_proj.weight
 
         hiddens, contexts, alphas = [], [], []
         for i in range(seqlen):
-            query = self.attention_query_proj(hidden)  # B x A
-            scores = torch.matmul((keys + query.unsqueeze(1)).mul_(2.0).sigmoid_(), v2)  # B x S
+            query2 = F.linear(hidden, query_weight2)  # 2 W_a s_{i-1}: B x A
+            scores = torch.matmul((keys2 + query2.unsqueeze(1)).sigmoid_(), v2)  # B x S
             # FP16 support: mask and normalise in float, cast back
             alpha = F.softmax(
                 scores.float().masked_fill(padding_mask, float("-inf")), dim=-1
