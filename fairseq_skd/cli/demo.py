@@ -1,22 +1,30 @@
-"""The offline SKD study: the paper's four LM variants on a generated corpus, one command.
+"""The offline SKD study: the paper's four variants for an LM and an NMT model, one command.
 
-    fairseq-skd-demo --out outputs/demo            # about 10 minutes on 2 CPU cores
-    fairseq-skd-demo --smoke --out /tmp/demo       # a minute: tiny sizes, for CI
+    fairseq-skd-demo --out outputs/demo            # ~15 minutes on 2 CPU cores, both tasks
+    fairseq-skd-demo --task lm --seeds 1 2 3       # mean and spread over three seeds
+    fairseq-skd-demo --smoke --out /tmp/demo       # a couple of minutes: tiny sizes, for CI
 
-Trains Baseline, +Noise, +SKD and +Noise+SKD (paper Table 2) with the same seeds, data, model
-and number of updates, on the synthetic near-synonym corpus of ``fairseq_skd.data.synthetic``,
-then scores each best checkpoint on the test set with ``fairseq-eval-lm``. Writes to the output
-folder: ``commands.sh`` (every command exactly as run), ``logs/`` (fairseq's JSON logs),
-``results.md`` / ``results.csv``; prints the table at the end and says plainly which variants
-did not beat the baseline. Uses the GPU when torch sees one.
+For each task it trains Baseline, +Noise, +SKD and +Noise+SKD (paper Tables 2 and 3) with the
+same data, model, seeds and number of updates, on corpora generated offline by
+``fairseq_skd.data.synthetic`` (English-like sentences whose words have near-synonyms; for NMT
+a made-up target language with synonyms of its own). It scores the LM with
+``fairseq-skd-score-lm`` (test NLL per sentence) and the NMT model with ``fairseq-generate``
+(beam 1 and 12) and ``fairseq-skd-bleu``, measures each variant's median q_n and clip rate on
+the test set, and writes to the output folder:
+
+    commands.sh                      every command as it was run, to re-run any row by hand
+    results.md, results.csv          the tables (mean +- std over seeds), printed at the end
+    <task>/seed<N>/<variant>/        train.log (fairseq JSON log), checkpoints, score files
+    <task>/seed<N>/results.md, *.png fairseq-skd-collect's tables and figures (alpha schedule
+                                     and q_n trajectory, validation curves) for that seed
+
+It says plainly which variant did not beat the baseline. Uses the GPU when torch sees one.
 """
 
 import argparse
 import csv
 import json
-import math
 import os
-import re
 import shlex
 import statistics
 import subprocess
@@ -26,26 +34,48 @@ from pathlib import Path
 
 import torch
 
-from fairseq_skd.data.synthetic import write_lm_corpus
+from fairseq_skd.cli import recipe_layout as layout
+from fairseq_skd.data.synthetic import write_lm_corpus, write_parallel_corpus
 
 USER_DIR = str(Path(__file__).resolve().parents[1])
 BIN = Path(sys.executable).parent
-
-# The demo's budget is a few hundred updates, not the paper's tens of thousands, so K and eta
-# are scaled down with it (the paper: K = 500, eta = 0.0002 on PTB); sigma is the paper's.
-SKD_FLAGS = ["--criterion", "self_kd_cross_entropy", "--skd-sigma", "0.1"]
-NOISE_STD = "0.1"
-VARIANTS = {
+SIGMA = 0.1  # the paper's
+QN_MAX = 0.5
+NOISE_STD = "0.1"  # ours: the paper does not give its noise level
+VARIANT_FLAGS = {
     "baseline": ["--criterion", "cross_entropy"],
     # +Noise trains plain cross-entropy (alpha stays 0) with noisy decoder input embeddings.
     "noise": ["--criterion", "self_kd_cross_entropy", "--skd-alpha-max", "0",
               "--target-embed-noise", NOISE_STD],
-    "skd": SKD_FLAGS,
-    "noise_skd": SKD_FLAGS + ["--target-embed-noise", NOISE_STD],
+    "skd": ["--criterion", "self_kd_cross_entropy", "--skd-sigma", str(SIGMA)],
+    "noise_skd": ["--criterion", "self_kd_cross_entropy", "--skd-sigma", str(SIGMA),
+                  "--target-embed-noise", NOISE_STD],
 }
-VARIANT_NAMES = {"baseline": "Baseline", "noise": "+Noise", "skd": "+SKD",
-                 "noise_skd": "+Noise+SKD"}
-PAPER_TABLE2_PTB = {"baseline": 101.40, "noise": 101.28, "skd": 99.38, "noise_skd": 97.41}
+
+# Sizes and budgets (ours; the paper's are in the recipes). The demo's budget is a few hundred
+# updates, not the paper's tens of thousands, so K and eta are scaled with it: SKD starts after
+# a quarter of the updates and alpha reaches 1 two thirds of the way from there to the end.
+TASKS = {
+    "lm": {
+        "corpus": (6000, 400, 400), "smoke_corpus": (600, 100, 100), "epochs": 8, "smoke_epochs": 2,
+        "arch": ["--arch", "skd_lstm_lm", "--decoder-embed-dim", "128",
+                 "--decoder-hidden-size", "128", "--decoder-out-embed-dim", "128"],
+        "smoke_arch": ["--arch", "skd_lstm_lm_tiny"],
+        "train": ["--task", "language_modeling", "--sample-break-mode", "eos",
+                  "--tokens-per-sample", "128", "--optimizer", "adam", "--lr", "0.002",
+                  "--clip-norm", "1.0", "--dropout", "0.2", "--max-tokens", "2000"],
+    },
+    "nmt": {
+        "corpus": (3000, 200, 200), "smoke_corpus": (300, 40, 40), "epochs": 10, "smoke_epochs": 2,
+        "arch": ["--arch", "skd_bahdanau", "--encoder-embed-dim", "64", "--encoder-hidden-size",
+                 "64", "--decoder-embed-dim", "64", "--decoder-hidden-size", "96",
+                 "--decoder-attention-dim", "64", "--decoder-out-embed-dim", "64"],
+        "smoke_arch": ["--arch", "skd_bahdanau_tiny"],
+        "train": ["--task", "translation", "--source-lang", "en", "--target-lang", "xx",
+                  "--optimizer", "adam", "--lr", "0.003", "--clip-norm", "1.0",
+                  "--dropout", "0.1", "--max-tokens", "1500"],
+    },
+}
 
 
 class Study:
@@ -53,189 +83,269 @@ class Study:
         self.args = args
         self.out = Path(args.out)
         self.commands = self.out / "commands.sh"
+        self.device_flags = [] if torch.cuda.is_available() else ["--cpu"]
 
     def log(self, message):
         print(f"[fairseq-skd-demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     def run(self, argv, log_file=None):
-        """Run a command, record it in commands.sh, stream or capture its output."""
+        """Run a command and record it in commands.sh. With ``log_file``, its output is
+        appended there and each epoch's summary printed; otherwise it is returned."""
+        argv = [str(a) for a in argv]
         with open(self.commands, "a") as f:
-            line = shlex.join(argv)
-            f.write(line + (f" 2>&1 | tee {shlex.quote(str(log_file))}" if log_file else "") + "\n")
+            tee = f" 2>&1 | tee -a {shlex.quote(str(log_file))}" if log_file else ""
+            f.write(shlex.join(argv) + tee + "\n")
         if log_file is None:
             proc = subprocess.run(argv, capture_output=True, text=True)
             if proc.returncode != 0:
-                sys.exit(f"command failed ({proc.returncode}): {shlex.join(argv)}\n{proc.stderr[-3000:]}")
-            return proc.stdout + proc.stderr
-        with open(log_file, "w") as log:
+                sys.exit(f"command failed ({proc.returncode}): {shlex.join(argv)}\n"
+                         f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+            return proc.stdout
+        with open(log_file, "a") as log:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for line in proc.stdout:
                 log.write(line)
                 if "| valid |" in line or "| train |" in line:
-                    print("    " + summarize_log_line(line), flush=True)
+                    print("      " + summarize_log_line(line), flush=True)
             if proc.wait() != 0:
-                sys.exit(f"command failed ({proc.returncode}); see {log_file}")
-        return log_file.read_text()
+                sys.exit(f"command failed ({proc.returncode}): {shlex.join(argv)}; see {log_file}")
+        return None
 
-    def prepare_data(self):
-        data = self.out / "data"
-        bin_dir = self.out / "data-bin"
-        if (bin_dir / "dict.txt").exists():
-            return bin_dir
-        sizes = (600, 100, 100) if self.args.smoke else (8000, 500, 500)
-        self.log(f"generating the synthetic corpus in {data} ({sizes[0]} training sentences)")
-        write_lm_corpus(data, *sizes, seed=1)
-        self.run([str(BIN / "fairseq-preprocess"), "--only-source",
-                  "--trainpref", str(data / "train.txt"), "--validpref", str(data / "valid.txt"),
-                  "--testpref", str(data / "test.txt"), "--destdir", str(bin_dir), "--workers", "1"])
-        return bin_dir
+    # --- data ------------------------------------------------------------------------------
 
-    def train_flags(self, updates_per_epoch):
-        a = self.args
-        total = updates_per_epoch * a.epochs
+    def prepare(self, task):
+        spec = TASKS[task]
+        data, bin_dir = self.out / task / "data", self.out / task / "data-bin"
+        if (bin_dir / ".done").exists():
+            return data, bin_dir
+        sizes = spec["smoke_corpus"] if self.args.smoke else spec["corpus"]
+        self.log(f"{task}: generating the synthetic corpus in {data} ({sizes[0]} training sentences)")
+        preprocess = [BIN / "fairseq-preprocess", "--destdir", bin_dir, "--workers", "1"]
+        if task == "lm":
+            write_lm_corpus(data, *sizes, seed=1)
+            self.run(preprocess + ["--only-source", "--trainpref", data / "train.txt",
+                                   "--validpref", data / "valid.txt", "--testpref", data / "test.txt"])
+        else:
+            write_parallel_corpus(data, *sizes, seed=1)
+            self.run(preprocess + ["--source-lang", "en", "--target-lang", "xx",
+                                   "--trainpref", data / "train", "--validpref", data / "valid",
+                                   "--testpref", data / "test"])
+        (bin_dir / ".done").touch()
+        return data, bin_dir
+
+    # --- training and scoring ----------------------------------------------------------------
+
+    def train_flags(self, task, data):
+        spec = TASKS[task]
+        epochs = self.args.epochs or spec["smoke_epochs" if self.args.smoke else "epochs"]
+        max_tokens = int(spec["train"][spec["train"].index("--max-tokens") + 1])
+        train_file = data / ("train.txt" if task == "lm" else "train.xx")
+        tokens = sum(len(line.split()) + 1 for line in open(train_file))
+        total = max(1, tokens // max_tokens) * epochs
         warmup = max(1, total // 4)
-        # alpha reaches 1 two thirds of the way between K and the end of training
         alpha_step = 1.0 / max(1, (total - warmup) * 2 // 3)
-        sizes = [] if a.smoke else ["--decoder-embed-dim", "128", "--decoder-hidden-size", "128",
-                                    "--decoder-out-embed-dim", "128"]
-        return ["--arch", a.arch, *sizes,
-            "--task", "language_modeling", "--sample-break-mode", "eos",
-            "--tokens-per-sample", "128", "--optimizer", "adam", "--lr", "0.002",
-            "--clip-norm", "1.0", "--dropout", "0.2", "--max-tokens", str(a.max_tokens),
-            "--required-batch-size-multiple", "1", "--update-epoch-batch-itr", "True",
-            "--max-epoch", str(a.epochs), "--log-format", "json",
-            "--log-interval", "10", "--no-progress-bar", "--num-workers", "0",
-            "--no-epoch-checkpoints",
-        ] + ([] if torch.cuda.is_available() else ["--cpu"]), [
-            "--skd-warmup-updates", str(warmup), "--skd-alpha-step", f"{alpha_step:.6g}"]
+        flags = [*spec["smoke_arch" if self.args.smoke else "arch"], *spec["train"],
+                 "--max-epoch", epochs, "--required-batch-size-multiple", "1",
+                 "--update-epoch-batch-itr", "True", "--log-format", "json", "--log-interval", "10",
+                 "--no-progress-bar", "--num-workers", "0", "--no-epoch-checkpoints",
+                 *self.device_flags]
+        schedule = ["--skd-warmup-updates", warmup, "--skd-alpha-step", f"{alpha_step:.6g}"]
+        return flags, schedule
 
-    def train_and_score(self, bin_dir, variant, seed, base_flags, schedule_flags):
-        name = f"{variant}-seed{seed}"
-        save_dir = self.out / "checkpoints" / name
-        log_file = self.out / "logs" / f"{name}.train.log"
-        done = save_dir / "checkpoint_best.pt"
-        if not done.exists() or "done training" not in (log_file.read_text() if log_file.exists() else ""):
-            self.log(f"training {VARIANT_NAMES[variant]} (seed {seed})")
-            self.run([str(BIN / "fairseq-train"), str(bin_dir), "--user-dir", USER_DIR,
-                      "--save-dir", str(save_dir), "--seed", str(seed), *base_flags,
-                      *VARIANTS[variant],
-                      *(schedule_flags if "self_kd_cross_entropy" in VARIANTS[variant] else []),
-                      *self.args.fairseq_args], log_file)
-        train_log = log_file.read_text()
-        result = {"variant": variant, "seed": seed}
-        result.update(parse_training_log(train_log))
-        result.update(self.score(bin_dir, done))
-        return result
+    def train(self, task, bin_dir, exp_dir, variant, seed, flags, schedule):
+        save_dir = exp_dir / variant
+        log_file = save_dir / layout.TRAIN_LOG
+        if (save_dir / ".trained").exists():
+            return save_dir
+        save_dir.mkdir(parents=True, exist_ok=True)
+        self.log(f"{task}: training {layout.VARIANT_NAMES[variant]} (seed {seed})")
+        skd = schedule if "self_kd_cross_entropy" in VARIANT_FLAGS[variant] else []
+        self.run([BIN / "fairseq-train", bin_dir, "--user-dir", USER_DIR, "--save-dir", save_dir,
+                  "--seed", seed, *flags, *VARIANT_FLAGS[variant], *skd, *self.args.fairseq_args], log_file)
+        (save_dir / ".trained").touch()
+        return save_dir
 
-    def score(self, bin_dir, checkpoint):
-        """Test-set NLL per sentence (nats, incl. </s>) and perplexity with fairseq-eval-lm."""
-        output = self.run([str(BIN / "fairseq-eval-lm"), str(bin_dir), "--user-dir", USER_DIR,
-                           "--path", str(checkpoint), "--gen-subset", "test",
-                           "--sample-break-mode", "eos", "--tokens-per-sample", "128",
-                           "--max-tokens", "4096", "--required-batch-size-multiple", "1",
-                           *([] if torch.cuda.is_available() else ["--cpu"])])
-        tokens = int(re.search(r"Evaluated (\d+) tokens", output).group(1))
-        loss2 = float(re.search(r"Loss \(base 2\): ([\d.]+)", output).group(1))
-        sentences = sum(1 for _ in open(self.out / "data" / "test.txt"))
-        expected = sum(len(line.split()) + 1 for line in open(self.out / "data" / "test.txt"))
-        if tokens != expected:
-            sys.exit(f"fairseq-eval-lm scored {tokens} tokens, the test set has {expected}")
-        return {"test_nll_per_sentence": loss2 * math.log(2) * tokens / sentences,
-                "test_ppl": 2 ** loss2}
+    def score_lm(self, bin_dir, save_dir):
+        result = save_dir / layout.lm_score_file("test")
+        if not result.exists():
+            self.run([BIN / "fairseq-skd-score-lm", bin_dir, "--path", save_dir / "checkpoint_best.pt",
+                      "--subset", "test", "--json", result, *self.device_flags])
+        score = json.loads(result.read_text())
+        return {"test_nll_per_sentence": score["nll_per_sentence"], "test_ppl": score["ppl"]}
+
+    def score_nmt(self, data, bin_dir, save_dir):
+        scores = {}
+        for beam in layout.BEAMS:
+            result = save_dir / layout.bleu_file("test", beam)
+            if not result.exists():
+                generated = save_dir / f"generate_test_beam{beam}.txt"
+                output = self.run([BIN / "fairseq-generate", bin_dir, "--user-dir", USER_DIR,
+                                   "--path", save_dir / "checkpoint_best.pt", "--gen-subset", "test",
+                                   "--beam", beam, "--max-tokens", "4000",
+                                   "--required-batch-size-multiple", "1", *self.device_flags])
+                generated.write_text(output)
+                self.run([BIN / "fairseq-skd-bleu", "--generate-output", generated,
+                          "--reference", data / "test.xx", "--bpe", "none",
+                          "--detokenize-lang", "none", "--json", result])
+            scores[f"test_bleu_beam{beam}"] = json.loads(result.read_text())["bleu"]
+        return scores
+
+    def run_task(self, task):
+        data, bin_dir = self.prepare(task)
+        flags, schedule = self.train_flags(task, data)
+        results = []
+        for seed in self.args.seeds:
+            exp_dir = self.out / task / f"seed{seed}"
+            for variant in self.args.variants:
+                save_dir = self.train(task, bin_dir, exp_dir, variant, seed, flags, schedule)
+                result = {"task": task, "variant": variant, "seed": seed}
+                if task == "lm":
+                    result.update(self.score_lm(bin_dir, save_dir))
+                else:
+                    result.update(self.score_nmt(data, bin_dir, save_dir))
+                result.update(test_set_qn(save_dir / "checkpoint_best.pt", bin_dir))
+                result.update(training_summary(save_dir / layout.TRAIN_LOG))
+                results.append(result)
+            self.run([BIN / "fairseq-skd-collect", exp_dir, "--task", "mt" if task == "nmt" else "lm"])
+        return results
 
     def main(self):
         a = self.args
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "logs").mkdir(exist_ok=True)
-        self.commands.write_text("#!/usr/bin/env bash\n# Every command fairseq-skd-demo ran, in order.\nset -euo pipefail\n")
-        device = "GPU: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-        self.log(f"output folder {self.out}; device {device}")
-        bin_dir = self.prepare_data()
-        train_tokens = sum(len(line.split()) + 1 for line in open(self.out / "data" / "train.txt"))
-        base_flags, schedule_flags = self.train_flags(max(1, train_tokens // a.max_tokens))
-        results = [self.train_and_score(bin_dir, v, s, base_flags, schedule_flags)
-                   for s in a.seeds for v in a.variants]
+        self.commands.write_text("#!/usr/bin/env bash\n# Every command fairseq-skd-demo ran, "
+                                 "in order.\nset -euo pipefail\n")
+        device = "GPU " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+        self.log(f"output folder {self.out}; {device}; tasks {' '.join(a.tasks)}; "
+                 f"seeds {' '.join(map(str, a.seeds))}")
+        results = [r for task in a.tasks for r in self.run_task(task)]
         write_tables(results, self.out)
         print((self.out / "results.md").read_text())
 
 
+@torch.no_grad()
+def test_set_qn(checkpoint, bin_dir, sigma=SIGMA, qn_max=QN_MAX):
+    """Median q_n and clip rate at sigma over the test positions where the model's prediction
+    differs from the target, for the trained model (so a reader can tell whether sigma suited
+    the embedding scale), plus the median distance d(W_t, W_n) there."""
+    from fairseq import checkpoint_utils
+
+    from fairseq_skd.criterions.self_kd_cross_entropy import predicted_soft_targets
+    from fairseq_skd.modules.output_embedding import find_output_embedding
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides={"data": str(bin_dir)})
+    model = models[0].eval()
+    task.load_dataset("test")
+    itr = task.get_batch_iterator(task.dataset("test"), max_tokens=4000,
+                                  required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
+    distances = []
+    weight = find_output_embedding(model)
+    for sample in itr:
+        net_output = model(**sample["net_input"])
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        target = model.get_targets(sample, net_output).view(-1)
+        lprobs = lprobs.view(-1, lprobs.size(-1))
+        _, _, stats = predicted_soft_targets(lprobs, target, weight, sigma, qn_max,
+                                             target.ne(task.target_dictionary.pad()))
+        distances.append(stats["distance"][stats["mismatch_mask"]])
+    d = torch.cat(distances)
+    q = torch.exp(-sigma * d)
+    return {"median_qn": q.clamp(max=qn_max).median().item(),
+            "clip_rate": q.ge(qn_max).float().mean().item(), "median_distance": d.median().item()}
+
+
+def training_summary(log_file):
+    records = layout.parse_log_text(Path(log_file).read_text())
+    valid = [r["valid_loss"] for r in records["valid"]]
+    last = records["train"][-1]
+    return {"best_valid_loss": min(valid), "updates": int(last["train_num_updates"]),
+            "final_alpha": last.get("train_skd_alpha", 0.0)}
+
+
 def summarize_log_line(line):
     record = json.loads(line[line.index("{"):])
-    keys = ["epoch", "train_loss", "train_nll_loss", "valid_loss", "train_skd_alpha",
-            "train_skd_qn", "train_skd_clip"]
-    return "  ".join(f"{k}={record[k]}" for k in keys if k in record)
+    keys = ["epoch", "valid_loss", "valid_bleu", "train_loss", "train_nll_loss",
+            "train_skd_alpha", "train_skd_qn", "train_skd_clip"]
+    return "  ".join(f"{k.replace('train_', '')}={record[k]}" for k in keys if k in record)
 
 
-def parse_training_log(text):
-    valid = [json.loads(l[l.index("{"):]) for l in text.splitlines() if "| valid |" in l]
-    train = [json.loads(l[l.index("{"):]) for l in text.splitlines() if "| train |" in l]
-    out = {"best_valid_loss": min(float(r["valid_loss"]) for r in valid),
-           "updates": int(train[-1]["train_num_updates"])}
-    for key in ("skd_qn", "skd_clip", "skd_alpha"):
-        if f"train_{key}" in train[-1]:
-            out[key] = float(train[-1][f"train_{key}"])
-    return out
+METRICS = {
+    "lm": [("test_nll_per_sentence", "test NLL/sentence", "{:.3f}", "lower"),
+           ("test_ppl", "test ppl", "{:.3f}", None)],
+    "nmt": [("test_bleu_beam1", "test BLEU beam 1", "{:.2f}", "higher"),
+            ("test_bleu_beam12", "test BLEU beam 12", "{:.2f}", "higher")],
+}
+DIAGNOSTICS = [("best_valid_loss", "best valid loss (base 2)", "{:.4f}"),
+               ("final_alpha", "final alpha", "{:.3f}"), ("median_qn", "median q_n", "{:.3f}"),
+               ("clip_rate", "clip rate", "{:.3f}")]
+
+
+def mean_and_spread(values, fmt):
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
 def write_tables(results, out):
-    variants = list(dict.fromkeys(r["variant"] for r in results))
-    rows = []
-    for v in variants:
-        runs = [r for r in results if r["variant"] == v]
-
-        def stat(key, fmt):
-            values = [r[key] for r in runs if key in r]
-            if not values:
-                return "-"
-            if len(values) == 1:
-                return fmt.format(values[0])
-            return fmt.format(statistics.mean(values)) + " ± " + fmt.format(statistics.stdev(values))
-
-        rows.append({"model": VARIANT_NAMES[v], "seeds": len(runs),
-                     "test NLL/sentence": stat("test_nll_per_sentence", "{:.3f}"),
-                     "test ppl": stat("test_ppl", "{:.3f}"),
-                     "best valid loss (base 2)": stat("best_valid_loss", "{:.4f}"),
-                     "final alpha": stat("skd_alpha", "{:.3f}"),
-                     "mean q_n": stat("skd_qn", "{:.3f}"), "clip rate": stat("skd_clip", "{:.3f}"),
-                     "paper PTB NLL": f"{PAPER_TABLE2_PTB[v]:.2f}", "_mean": statistics.mean(
-                         r["test_nll_per_sentence"] for r in runs)})
-    header = [k for k in rows[0] if not k.startswith("_")]
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["variant", "seed", "test_nll_per_sentence",
-                                               "test_ppl", "best_valid_loss", "updates",
-                                               "skd_alpha", "skd_qn", "skd_clip"])
+        fields = ["task", "variant", "seed", "test_nll_per_sentence", "test_ppl", "test_bleu_beam1",
+                  "test_bleu_beam12", "best_valid_loss", "updates", "final_alpha", "median_qn",
+                  "clip_rate", "median_distance"]
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in results:
-            writer.writerow({k: r.get(k, "") for k in writer.fieldnames})
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(r[k]) for k in header) + " |" for r in rows]
-    baseline = next((r for r in rows if r["model"] == "Baseline"), None)
-    if baseline is not None:
+            writer.writerow({k: r.get(k, "") for k in fields})
+
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in results):
+        runs = [r for r in results if r["task"] == task]
+        seeds = sorted({r["seed"] for r in runs})
+        title = "Language model (Table 2 style)" if task == "lm" else "Translation (Table 3 style)"
+        lines += [f"## {title}: {len(seeds)} seed(s), mean ± std over seeds", ""]
+        header = ["model"] + [m[1] for m in METRICS[task]] + [d[1] for d in DIAGNOSTICS]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        means = {}
+        for variant in dict.fromkeys(r["variant"] for r in runs):
+            vr = [r for r in runs if r["variant"] == variant]
+            cells = [layout.VARIANT_NAMES[variant]]
+            for key, _, fmt, *_ in METRICS[task] + DIAGNOSTICS:
+                cells.append(mean_and_spread([r[key] for r in vr], fmt))
+            means[variant] = statistics.mean(r[METRICS[task][0][0]] for r in vr)
+            lines.append("| " + " | ".join(cells) + " |")
+        key, name, fmt, better = METRICS[task][0]
         lines.append("")
-        for r in rows:
-            if r is baseline:
-                continue
-            verdict = "beat" if r["_mean"] < baseline["_mean"] else "did NOT beat"
-            lines.append(f"- {r['model']} {verdict} the baseline on test NLL per sentence "
-                         f"({r['_mean']:.3f} vs {baseline['_mean']:.3f}).")
-    lines.append("\nLM test NLL per sentence in nats (sum over each sentence's tokens incl. </s>, "
-                 "mean over sentences, as in the paper's Table 2); the paper's PTB numbers are "
-                 "beside ours for the row they correspond to, not as a target (different data).")
+        if "baseline" in means:
+            base = means["baseline"]
+            for variant, value in means.items():
+                if variant == "baseline":
+                    continue
+                won = value < base if better == "lower" else value > base
+                lines.append(f"- {layout.VARIANT_NAMES[variant]} {'beat' if won else 'did NOT beat'} "
+                             f"the baseline on {name} ({fmt.format(value)} vs {fmt.format(base)}).")
+        lines.append("")
+    lines.append(
+        "LM: test NLL per sentence in nats (sum over each sentence's tokens incl. </s>, mean over "
+        "sentences, as in the paper's Table 2). NMT: detokenized sacreBLEU on the test set. "
+        f"median q_n / clip rate: q_n = min(exp(-{SIGMA} d(W_t, W_n)), {QN_MAX}) over the test "
+        "positions where the trained model's prediction n differs from the target t; a clip "
+        "rate near 1 means sigma did not suit the embedding scale. Same seeds, data and budget "
+        "for every variant; figures per seed in <task>/seed<N>/.")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed per variant")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per run")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    p.add_argument("--arch", default=None, help="fairseq architecture of the LM (default "
-                   "skd_lstm_lm with word dim 128 and 128 hidden units; skd_lstm_lm_tiny with --smoke)")
-    p.add_argument("--max-tokens", type=int, default=2000)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (a minute or two)")
+    p = argparse.ArgumentParser(prog="fairseq-skd-demo", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    p.add_argument("--task", choices=["lm", "nmt", "both"], default="both")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1],
+                   help="one run per seed per variant; tables give mean ± std (default: 1)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs per run (default: 8 LM / 10 NMT; 2 with --smoke)")
+    p.add_argument("--variants", nargs="+", choices=list(layout.VARIANTS),
+                   default=list(layout.VARIANTS))
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (a couple of minutes)")
     p.add_argument("fairseq_args", nargs=argparse.REMAINDER,
-                   help="after --: extra flags passed to every fairseq-train (e.g. -- --fp16)")
+                   help="after --: extra flags for every fairseq-train (e.g. -- --fp16)")
     return p
 
 
@@ -243,10 +353,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.fairseq_args and args.fairseq_args[0] == "--":
         args.fairseq_args = args.fairseq_args[1:]
-    if args.arch is None:
-        args.arch = "skd_lstm_lm_tiny" if args.smoke else "skd_lstm_lm"
-    if args.epochs is None:
-        args.epochs = 2 if args.smoke else 8
+    args.tasks = ["lm", "nmt"] if args.task == "both" else [args.task]
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     Study(args).main()
 

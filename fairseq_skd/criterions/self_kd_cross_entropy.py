@@ -188,7 +188,9 @@ def output_embedding_distances(output_embed, target, pred, distance="l2", chunk=
     out = torch.empty(target.shape, dtype=torch.float32, device=target.device)
     for start in range(0, target.numel(), chunk):
         rows = slice(start, start + chunk)
-        out[rows] = pair_distance(weight[target[rows]], weight[pred[rows]], distance)
+        # index_select copies rows ~4x faster than advanced indexing on CPU (bench_criterion)
+        out[rows] = pair_distance(weight.index_select(0, target[rows]),
+                                  weight.index_select(0, pred[rows]), distance)
     return out
 
 
