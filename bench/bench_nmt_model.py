@@ -10,6 +10,9 @@ target embeddings, a bidirectional encoder of --hidden per direction, a decoder 
 3. beam search time per sentence of skd_bahdanau for outputs of 10, 20 and 40 tokens: with a
    per-step cost that does not depend on the prefix, time per token stays flat.
 
+Times are process CPU time by default (--clock cpu), which other jobs on a shared machine
+disturb much less than wall-clock time; use --clock wall with --threads > 1.
+
     OMP_NUM_THREADS=1 python bench/bench_nmt_model.py            # ~2 minutes on one core
 """
 
@@ -31,6 +34,11 @@ from fairseq.sequence_generator import SequenceGenerator  # noqa: E402
 
 import fairseq_skd  # noqa: E402,F401
 from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel  # noqa: E402
+
+
+# Process CPU time by default: with one thread it is what the model costs, and other jobs on a
+# shared machine disturb it much less than wall-clock time (--clock wall for the latter).
+CLOCK = time.process_time
 
 
 class _Task:
@@ -103,10 +111,10 @@ def bench_training(model, batches, pad, warmup):
 
     for batch in batches[:warmup]:
         step(batch)
-    start = time.perf_counter()
+    start = CLOCK()
     for batch in batches:
         step(batch)
-    return sum(b["ntokens"] for b in batches) / (time.perf_counter() - start)
+    return sum(b["ntokens"] for b in batches) / (CLOCK() - start)
 
 
 def bench_generation(model, dictionary, batches, beam, out_len, repeats=1):
@@ -120,13 +128,13 @@ def bench_generation(model, dictionary, batches, beam, out_len, repeats=1):
         generator.generate([model], sample(batches[0]))  # warm-up
         times = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = CLOCK()
             n = 0
             for batch in batches:
                 hypos = generator.generate([model], sample(batch))
                 assert all(len(h[0]["tokens"]) == out_len + 1 for h in hypos)
                 n += len(hypos)
-            times.append((time.perf_counter() - start) / n)
+            times.append((CLOCK() - start) / n)
     return statistics.median(times)
 
 
@@ -151,9 +159,14 @@ def main(argv=None):
                         help="output lengths for the scaling table")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                        help="process CPU time (right for --threads 1 on a shared machine) "
+                             "or wall-clock time")
     parser.add_argument("--seed", type=int, default=1)
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
+    global CLOCK
+    CLOCK = time.process_time if opts.clock == "cpu" else time.perf_counter
 
     dictionary = make_dictionary(opts.vocab)
     models = build_models(opts, dictionary)
@@ -166,7 +179,7 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {opts.threads} thread(s); vocab {len(dictionary)}, "
           f"embed {opts.embed}, hidden {opts.hidden} (encoder: per direction), readout "
           f"{opts.readout}, dropout {opts.dropout}; source/target {opts.min_len}-{opts.max_len} "
-          "words, source left-padded")
+          f"words, source left-padded; {opts.clock} time")
     for name, model in models.items():
         n = sum(p.numel() for p in model.parameters())
         print(f"  {name}: {n / 1e6:.2f}M parameters")
