@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
     out = {}
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=1200)
-        assert proc.returncode == 0, f"{name} recipe exited {proc.returncode}\n{err[-8000:]}"
+        assert proc.returncode == 0, f"{name} recipe exited {proc.returncode}\n{err[-4000:]}"
         out[name] = (tmp[name], err, time.time() - start)
     return out
 
@@ -197,3 +197,25 @@ def test_usage_errors(recipe):
     good = ["--dataset", "ptb"] if recipe == LM else ["--pair", "en-fi"]
     proc = run(recipe, *good, "--variants", "baseline typo", "--stop-stage", "0", check=False)
     assert proc.returncode != 0 and "unknown variant 'typo'" in proc.stderr
+
+
+def test_fi_en_data(tmp_path):
+    """fi-en: Finnish sources, English targets; newsdev2015 (en-fi files) read the other way."""
+    args = ["--pair", "fi-en", "--smoke", "--data-dir", FIXTURES / "wmt15",
+            "--prep-dir", tmp_path / "data", "--exp-dir", tmp_path / "exp", "--stop-stage", "0"]
+    run(MT, *args)
+    raw = tmp_path / "data" / "raw"
+
+    def segs(name):
+        path = next((FIXTURES / "wmt15").rglob(name))
+        return [line.split(">", 1)[1].rsplit("</seg>", 1)[0]
+                for line in open(path, encoding="utf-8") if line.startswith("<seg ")]
+
+    assert (raw / "test.fi").read_text(encoding="utf-8").splitlines() == segs("newstest2015-fien-src.fi.sgm")
+    assert (raw / "test.en").read_text(encoding="utf-8").splitlines() == segs("newstest2015-fien-ref.en.sgm")
+    assert (raw / "valid.fi").read_text(encoding="utf-8").splitlines() == segs("newsdev2015-enfi-ref.fi.sgm")
+    assert (raw / "valid.en").read_text(encoding="utf-8").splitlines() == segs("newsdev2015-enfi-src.en.sgm")
+    # training: Europarl v8 + Wiki Headlines ("fi ||| en")
+    n_titles = count_lines(FIXTURES / "wmt15" / "wiki" / "fi-en" / "titles.fi-en")
+    n_ep = count_lines(FIXTURES / "wmt15" / "training" / "europarl-v8.fi-en.fi")
+    assert count_lines(raw / "train.fi") == count_lines(raw / "train.en") == n_ep + n_titles

@@ -6,6 +6,9 @@
 #   recipes/lm/run.sh --dataset wiki2 --variants "baseline skd" --stage 3 -- --fp16
 #   recipes/lm/run.sh --dataset ptb --smoke --data-dir tests/fixtures/ptb --exp-dir /tmp/exp
 set -euo pipefail
+# The whole script is one { ... } block: bash reads it completely before running it, so editing
+# this file while a long training runs does not change (or break) the run.
+{
 
 # shellcheck source=../utils/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../utils/common.sh"
@@ -255,3 +258,5 @@ if stage_enabled 5; then
     fi
 fi
 log "lm recipe: done"
+exit 0
+}

@@ -7,6 +7,9 @@
 #   recipes/mt/run.sh --pair en-de --variants "baseline skd" --stage 4 -- --fp16
 #   recipes/mt/run.sh --pair en-fi --smoke --data-dir tests/fixtures/wmt15 --exp-dir /tmp/exp
 set -euo pipefail
+# The whole script is one { ... } block: bash reads it completely before running it, so editing
+# this file while a long training runs does not change (or break) the run.
+{
 
 # shellcheck source=../utils/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../utils/common.sh"
@@ -119,13 +122,14 @@ else
         "europarl-v8.fi-en.tgz europarl-v8.fi-en.en europarl-v8.fi-en.fi"
         "wiki-titles.tgz titles.fi-en titles.fi-en"
     )
-    # dev: newsdev2015 (one set, used for both directions); test: newstest2015 of the direction
+    # dev: newsdev2015 (one set, used for both directions); test: newstest2015 of the direction.
+    # Each part lists the source file first, then the target file (newsdev2015 is swapped below).
     valid_part="dev-v2.tgz newsdev2015-enfi-src.en.sgm newsdev2015-enfi-ref.fi.sgm"
     valid_sacrebleu=
     if [[ $src == en ]]; then
         test_part="test.tgz newstest2015-enfi-src.en.sgm newstest2015-enfi-ref.fi.sgm"
     else
-        test_part="test.tgz newstest2015-fien-ref.en.sgm newstest2015-fien-src.fi.sgm"
+        test_part="test.tgz newstest2015-fien-src.fi.sgm newstest2015-fien-ref.en.sgm"
     fi
 fi
 
@@ -379,3 +383,5 @@ if stage_enabled 6; then
     fi
 fi
 log "mt recipe: done"
+exit 0
+}
