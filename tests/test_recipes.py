@@ -7,6 +7,7 @@ is a no-op, --stage/--stop-stage select stages, a missing input file and an unkn
 fail with a message that says what is wrong.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -219,3 +220,40 @@ def test_fi_en_data(tmp_path):
     n_titles = count_lines(FIXTURES / "wmt15" / "wiki" / "fi-en" / "titles.fi-en")
     n_ep = count_lines(FIXTURES / "wmt15" / "training" / "europarl-v8.fi-en.fi")
     assert count_lines(raw / "train.fi") == count_lines(raw / "train.en") == n_ep + n_titles
+
+
+def bash(script, tmp_path):
+    """Run ``script`` with recipes/utils/common.sh sourced."""
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; . recipes/utils/common.sh; {script}"],
+                          cwd=REPO, env=env(), capture_output=True, text=True)
+
+
+def test_checksums(tmp_path):
+    """A published checksum that does not match stops the recipe (a warning with --smoke)."""
+    bad = tmp_path / "ptb.test.txt"
+    bad.write_text("not the PTB test set\n")
+    proc = bash(f"smoke=0; verify_file {bad} {tmp_path}/MANIFEST", tmp_path)
+    assert proc.returncode != 0
+    assert "8b80168b89c18661a38ef683c0dc3721" in proc.stderr and "Delete it" in proc.stderr
+    proc = bash(f"smoke=1; verify_file {bad} {tmp_path}/MANIFEST", tmp_path)
+    assert proc.returncode == 0 and "expected in --smoke mode" in proc.stderr
+    # every file is recorded (sha256, size, path) in the manifest
+    assert str(bad) in (tmp_path / "MANIFEST").read_text()
+
+    # download (curl/wget, here from a file:// URL) through a .part file, then verify
+    src = tmp_path / "served" / "sample.tgz"
+    src.parent.mkdir()
+    src.write_bytes(b"archive bytes\n")
+    sha1 = hashlib.sha1(src.read_bytes()).hexdigest()
+    table = tmp_path / "checksums.tsv"
+    table.write_text(f"sample.tgz\tsha1\t{sha1}\t{src.stat().st_size}\tfile://{src}\ttest\n"
+                     f"other.tgz\tnone\t-\t-\tfile://{src}\ttest\n")
+    dl = tmp_path / "downloads"
+    proc = bash(f"CHECKSUMS={table}; smoke=0; fetch sample.tgz {dl}; verify_file {dl}/sample.tgz "
+                f"{tmp_path}/M2; fetch other.tgz {dl}; verify_file {dl}/other.tgz {tmp_path}/M2", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "sha1 OK" in proc.stderr and "no published checksum known" in proc.stderr
+    assert (dl / "sample.tgz").read_bytes() == src.read_bytes() and not list(dl.glob("*.part"))
+    (dl / "sample.tgz").write_bytes(b"corrupted\n")
+    proc = bash(f"CHECKSUMS={table}; smoke=0; verify_file {dl}/sample.tgz {tmp_path}/M2", tmp_path)
+    assert proc.returncode != 0 and sha1 in proc.stderr
