@@ -199,8 +199,8 @@ def test_init_scales_default_preset():
     nearest = distances.fill_diagonal_(float("inf")).min(dim=1)[0]
     threshold = math.log(2) / SKD_SIGMA
     assert pairwise.median() > threshold and nearest.median() > threshold
-    assert 28 < pairwise.median() < 35  # ~ sqrt(2 * 500) = 31.6
-    assert nearest.median() > 20
+    assert 11 < pairwise.median() < 14.5  # ~ 0.4 * sqrt(2 * 500) = 12.6
+    assert nearest.median() > 10
     # fairseq's uniform(+-0.1) would give ~ sqrt(2 * 500 / 300) = 1.8: q_n clipped everywhere
     tokens, _ = lm_batch(d, lengths=(20, 14, 30, 25), seed=4)
     with torch.no_grad():
