@@ -257,3 +257,19 @@ def test_checksums(tmp_path):
     (dl / "sample.tgz").write_bytes(b"corrupted\n")
     proc = bash(f"CHECKSUMS={table}; smoke=0; verify_file {dl}/sample.tgz {tmp_path}/M2", tmp_path)
     assert proc.returncode != 0 and sha1 in proc.stderr
+
+
+def test_lm_resume_appends(runs):
+    """An unfinished training resumes from checkpoint_last.pt and appends to train.log."""
+    tmp, _, _ = runs["lm"]
+    run_dir = tmp / "exp" / "skd"
+    (run_dir / ".train.done").unlink()
+    log_before = (run_dir / "train.log").read_text()
+    proc = run(LM, *lm_args(tmp, "--variants", "skd", "--stage", "3", "--stop-stage", "3",
+                            "--", "--max-epoch", "3"))
+    assert "resuming from checkpoint_last.pt" in proc.stderr
+    log = (run_dir / "train.log").read_text()
+    assert log.startswith(log_before)  # appended, not rewritten
+    added = log[len(log_before):]
+    assert "Loaded checkpoint" in added and "(epoch 3 @ 40 updates)" in added
+    assert '"epoch": 3' in added and (run_dir / ".train.done").is_file()
