@@ -73,7 +73,9 @@ TASKS = {
         "smoke_arch": ["--arch", "skd_bahdanau_tiny"],
         "train": ["--task", "translation", "--source-lang", "en", "--target-lang", "xx",
                   "--optimizer", "adam", "--lr", "0.003", "--clip-norm", "1.0",
-                  "--dropout", "0.1", "--max-tokens", "1500"],
+                  "--dropout", "0.1", "--max-tokens", "1500",
+                  # validation BLEU per epoch for the Fig. 4 curves; checkpoints still by loss
+                  "--eval-bleu", "--eval-bleu-args", '{"beam": 1}'],
     },
 }
 
@@ -93,8 +95,12 @@ class Study:
         appended there and each epoch's summary printed; otherwise it is returned."""
         argv = [str(a) for a in argv]
         with open(self.commands, "a") as f:
-            tee = f" 2>&1 | tee -a {shlex.quote(str(log_file))}" if log_file else ""
-            f.write(shlex.join(argv) + tee + "\n")
+            if log_file is None:
+                f.write(shlex.join(argv) + "\n")
+            else:
+                log = shlex.quote(str(log_file))
+                f.write(f"mkdir -p {shlex.quote(str(log_file.parent))} && {shlex.join(argv)} "
+                        f"2>&1 | tee -a {log}\n")
         if log_file is None:
             proc = subprocess.run(argv, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -141,12 +147,14 @@ class Study:
         max_tokens = int(spec["train"][spec["train"].index("--max-tokens") + 1])
         train_file = data / ("train.txt" if task == "lm" else "train.xx")
         tokens = sum(len(line.split()) + 1 for line in open(train_file))
-        total = max(1, tokens // max_tokens) * epochs
+        per_epoch = max(1, tokens // max_tokens)
+        total = per_epoch * epochs
         warmup = max(1, total // 4)
         alpha_step = 1.0 / max(1, (total - warmup) * 2 // 3)
         flags = [*spec["smoke_arch" if self.args.smoke else "arch"], *spec["train"],
                  "--max-epoch", epochs, "--required-batch-size-multiple", "1",
-                 "--update-epoch-batch-itr", "True", "--log-format", "json", "--log-interval", "10",
+                 "--update-epoch-batch-itr", "True", "--log-format", "json",
+                 "--log-interval", max(1, per_epoch // 5),
                  "--no-progress-bar", "--num-workers", "0", "--no-epoch-checkpoints",
                  *self.device_flags]
         schedule = ["--skd-warmup-updates", warmup, "--skd-alpha-step", f"{alpha_step:.6g}"]
