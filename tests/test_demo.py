@@ -74,3 +74,14 @@ def test_commands_file_reruns_a_row(demo_out, tmp_path):
 
     original = (out / "lm" / "seed1" / "skd" / "train.log").read_text()
     assert valid_losses((tmp_path / "skd" / "train.log").read_text()) == valid_losses(original) != []
+
+
+def test_ablation_rows_train_the_options_beyond_the_paper(tmp_path):
+    proc = subprocess.run([str(BIN / "fairseq-skd-demo"), "--smoke", "--task", "lm", "--epochs", "1",
+                           "--out", str(tmp_path), "--variants", "baseline", "skd_topk"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    header, *rows = table_rows((tmp_path / "results.md").read_text(), "Language model")
+    assert [row[0] for row in rows] == ["Baseline", "+SKD (top-10 soft targets)"]
+    commands = (tmp_path / "commands.sh").read_text()
+    assert "--skd-soft-targets topk" in commands

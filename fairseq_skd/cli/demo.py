@@ -52,6 +52,21 @@ VARIANT_FLAGS = {
                   "--target-embed-noise", NOISE_STD],
 }
 
+# --ablation: the options beyond the paper, each one change from +SKD (or from the baseline).
+SKD = VARIANT_FLAGS["skd"]
+ABLATIONS = {
+    "skd_auto_sigma": ("+SKD (sigma auto)", SKD[:2] + ["--skd-sigma", "auto"]),
+    "skd_topk": ("+SKD (top-10 soft targets)", SKD + ["--skd-soft-targets", "topk"]),
+    "skd_full": ("+SKD (full soft targets)", SKD + ["--skd-soft-targets", "full"]),
+    "skd_cosine": ("+SKD (cosine, sigma auto)", SKD[:2] + ["--skd-distance", "cosine",
+                                                         "--skd-sigma", "auto"]),
+    "label_smoothing": ("Label smoothing 0.1", ["--criterion", "self_kd_cross_entropy",
+                                                "--skd-alpha-max", "0", "--label-smoothing", "0.1"]),
+    "skd_label_smoothing": ("+SKD (label smoothing 0.1)", SKD + ["--label-smoothing", "0.1"]),
+}
+VARIANT_NAMES = {**layout.VARIANT_NAMES, **{k: name for k, (name, _) in ABLATIONS.items()}}
+ALL_VARIANT_FLAGS = {**VARIANT_FLAGS, **{k: flags for k, (_, flags) in ABLATIONS.items()}}
+
 # Sizes and budgets (ours; the paper's are in the recipes). The demo's budget is a few hundred
 # updates, not the paper's tens of thousands, so K and eta are scaled with it: SKD starts after
 # a quarter of the updates and alpha reaches 1 two thirds of the way from there to the end.
@@ -166,10 +181,11 @@ class Study:
         if (save_dir / ".trained").exists():
             return save_dir
         save_dir.mkdir(parents=True, exist_ok=True)
-        self.log(f"{task}: training {layout.VARIANT_NAMES[variant]} (seed {seed})")
-        skd = schedule if "self_kd_cross_entropy" in VARIANT_FLAGS[variant] else []
+        self.log(f"{task}: training {VARIANT_NAMES[variant]} (seed {seed})")
+        skd = schedule if "self_kd_cross_entropy" in ALL_VARIANT_FLAGS[variant] else []
         self.run([BIN / "fairseq-train", bin_dir, "--user-dir", USER_DIR, "--save-dir", save_dir,
-                  "--seed", seed, *flags, *VARIANT_FLAGS[variant], *skd, *self.args.fairseq_args], log_file)
+                  "--seed", seed, *flags, *ALL_VARIANT_FLAGS[variant], *skd, *self.args.fairseq_args],
+                 log_file)
         (save_dir / ".trained").touch()
         return save_dir
 
@@ -315,7 +331,7 @@ def write_tables(results, out):
         means = {}
         for variant in dict.fromkeys(r["variant"] for r in runs):
             vr = [r for r in runs if r["variant"] == variant]
-            cells = [layout.VARIANT_NAMES[variant]]
+            cells = [VARIANT_NAMES[variant]]
             for key, _, fmt, *_ in METRICS[task] + DIAGNOSTICS:
                 cells.append(mean_and_spread([r[key] for r in vr], fmt))
             means[variant] = statistics.mean(r[METRICS[task][0][0]] for r in vr)
@@ -328,7 +344,7 @@ def write_tables(results, out):
                 if variant == "baseline":
                     continue
                 won = value < base if better == "lower" else value > base
-                lines.append(f"- {layout.VARIANT_NAMES[variant]} {'beat' if won else 'did NOT beat'} "
+                lines.append(f"- {VARIANT_NAMES[variant]} {'beat' if won else 'did NOT beat'} "
                              f"the baseline on {name} ({fmt.format(value)} vs {fmt.format(base)}).")
         lines.append("")
     lines.append(
@@ -349,8 +365,11 @@ def build_parser():
                    help="one run per seed per variant; tables give mean ± std (default: 1)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs per run (default: 8 LM / 10 NMT; 2 with --smoke)")
-    p.add_argument("--variants", nargs="+", choices=list(layout.VARIANTS),
-                   default=list(layout.VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=list(ALL_VARIANT_FLAGS),
+                   default=list(layout.VARIANTS), help="which rows to train (default: the paper's four)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also train the options beyond the paper, each one change from +SKD "
+                   "(or from the baseline): " + "; ".join(name for name, _ in ABLATIONS.values()))
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (a couple of minutes)")
     p.add_argument("fairseq_args", nargs=argparse.REMAINDER,
                    help="after --: extra flags for every fairseq-train (e.g. -- --fp16)")
@@ -362,6 +381,8 @@ def main(argv=None):
     if args.fairseq_args and args.fairseq_args[0] == "--":
         args.fairseq_args = args.fairseq_args[1:]
     args.tasks = ["lm", "nmt"] if args.task == "both" else [args.task]
+    if args.ablation:
+        args.variants = list(args.variants) + [v for v in ABLATIONS if v not in args.variants]
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     Study(args).main()
 
