@@ -325,7 +325,8 @@ def peaked_model(seed, eos_bias=0.0, scale=30.0):
 def prefixes(dictionary, lengths, seed):
     """Right-padded word prefixes (no </s>), as language_modeling's inference_step passes them."""
     g = torch.Generator().manual_seed(seed)
-    sents = [torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g) for n in lengths]
+    sents = [torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g)
+             for n in lengths]
     return data_utils.collate_tokens(sents, dictionary.pad(), left_pad=False)
 
 
@@ -414,10 +415,10 @@ TRAIN = [*LM_TASK, "--arch", "skd_lstm_lm_tiny", "--optimizer", "adam", "--lr", 
 
 
 # the sentences of fairseq_cli_helpers.make_lm_data
+_SUBJECT = "(the cat|the dog|a cat|a dog|my friend|the teacher)"
 _VERB = "(sees|likes|watches|finds)"
 _OBJECT = "(the ball|a ball|the house|a toy|the garden|a bird)"
-GRAMMAR = re.compile(
-    f"(the cat|the dog|a cat|a dog|my friend|the teacher) {_VERB} {_OBJECT}( and {_VERB} {_OBJECT})?")
+GRAMMAR = re.compile(f"{_SUBJECT} {_VERB} {_OBJECT}( and {_VERB} {_OBJECT})?")
 
 
 def tokens_of(path):

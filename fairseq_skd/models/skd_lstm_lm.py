@@ -139,7 +139,8 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
 
 def check_embedding_sharing(args) -> None:
     """Raise ValueError naming the flags when the embeddings cannot be tied."""
-    if args.share_decoder_input_output_embed and args.decoder_embed_dim != args.decoder_out_embed_dim:
+    tied = args.share_decoder_input_output_embed
+    if tied and args.decoder_embed_dim != args.decoder_out_embed_dim:
         raise ValueError(
             "--share-decoder-input-output-embed requires --decoder-embed-dim "
             f"({args.decoder_embed_dim}) to equal --decoder-out-embed-dim "
