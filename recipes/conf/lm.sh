@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2154  # variables shared with the sourcing recipe
 # Settings of recipes/lm/run.sh (Table 2 of Hahn & Choi 2019), sourced after the options are
 # parsed ($dataset is ptb or wiki2, $smoke is 0 or 1). Each value is marked:
 #   PAPER  taken from the paper (Section 4.1-4.2);

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2154  # variables shared with the sourcing recipe
 # Settings of recipes/mt/run.sh (Table 3 and Fig. 4 of Hahn & Choi 2019), sourced after the
 # options are parsed ($src, $tgt, $smoke set). Each value is marked:
 #   PAPER  taken from the paper (Sections 4.1, 4.3);

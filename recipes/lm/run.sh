@@ -5,6 +5,7 @@
 #   recipes/lm/run.sh --dataset ptb                    # all stages, the four variants
 #   recipes/lm/run.sh --dataset wiki2 --variants "baseline skd" --stage 3 -- --fp16
 #   recipes/lm/run.sh --dataset ptb --smoke --data-dir tests/fixtures/ptb --exp-dir /tmp/exp
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 # The whole script is one { ... } block: bash reads it completely before running it, so editing
 # this file while a long training runs does not change (or break) the run.

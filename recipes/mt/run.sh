@@ -6,6 +6,7 @@
 #   recipes/mt/run.sh --pair en-fi                     # all stages, the four variants
 #   recipes/mt/run.sh --pair en-de --variants "baseline skd" --stage 4 -- --fp16
 #   recipes/mt/run.sh --pair en-fi --smoke --data-dir tests/fixtures/wmt15 --exp-dir /tmp/exp
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 # The whole script is one { ... } block: bash reads it completely before running it, so editing
 # this file while a long training runs does not change (or break) the run.
@@ -116,7 +117,7 @@ if [[ $src == de || $tgt == de ]]; then
     test_part="test.tgz newstest2015-ende-src.en.sgm newstest2015-ende-ref.de.sgm"
     valid_sacrebleu=wmt14/full
 else
-    x=fi
+    x="fi"
     # Europarl v8 and Wiki Headlines are the WMT'15 Finnish-English parallel data.
     train_parts=(
         "europarl-v8.fi-en.tgz europarl-v8.fi-en.en europarl-v8.fi-en.fi"
@@ -225,7 +226,7 @@ if stage_enabled 0; then
             read -r archive f_a f_b <<<"$part"
             locate "$archive" "$f_a" "$f_b"
             paths=("${located[@]}")
-            if [[ $split == valid && $src == fi ]]; then
+            if [[ $split == valid && $src == "fi" ]]; then
                 paths=("${paths[1]}" "${paths[0]}")
             fi
             python "$RECIPES_DIR/utils/text_tools.py" sgm "${paths[0]}" >"$raw/$split.$src"

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2154  # variables shared with the sourcing recipe
 # Helpers shared by recipes/lm/run.sh and recipes/mt/run.sh (sourced, not run).
 #
 # Every function fails loudly: a non-zero status and a message that says what to do.
