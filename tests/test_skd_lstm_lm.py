@@ -167,6 +167,21 @@ def test_bad_sharing_configuration_names_the_flags():
         assert flag in str(err.value)
 
 
+def test_bad_output_embedding_std_names_the_flag():
+    with pytest.raises(ValueError, match="--decoder-out-embed-std"):
+        build_model(decoder_out_embed_std=0.0)
+
+
+def test_tied_state_dict_round_trip():
+    model = build_model(share_decoder_input_output_embed=True, seed=1)
+    other = build_model(share_decoder_input_output_embed=True, seed=2)
+    other.load_state_dict(model.state_dict(), strict=True)
+    assert other.decoder.embed_tokens.weight is other.decoder.fc_out.weight
+    tokens, _ = lm_batch(model.decoder.dictionary)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(tokens)[0], other.eval()(tokens)[0])
+
+
 def test_max_positions_from_tokens_per_sample():
     assert build_model(tokens_per_sample=64).max_positions() == 64
     assert build_model(tokens_per_sample=64, max_target_positions=9).max_positions() == 9

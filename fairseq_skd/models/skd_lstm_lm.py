@@ -138,7 +138,12 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
 
 
 def check_embedding_sharing(args) -> None:
-    """Raise ValueError naming the flags when the embeddings cannot be tied."""
+    """Raise ValueError naming the flags when the output embedding options cannot hold."""
+    if not args.decoder_out_embed_std > 0:
+        raise ValueError(
+            f"--decoder-out-embed-std must be > 0, got {args.decoder_out_embed_std} (rows of W "
+            "start about std * sqrt(2 * --decoder-out-embed-dim) apart)"
+        )
     tied = args.share_decoder_input_output_embed
     if tied and args.decoder_embed_dim != args.decoder_out_embed_dim:
         raise ValueError(
