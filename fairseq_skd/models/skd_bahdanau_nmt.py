@@ -34,7 +34,7 @@ Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
   transformer convention; SequenceGenerator, --print-alignment and SequenceScorer read it),
   given in eval mode while ``need_attn`` (fairseq-generate sets it for --print-alignment).
 
-Initialisation (it matters for SKD, see /work/shared/FINDINGS.md section 1): q_n =
+Initialisation (it matters for SKD; README.md, "Initialisation"): q_n =
 exp(-sigma ||W_t - W_n||) is below the 0.5 clip only where the distance exceeds ln2 / sigma
 (6.9 at the paper's sigma = 0.1). fairseq's uniform(+-0.1) init puts rows of W 2-3 apart, so
 q_n is clipped almost everywhere. Here

@@ -27,7 +27,7 @@ Generation keeps (s, c) in one cached dict (``get_incremental_state`` /
 ``set_incremental_state``), reordered with ``index_select(0, new_order)``; the cost of a step
 does not depend on the prefix length.
 
-Initialisation (it matters for SKD, see /work/shared/FINDINGS.md section 1): q_n =
+Initialisation (it matters for SKD; README.md, "Initialisation"): q_n =
 exp(-sigma ||W_t - W_n||) is below the 0.5 clip only where the distance exceeds ln2 / sigma
 (6.9 at the paper's sigma = 0.1). fairseq's ``lstm_lm`` initialises W uniformly in +-0.1, which
 puts its rows 2-3 apart, so q_n is clipped almost everywhere. Here
