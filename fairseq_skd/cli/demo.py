@@ -304,6 +304,14 @@ METRICS = {
     "nmt": [("test_bleu_beam1", "test BLEU beam 1", "{:.2f}", "higher"),
             ("test_bleu_beam12", "test BLEU beam 12", "{:.2f}", "higher")],
 }
+# The paper's numbers for the same rows, beside ours as a reference point (different data).
+PAPER_COLUMNS = {
+    "lm": ("paper: PTB NLL/sentence",
+           lambda v: f"{layout.PAPER_TABLE2['ptb'][v]:.2f}" if v in layout.PAPER_TABLE2["ptb"] else "-"),
+    "nmt": ("paper: En-Fi test BLEU beam 1 / 12",
+            lambda v: " / ".join(f"{layout.PAPER_TABLE3['wmt15_en_fi'][v][b][0]:.2f}" for b in (1, 12))
+            if v in layout.PAPER_TABLE3["wmt15_en_fi"] else "-"),
+}
 DIAGNOSTICS = [("best_valid_loss", "best valid loss (base 2)", "{:.4f}"),
                ("final_alpha", "final alpha", "{:.3f}"), ("median_qn", "median q_n", "{:.3f}"),
                ("clip_rate", "clip rate", "{:.3f}")]
@@ -331,7 +339,9 @@ def write_tables(results, out):
         seeds = sorted({r["seed"] for r in runs})
         title = "Language model (Table 2 style)" if task == "lm" else "Translation (Table 3 style)"
         lines += [f"## {title}: {len(seeds)} seed(s), mean ± std over seeds", ""]
-        header = ["model"] + [m[1] for m in METRICS[task]] + [d[1] for d in DIAGNOSTICS]
+        paper = PAPER_COLUMNS[task]
+        header = (["model"] + [m[1] for m in METRICS[task]] + [d[1] for d in DIAGNOSTICS]
+                  + [paper[0]])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         means = {}
         for variant in dict.fromkeys(r["variant"] for r in runs):
@@ -339,6 +349,7 @@ def write_tables(results, out):
             cells = [VARIANT_NAMES[variant]]
             for key, _, fmt, *_ in METRICS[task] + DIAGNOSTICS:
                 cells.append(mean_and_spread([r[key] for r in vr], fmt))
+            cells.append(paper[1](variant))
             means[variant] = statistics.mean(r[METRICS[task][0][0]] for r in vr)
             lines.append("| " + " | ".join(cells) + " |")
         key, name, fmt, better = METRICS[task][0]
@@ -358,7 +369,9 @@ def write_tables(results, out):
         f"median q_n / clip rate: q_n = min(exp(-{SIGMA} d(W_t, W_n)), {QN_MAX}) over the test "
         "positions where the trained model's prediction n differs from the target t; a clip "
         "rate near 1 means sigma did not suit the embedding scale. Same seeds, data and budget "
-        "for every variant; figures per seed in <task>/seed<N>/.")
+        "for every variant; figures per seed in <task>/seed<N>/. The paper's numbers (PTB, "
+        "WMT'15 En-Fi) are beside ours for the row they correspond to, not as a target: "
+        "different data, sizes and budgets.")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
