@@ -123,6 +123,12 @@ def test_language_model_train_then_eval_lm(arch, extra, lm_bin, tmp_path):
              "--tokens-per-sample", 64, "--batch-size", 16, "--cpu")
     evaluated = re.search(r"Evaluated (\d+) tokens", ev.stdout + ev.stderr)
     assert evaluated and int(evaluated.group(1)) == test_tokens
+    # fairseq-validate reports the plain NLL as the loss, like validation during training
+    val = run("fairseq-validate", lm_bin, "--user-dir", USER_DIR, "--path",
+              tmp_path / "checkpoint_best.pt", "--valid-subset", "test", *LM_TASK,
+              "--max-tokens", 600, "--required-batch-size-multiple", 1, "--cpu")
+    losses = re.findall(r"\| loss ([\d.]+) \| nll_loss ([\d.]+)", val.stdout + val.stderr)
+    assert losses and losses[0][0] == losses[0][1]
 
 
 def test_resume_from_an_earlier_checkpoint_matches_uninterrupted_run(lm_bin, tmp_path):
