@@ -75,6 +75,14 @@ from fairseq.models import (
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
+from ..modules.lstm_layers import (
+    LSTM,
+    Embedding,
+    OutputEmbedding,
+    init_output_embedding_,
+    left_pad_index,
+)
+
 DEFAULT_MAX_SOURCE_POSITIONS = 1e5
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
 
@@ -251,7 +259,7 @@ class SKDBahdanauEncoder(FairseqEncoder):
         if left_padded:
             # back to the caller's positions, so attention weights (and --print-alignment)
             # index the source tokens as given
-            annotations = annotations.gather(1, _left_pad_index(padding_mask, annotations.size(-1)))
+            annotations = annotations.gather(1, left_pad_index(padding_mask, annotations.size(-1)))
         annotations = self.dropout_out_module(annotations)
         return {
             "annotations": annotations,
@@ -437,46 +445,6 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
 
     def make_generation_fast_(self, need_attn=False, **kwargs):
         self.need_attn = need_attn
-
-
-def _left_pad_index(padding_mask, dim):
-    """Gather index (B x T x dim) that moves right-padded rows back to left padding: position
-    p of a row with k pads reads right-padded position (p - k) mod T (a pad position for p < k).
-    The inverse of fairseq's utils.convert_padding_direction(left_to_right=True)."""
-    seqlen = padding_mask.size(1)
-    positions = torch.arange(seqlen, device=padding_mask.device).expand_as(padding_mask)
-    num_pads = padding_mask.long().sum(dim=1, keepdim=True)
-    index = torch.remainder(positions - num_pads, seqlen)
-    return index.unsqueeze(-1).expand(-1, -1, dim)
-
-
-def Embedding(num_embeddings, embedding_dim, padding_idx):
-    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
-    nn.init.uniform_(m.weight, -0.1, 0.1)
-    nn.init.constant_(m.weight[padding_idx], 0)
-    return m
-
-
-def init_output_embedding_(weight, std):
-    """N(0, std^2) rows: two rows are about std * sqrt(2 * dim) apart (module docstring)."""
-    with torch.no_grad():
-        weight.normal_(0.0, std)
-    return weight
-
-
-def OutputEmbedding(num_embeddings, embedding_dim, padding_idx, std):
-    """An embedding that is also W (tied): it gets W's init, padding row zero."""
-    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
-    init_output_embedding_(m.weight, std)
-    nn.init.constant_(m.weight[padding_idx], 0)
-    return m
-
-
-def LSTM(input_size, hidden_size, **kwargs):
-    m = nn.LSTM(input_size, hidden_size, batch_first=True, **kwargs)
-    for param in m.parameters():
-        param.data.uniform_(-0.1, 0.1)
-    return m
 
 
 def LSTMCell(input_size, hidden_size):

@@ -76,6 +76,14 @@ from fairseq.models import (
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
+from ..modules.lstm_layers import (
+    LSTM,
+    Embedding,
+    OutputEmbedding,
+    init_output_embedding_,
+    left_pad_index,
+)
+
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
 
 
@@ -275,7 +283,7 @@ class SKDLSTMDecoder(FairseqIncrementalDecoder):
             # right padding: the outputs at words only depend on earlier words
             outputs, (hidden, cell) = self.lstm(x)
         if left_padded:
-            outputs = outputs.gather(1, _left_pad_index(padding_mask, outputs.size(-1)))
+            outputs = outputs.gather(1, left_pad_index(padding_mask, outputs.size(-1)))
         return outputs, hidden.squeeze(0), cell.squeeze(0)
 
     def output_layer(self, features):
@@ -299,48 +307,6 @@ class SKDLSTMDecoder(FairseqIncrementalDecoder):
     def max_positions(self):
         """Maximum output length supported by the decoder."""
         return self.max_target_positions
-
-
-def _left_pad_index(padding_mask, dim):
-    """Gather index (B x T x dim) that moves right-padded rows back to left padding: position
-    p of a row with k pads reads right-padded position (p - k) mod T (a pad position for p < k).
-    The inverse of fairseq's utils.convert_padding_direction(left_to_right=True)."""
-    seqlen = padding_mask.size(1)
-    positions = torch.arange(seqlen, device=padding_mask.device).expand_as(padding_mask)
-    num_pads = padding_mask.long().sum(dim=1, keepdim=True)
-    index = torch.remainder(positions - num_pads, seqlen)
-    return index.unsqueeze(-1).expand(-1, -1, dim)
-
-
-def Embedding(num_embeddings, embedding_dim, padding_idx):
-    """fairseq lstm's input embedding: uniform(+-0.1), padding row zero."""
-    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
-    nn.init.uniform_(m.weight, -0.1, 0.1)
-    nn.init.constant_(m.weight[padding_idx], 0)
-    return m
-
-
-def init_output_embedding_(weight, std):
-    """N(0, std^2) rows: two rows are about std * sqrt(2 * dim) apart (module docstring)."""
-    with torch.no_grad():
-        weight.normal_(0.0, std)
-    return weight
-
-
-def OutputEmbedding(num_embeddings, embedding_dim, padding_idx, std):
-    """An input embedding that is also W (tied): W's init, padding row zero."""
-    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
-    init_output_embedding_(m.weight, std)
-    nn.init.constant_(m.weight[padding_idx], 0)
-    return m
-
-
-def LSTM(input_size, hidden_size):
-    """fairseq lstm's init: every weight and bias uniform(+-0.1)."""
-    m = nn.LSTM(input_size, hidden_size, batch_first=True)
-    for param in m.parameters():
-        param.data.uniform_(-0.1, 0.1)
-    return m
 
 
 def FeedForward(in_features, out_features):
