@@ -241,3 +241,11 @@ def test_bad_new_flag_values_are_refused():
     criterion = make_criterion(skd_soft_targets="topk", skd_topk=12)
     with pytest.raises(ValueError, match="--skd-topk must be smaller than the vocabulary"):
         criterion(TinyDecoderModel(vocab=12).train(), make_sample())
+
+
+def test_full_backward_runs_once_since_its_buffer_becomes_the_gradient():
+    w, logits, target = random_case()
+    loss, _, _ = full_soft_target_loss(F.log_softmax(logits, -1), target, w, 0.3, 0.7)
+    loss.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="only once"):
+        loss.sum().backward()

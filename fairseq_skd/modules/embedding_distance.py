@@ -31,18 +31,29 @@ def pair_distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2") -> torch.T
     raise ValueError(f"unknown distance {kind!r}; choose one of {DISTANCES}")
 
 
-def distance_to_vocab(rows: torch.Tensor, weight: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    """[C x D] rows, [V x D] weight -> [C x V] distances from each row to every word, float32."""
-    a, w = rows.detach().float(), weight.detach().float()
-    if kind == "l2":
-        return torch.cdist(a, w, compute_mode="use_mm_for_euclid_dist").clamp(min=0.0)
-    if kind == "cosine":
-        a_n = a / a.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        w_n = w / w.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        return (1.0 - a_n @ w_n.t()).clamp(min=0.0)
-    if kind == "dot":
-        return ((a * a).sum(-1, keepdim=True) - a @ w.t()).clamp(min=0.0)
-    raise ValueError(f"unknown distance {kind!r}; choose one of {DISTANCES}")
+class VocabDistance:
+    """Distances from chosen words to every word of W, [rows x V] float32, with what every
+    chunk needs (W in float32, its squared norms or normalised rows) computed once."""
+
+    def __init__(self, weight: torch.Tensor, kind: str = "l2"):
+        if kind not in DISTANCES:
+            raise ValueError(f"unknown distance {kind!r}; choose one of {DISTANCES}")
+        self.kind = kind
+        self.weight = weight.detach().float()
+        if kind == "cosine":
+            self.weight = self.weight / self.weight.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        self.sq_norms = (self.weight * self.weight).sum(-1)
+
+    def __call__(self, words: torch.Tensor, out: torch.Tensor = None) -> torch.Tensor:
+        """d(W_word, W_k) for each of ``words`` [C] and every k: [C x V], written into ``out``."""
+        rows = self.weight.index_select(0, words)
+        if self.kind == "l2":  # |a|^2 + |w|^2 - 2 a.w, one matrix product
+            out = torch.addmm(self.sq_norms[None], rows, self.weight.t(), alpha=-2.0, out=out)
+            return out.add_(self.sq_norms[words][:, None]).clamp_(min=0.0).sqrt_()
+        out = torch.mm(rows, self.weight.t(), out=out)
+        if self.kind == "cosine":  # 1 - cos
+            return out.neg_().add_(1.0).clamp_(min=0.0)
+        return out.neg_().add_(self.sq_norms[words][:, None]).clamp_(min=0.0)  # dot margin
 
 
 def rows_per_chunk(vocab_size: int, budget_elements: int = 1 << 22) -> int:
@@ -62,9 +73,10 @@ def nearest_neighbours(weight, k, kind="l2", exclude=None, chunk=None):
     chunk = chunk or rows_per_chunk(vocab)
     indices = torch.empty(vocab, k, dtype=torch.long, device=weight.device)
     distances = torch.empty(vocab, k, dtype=torch.float32, device=weight.device)
+    to_vocab = VocabDistance(weight, kind)
     for start in range(0, vocab, chunk):
-        d = distance_to_vocab(weight[start : start + chunk], weight, kind)
-        rows = torch.arange(start, start + d.size(0), device=weight.device)
+        rows = torch.arange(start, min(vocab, start + chunk), device=weight.device)
+        d = to_vocab(rows)
         d[torch.arange(d.size(0), device=d.device), rows] = math.inf  # not your own neighbour
         if exclude is not None:
             d[:, exclude] = math.inf

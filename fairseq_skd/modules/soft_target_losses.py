@@ -11,14 +11,14 @@ its K nearest words in W for ``topk``):
     loss = -(1 - a) * lp_t - a * sum_{k in S} q_k * lp_k,    a = alpha * lambda   (Eq. 5)
 
 q is a target: no gradient flows through it. Distances are float32 and computed ``chunk``
-positions at a time; ``full`` recomputes them in the backward pass instead of keeping a
-[positions x vocab] soft-target matrix alive, so its memory stays that of cross-entropy plus
-one chunk.
+positions at a time. ``full`` keeps the unnormalised weights in one [positions x vocab] buffer
+that its backward pass turns into the gradient in place, so they are computed once and cost no
+memory beyond the gradient cross-entropy has too.
 """
 
 import torch
 
-from .embedding_distance import distance_to_vocab, pair_distance, rows_per_chunk
+from .embedding_distance import VocabDistance, pair_distance, rows_per_chunk
 
 
 def clip_soft_targets(q, target_column, qn_max):
@@ -36,50 +36,61 @@ def clip_soft_targets(q, target_column, qn_max):
     return q, mass * scale, clipped
 
 
-def full_soft_targets(weight, target, sigma, qn_max, kind, padding_idx):
-    """[C x V] soft targets (Eq. 7 over the whole vocabulary, clipped) for targets [C]."""
-    d = distance_to_vocab(weight[target], weight, kind)
-    d.scatter_(1, target[:, None], 0.0)  # exactly 0 to itself, whatever the rounding
-    u = torch.exp(-sigma * d)
-    if padding_idx is not None:
-        u[:, padding_idx] = 0.0
-    return clip_soft_targets(u / u.sum(-1, keepdim=True), target, qn_max)
-
-
 class _FullSoftTargetLoss(torch.autograd.Function):
-    """Per-position loss of Eq. 5 with Eq. 7's soft targets over the whole vocabulary."""
+    """Per-position loss of Eq. 5 with Eq. 7's soft targets over the whole vocabulary.
+
+    The forward writes the unnormalised weights u [N x V] into one float32 buffer, a chunk of
+    positions at a time (one matrix product each), and keeps only per-position scalars of the
+    normalisation and clip: q_k = c * u_k for k != t, q_t = 1 - clipped mass. The backward turns
+    that buffer in place into the gradient, -a * g * c * u_k off the target and
+    -(1 - a) * g - a * g * q_t on it, so u is computed once and its memory is the gradient's.
+    """
 
     @staticmethod
     def forward(ctx, lprobs, target, weight, sigma, skd_weight, qn_max, kind, padding_idx, chunk):
-        loss = torch.empty(target.shape, dtype=torch.float32, device=lprobs.device)
+        n = target.numel()
+        to_vocab = VocabDistance(weight, kind)
+        u = torch.empty(lprobs.shape, dtype=torch.float32, device=lprobs.device)
+        loss = torch.empty(n, dtype=torch.float32, device=lprobs.device)
+        scale_off_target = torch.empty_like(loss)  # c
+        q_target = torch.empty_like(loss)
         mass = torch.empty_like(loss)
-        clipped = torch.empty(target.shape, dtype=torch.bool, device=lprobs.device)
-        for s in range(0, target.numel(), chunk):
-            t = target[s : s + chunk]
-            q, mass[s : s + chunk], clipped[s : s + chunk] = full_soft_targets(
-                weight, t, sigma, qn_max, kind, padding_idx)
-            lp = lprobs[s : s + chunk].float()
-            loss[s : s + chunk] = (-(1.0 - skd_weight) * lp.gather(1, t[:, None]).squeeze(1)
-                                   - skd_weight * (q * lp).sum(-1))
-        ctx.save_for_backward(target, weight)
-        ctx.config = (lprobs.shape, lprobs.dtype, sigma, skd_weight, qn_max, kind, padding_idx,
-                      chunk)
+        clipped = torch.empty(n, dtype=torch.bool, device=lprobs.device)
+        for s in range(0, n, chunk):
+            rows, t = slice(s, s + chunk), target[s : s + chunk]
+            u_c = to_vocab(t, out=u[rows]).mul_(-sigma).exp_()
+            if padding_idx is not None:
+                u_c[:, padding_idx] = 0.0
+            u_c.scatter_(1, t[:, None], 1.0)  # d(t, t) = 0 exactly, whatever the rounding
+            z = u_c.sum(-1)
+            unclipped = 1.0 - 1.0 / z  # non-target mass of the normalised q
+            clip = unclipped > qn_max
+            scale = torch.where(clip, qn_max / unclipped.clamp(min=1e-12), torch.ones_like(z))
+            lp = lprobs[rows].float()
+            lp_t = lp.gather(1, t[:, None]).squeeze(1)
+            u_dot_lp = torch.bmm(u_c[:, None, :], lp[:, :, None]).view(-1)
+            c, q_t = scale / z, 1.0 - unclipped * scale
+            soft = c * (u_dot_lp - lp_t) + q_t * lp_t  # sum_k q_k lp_k (u_t = 1)
+            loss[rows] = -(1.0 - skd_weight) * lp_t - skd_weight * soft
+            scale_off_target[rows], q_target[rows] = c, q_t
+            mass[rows], clipped[rows] = unclipped * scale, clip
+        ctx.save_for_backward(target, u, scale_off_target, q_target)
+        ctx.config = (lprobs.dtype, skd_weight)
         ctx.mark_non_differentiable(mass, clipped)
         return loss.to(lprobs.dtype), mass, clipped
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_mass, _grad_clipped):
-        target, weight = ctx.saved_tensors
-        shape, dtype, sigma, skd_weight, qn_max, kind, padding_idx, chunk = ctx.config
-        grad = torch.empty(shape, dtype=dtype, device=grad_loss.device)
-        for s in range(0, target.numel(), chunk):
-            t = target[s : s + chunk]
-            q, _, _ = full_soft_targets(weight, t, sigma, qn_max, kind, padding_idx)
-            g = grad_loss[s : s + chunk].float()[:, None]
-            q.mul_(-skd_weight * g)
-            q.scatter_add_(1, t[:, None], -(1.0 - skd_weight) * g)
-            grad[s : s + chunk] = q
-        return grad, None, None, None, None, None, None, None, None
+        if getattr(ctx, "buffer_used", False):
+            raise RuntimeError("--skd-soft-targets full: backward can run only once per forward "
+                               "(its soft-target buffer becomes the gradient)")
+        ctx.buffer_used = True
+        target, u, c, q_t = ctx.saved_tensors
+        dtype, a = ctx.config
+        g = grad_loss.float()
+        grad = u.mul_((-a * g * c)[:, None])
+        grad.scatter_(1, target[:, None], (-(1.0 - a) * g - a * g * q_t)[:, None])
+        return grad.to(dtype), None, None, None, None, None, None, None, None
 
 
 def full_soft_target_loss(lprobs, target, weight, sigma, skd_weight, qn_max=0.5, kind="l2",
