@@ -323,6 +323,20 @@ def mean_and_spread(values, fmt):
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
+def verdict(variant, values, baseline, metric, fmt, better):
+    """One plain line: did the variant beat the baseline, and is the difference larger than
+    the spread over seeds (the larger of the two standard deviations)?"""
+    value, base = statistics.mean(values), statistics.mean(baseline)
+    won = value < base if better == "lower" else value > base
+    line = (f"- {variant} {'beat' if won else 'did NOT beat'} the baseline on {metric} "
+            f"({fmt.format(value)} vs {fmt.format(base)})")
+    if len(values) > 1 and len(baseline) > 1:
+        spread = max(statistics.stdev(values), statistics.stdev(baseline))
+        if abs(value - base) <= spread:
+            line += f", but by less than the spread over seeds ({fmt.format(spread)}): no clear difference"
+    return line + "."
+
+
 def write_tables(results, out):
     with open(out / "results.csv", "w", newline="") as f:
         fields = ["task", "variant", "seed", "test_nll_per_sentence", "test_ppl", "test_bleu_beam1",
@@ -350,18 +364,13 @@ def write_tables(results, out):
             for key, _, fmt, *_ in METRICS[task] + DIAGNOSTICS:
                 cells.append(mean_and_spread([r[key] for r in vr], fmt))
             cells.append(paper[1](variant))
-            means[variant] = statistics.mean(r[METRICS[task][0][0]] for r in vr)
+            means[variant] = [r[METRICS[task][0][0]] for r in vr]
             lines.append("| " + " | ".join(cells) + " |")
         key, name, fmt, better = METRICS[task][0]
         lines.append("")
         if "baseline" in means:
-            base = means["baseline"]
-            for variant, value in means.items():
-                if variant == "baseline":
-                    continue
-                won = value < base if better == "lower" else value > base
-                lines.append(f"- {VARIANT_NAMES[variant]} {'beat' if won else 'did NOT beat'} "
-                             f"the baseline on {name} ({fmt.format(value)} vs {fmt.format(base)}).")
+            lines += [verdict(VARIANT_NAMES[v], values, means["baseline"], name, fmt, better)
+                      for v, values in means.items() if v != "baseline"]
         lines.append("")
     lines.append(
         "LM: test NLL per sentence in nats (sum over each sentence's tokens incl. </s>, mean over "
