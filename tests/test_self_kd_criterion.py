@@ -343,3 +343,17 @@ def test_target_embed_noise_only_in_the_decoder_and_in_training():
     assert torch.equal(embed(tokens), clean)  # the same module outside the decoder (an encoder)
     decoder.eval()
     assert torch.equal(decoder(tokens), clean)
+
+
+@pytest.mark.parametrize("vocab", [10, 1000, 1337])
+def test_row_argmax_is_torch_argmax_exactly(vocab):
+    from fairseq_skd.criterions.self_kd_cross_entropy import row_argmax
+
+    g = torch.Generator().manual_seed(vocab)
+    x = F.log_softmax(torch.randn(64, vocab, generator=g), -1)
+    x[0] = 0.0  # a row of ties: the first column wins
+    x[1, -1] = x[1].max() + 1  # the maximum in the ragged last block
+    x[2, 3] = x[2, vocab // 2] = x[2].max() + 1  # a tie across blocks
+    for block in (4, 256):
+        assert torch.equal(row_argmax(x, block), x.argmax(-1))
+    assert torch.equal(row_argmax(x[:, : vocab // 2 + 1], 4), x[:, : vocab // 2 + 1].argmax(-1))
