@@ -113,8 +113,10 @@ def topk_soft_target_loss(lprobs, target, weight, neighbours, sigma, skd_weight,
     with torch.no_grad():
         d = torch.empty(candidates.shape, dtype=torch.float32, device=lprobs.device)
         for s in range(0, target.numel(), chunk):
-            rows = weight[target[s : s + chunk]][:, None, :]
-            d[s : s + chunk] = pair_distance(rows, weight[candidates[s : s + chunk]], kind)
+            cand = candidates[s : s + chunk]  # index_select: much faster than indexing on CPU
+            rows = weight.index_select(0, target[s : s + chunk])[:, None, :]
+            others = weight.index_select(0, cand.reshape(-1)).view(*cand.shape, -1)
+            d[s : s + chunk] = pair_distance(rows, others, kind)
         d[:, 0] = 0.0
         u = torch.exp(-sigma * d)
         # padding is never a candidate, nor the target a second time (possible when K = V - 1)
