@@ -327,6 +327,8 @@ def verdict(variant, values, baseline, metric, fmt, better):
     """One plain line: did the variant beat the baseline, and is the difference larger than
     the spread over seeds (the larger of the two standard deviations)?"""
     value, base = statistics.mean(values), statistics.mean(baseline)
+    if fmt.format(value) == fmt.format(base):
+        return f"- {variant} tied with the baseline on {metric} ({fmt.format(value)})."
     won = value < base if better == "lower" else value > base
     line = (f"- {variant} {'beat' if won else 'did NOT beat'} the baseline on {metric} "
             f"({fmt.format(value)} vs {fmt.format(base)})")
