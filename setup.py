@@ -15,6 +15,7 @@ setup(
             "fairseq-skd-score-lm = fairseq_skd.cli.score_lm:main",
             "fairseq-skd-bleu = fairseq_skd.cli.score_bleu:main",
             "fairseq-skd-collect = fairseq_skd.cli.collect_results:main",
+            "fairseq-skd-train = fairseq_skd.cli.train:main",
         ],
     },
 )

@@ -64,8 +64,9 @@ def count_segs(path):
 def runs(tmp_path_factory):
     """Both recipes, all stages, side by side. Returns {name: (tmp dir, stderr, seconds)}."""
     tmp = {name: tmp_path_factory.mktemp(name) for name in ("lm", "mt")}
-    # `-- --seed 2`: extra flags go to fairseq-train
-    cmds = {"lm": [LM, *lm_args(tmp["lm"], "--", "--seed", "2")], "mt": [MT, *mt_args(tmp["mt"])]}
+    # `-- --seed 2`: extra flags go to fairseq-train; the LM trains with 2 data-parallel workers
+    cmds = {"lm": [LM, *lm_args(tmp["lm"], "--nproc", 2, "--", "--seed", "2")],
+            "mt": [MT, *mt_args(tmp["mt"])]}
     start = time.time()
     procs = {name: subprocess.Popen(["bash", *map(str, cmd)], cwd=REPO, env=env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -98,6 +99,8 @@ def test_lm_all_stages(runs):
         # --update-epoch-batch-itr always; extra flags after `--` reach fairseq-train last
         assert "--update-epoch-batch-itr True" in log
         assert "--seed 2" in log.splitlines()[0].split("--no-progress-bar")[-1]
+        assert "fairseq-skd-train --nproc 2" in log.splitlines()[0]
+        assert "training on 2 devices" in log
     assert "self_kd_cross_entropy" in (exp / "skd" / "train.log").read_text()
     assert '"skd_alpha"' in (exp / "skd" / "train.log").read_text()
 
@@ -265,11 +268,13 @@ def test_lm_resume_appends(runs):
     run_dir = tmp / "exp" / "skd"
     (run_dir / ".train.done").unlink()
     log_before = (run_dir / "train.log").read_text()
+    updates = json.loads(log_before[log_before.rindex('{"epoch": 2'):].splitlines()[0])
     proc = run(LM, *lm_args(tmp, "--variants", "skd", "--stage", "3", "--stop-stage", "3",
-                            "--", "--max-epoch", "3"))
+                            "--nproc", 2, "--", "--max-epoch", "3"))
     assert "resuming from checkpoint_last.pt" in proc.stderr
     log = (run_dir / "train.log").read_text()
     assert log.startswith(log_before)  # appended, not rewritten
     added = log[len(log_before):]
-    assert "Loaded checkpoint" in added and "(epoch 3 @ 40 updates)" in added
+    assert "Loaded checkpoint" in added
+    assert f"(epoch 3 @ {updates['train_num_updates']} updates)" in added
     assert '"epoch": 3' in added and (run_dir / ".train.done").is_file()

@@ -174,7 +174,7 @@ class Study:
                  "--max-epoch", epochs, "--required-batch-size-multiple", "1",
                  "--update-epoch-batch-itr", "True", "--log-format", "json",
                  "--log-interval", max(1, per_epoch // 5),
-                 "--no-progress-bar", "--num-workers", "0", "--no-epoch-checkpoints",
+                 "--no-progress-bar", "--num-workers", "0", "--keep-last-epochs", "2",
                  *self.device_flags]
         schedule = ["--skd-warmup-updates", warmup, "--skd-alpha-step", f"{alpha_step:.6g}"]
         return flags, schedule
@@ -187,7 +187,8 @@ class Study:
         save_dir.mkdir(parents=True, exist_ok=True)
         self.log(f"{task}: training {VARIANT_NAMES[variant]} (seed {seed})")
         skd = schedule if "self_kd_cross_entropy" in ALL_VARIANT_FLAGS[variant] else []
-        self.run([BIN / "fairseq-train", bin_dir, "--user-dir", USER_DIR, "--save-dir", save_dir,
+        self.run([BIN / "fairseq-skd-train", "--nproc", self.args.nproc, bin_dir,
+                  "--user-dir", USER_DIR, "--save-dir", save_dir,
                   "--seed", seed, *flags, *ALL_VARIANT_FLAGS[variant], *skd, *self.args.fairseq_args],
                  log_file)
         (save_dir / ".trained").touch()
@@ -400,6 +401,9 @@ def build_parser():
     p.add_argument("--ablation", action="store_true",
                    help="also train the options beyond the paper, each one change from +SKD "
                    "(or from the baseline): " + "; ".join(name for name, _ in ABLATIONS.values()))
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel workers per training: GPUs, or CPU workers sharing the "
+                   "cores (fairseq-skd-train --nproc)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (a couple of minutes)")
     p.add_argument("fairseq_args", nargs=argparse.REMAINDER,
                    help="after --: extra flags for every fairseq-train (e.g. -- --fp16)")
@@ -407,7 +411,10 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.nproc < 1:
+        parser.error(f"--nproc must be at least 1, got {args.nproc}")
     if args.fairseq_args and args.fairseq_args[0] == "--":
         args.fairseq_args = args.fairseq_args[1:]
     args.tasks = ["lm", "nmt"] if args.task == "both" else [args.task]

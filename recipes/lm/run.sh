@@ -39,10 +39,12 @@ Options:
   --exp-dir DIR           where runs and results go (default exp/DATASET)
   --wiki2-unit U          sentence (default) or line: what one WikiText-2 sample is
   --nj N                  parallel jobs for data preparation (default: number of cores)
+  --nproc N               data-parallel training workers (default 1): N GPUs, or on CPU N
+                          workers sharing the cores (fairseq-skd-train --nproc)
   --cpu                   train on CPU even when a GPU is available
   --smoke                 tiny model and 2 epochs on local files (needs --data-dir): a test
   -h, --help              this message
-Everything after '--' is appended to fairseq-train (e.g. -- --fp16 --distributed-world-size 2).
+Everything after '--' is appended to fairseq-train (e.g. -- --fp16).
 EOF
 }
 
@@ -55,6 +57,7 @@ prep_dir=
 exp_dir=
 wiki2_unit=sentence
 nj=$(nproc 2>/dev/null || echo 1)
+nproc=1
 force_cpu=0
 smoke=0
 extra=()
@@ -70,6 +73,7 @@ while (( $# )); do
         --exp-dir) exp_dir=${2:?--exp-dir needs a value}; shift 2 ;;
         --wiki2-unit) wiki2_unit=${2:?--wiki2-unit needs a value}; shift 2 ;;
         --nj) nj=${2:?--nj needs a value}; shift 2 ;;
+        --nproc) nproc=${2:?--nproc needs a value}; shift 2 ;;
         --cpu) force_cpu=1; shift ;;
         --smoke) smoke=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -84,6 +88,7 @@ case $dataset in
     *) usage >&2; die "unknown --dataset '$dataset' (ptb or wiki2)" ;;
 esac
 [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || die "--stage and --stop-stage take numbers"
+[[ $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc takes a number of workers >= 1, not '$nproc'"
 [[ $wiki2_unit == sentence || $wiki2_unit == line ]] || die "--wiki2-unit is sentence or line, not '$wiki2_unit'"
 if (( smoke )) && [[ -z $data_dir ]]; then
     die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/ptb)"
@@ -101,7 +106,7 @@ use_repo_venv
 . "$RECIPES_DIR/conf/lm.sh"
 check_variants
 detect_device "$force_cpu"
-log "lm recipe: dataset=$dataset variants='$variants' stages $stage..$stop_stage device=$device_name" \
+log "lm recipe: dataset=$dataset variants='$variants' stages $stage..$stop_stage device=$device_name nproc=$nproc" \
     "prep=$prep_dir exp=$exp_dir smoke=$smoke"
 
 raw=$prep_dir/raw
@@ -219,7 +224,7 @@ if stage_enabled 3; then
         run_train "$exp_dir/$v" "$bin" --user-dir "$USER_DIR" --arch "$arch" \
             "${train_flags[@]}" "${variant_flags[@]}" \
             --update-epoch-batch-itr True --required-batch-size-multiple 1 \
-            --no-epoch-checkpoints --log-format json --log-interval "$log_interval" \
+            --keep-last-epochs 2 --log-format json --log-interval "$log_interval" \
             --no-progress-bar "${device_flags[@]}" "${extra[@]}"
     done
 fi

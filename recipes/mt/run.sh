@@ -40,10 +40,12 @@ Options:
   --prep-dir DIR          where prepared data goes (default data/wmt15_SRC_TGT)
   --exp-dir DIR           where runs and results go (default exp/wmt15_SRC_TGT)
   --nj N                  parallel jobs for data preparation (default: number of cores)
+  --nproc N               data-parallel training workers (default 1): N GPUs, or on CPU N
+                          workers sharing the cores (fairseq-skd-train --nproc)
   --cpu                   train and decode on CPU even when a GPU is available
   --smoke                 tiny model and 2 epochs on local files (needs --data-dir): a test
   -h, --help              this message
-Everything after '--' is appended to fairseq-train (e.g. -- --fp16 --distributed-world-size 2).
+Everything after '--' is appended to fairseq-train (e.g. -- --fp16).
 EOF
 }
 
@@ -55,6 +57,7 @@ data_dir=
 prep_dir=
 exp_dir=
 nj=$(nproc 2>/dev/null || echo 1)
+nproc=1
 force_cpu=0
 smoke=0
 extra=()
@@ -69,6 +72,7 @@ while (( $# )); do
         --prep-dir) prep_dir=${2:?--prep-dir needs a value}; shift 2 ;;
         --exp-dir) exp_dir=${2:?--exp-dir needs a value}; shift 2 ;;
         --nj) nj=${2:?--nj needs a value}; shift 2 ;;
+        --nproc) nproc=${2:?--nproc needs a value}; shift 2 ;;
         --cpu) force_cpu=1; shift ;;
         --smoke) smoke=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -83,6 +87,7 @@ case $pair in
     *) usage >&2; die "unknown --pair '$pair' (en-fi, fi-en or en-de)" ;;
 esac
 [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || die "--stage and --stop-stage take numbers"
+[[ $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc takes a number of workers >= 1, not '$nproc'"
 if (( smoke )) && [[ -z $data_dir ]]; then
     die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/wmt15)"
 fi
@@ -99,7 +104,7 @@ use_repo_venv
 . "$RECIPES_DIR/conf/mt.sh"
 check_variants
 detect_device "$force_cpu"
-log "mt recipe: pair=$pair variants='$variants' stages $stage..$stop_stage device=$device_name" \
+log "mt recipe: pair=$pair variants='$variants' stages $stage..$stop_stage device=$device_name nproc=$nproc" \
     "prep=$prep_dir exp=$exp_dir smoke=$smoke"
 
 # ---- the WMT'15 data (http://www.statmt.org/wmt15/translation-task.html): for each part,
@@ -335,7 +340,7 @@ if stage_enabled 4; then
         run_train "$exp_dir/$v" "$bin" --user-dir "$USER_DIR" --arch "$arch" \
             "${train_flags[@]}" "${variant_flags[@]}" \
             --update-epoch-batch-itr True --required-batch-size-multiple 1 \
-            --no-epoch-checkpoints --log-format json --log-interval "$log_interval" \
+            --keep-last-epochs 2 --log-format json --log-interval "$log_interval" \
             --no-progress-bar "${device_flags[@]}" "${extra[@]}"
     done
 fi

@@ -149,9 +149,11 @@ check_variants() {
     for v in $variants; do variant_criterion_flags "$v"; done
 }
 
-# run_train SAVE_DIR ARGS...: fairseq-train with its output appended to SAVE_DIR/train.log.
+# run_train SAVE_DIR ARGS...: fairseq-train with $nproc data-parallel workers
+# (fairseq-skd-train --nproc), its output appended to SAVE_DIR/train.log.
 # An interrupted run resumes from SAVE_DIR/checkpoint_last.pt (fairseq's default for the same
-# --save-dir); a finished one leaves SAVE_DIR/.train.done and is skipped next time.
+# --save-dir; a damaged one is replaced by the newest intact checkpoint first); a finished one
+# leaves SAVE_DIR/.train.done and is skipped next time.
 run_train() {
     local save_dir=$1
     shift
@@ -163,12 +165,13 @@ run_train() {
     if [[ -f $save_dir/checkpoint_last.pt ]]; then
         log "  $save_dir: resuming from checkpoint_last.pt"
     fi
+    local train=(fairseq-skd-train --nproc "${nproc:-1}" "$@" --save-dir "$save_dir")
     {
-        printf '# %s fairseq-train' "$(date '+%Y-%m-%d %H:%M:%S')"
-        printf ' %q' "$@"
+        printf '# %s' "$(date '+%Y-%m-%d %H:%M:%S')"
+        printf ' %q' "${train[@]}"
         printf '\n'
     } >>"$save_dir/train.log"
-    fairseq-train "$@" --save-dir "$save_dir" 2>&1 | tee -a "$save_dir/train.log" >&2
+    "${train[@]}" 2>&1 | tee -a "$save_dir/train.log" >&2
     [[ -f $save_dir/checkpoint_best.pt && -f $save_dir/checkpoint_last.pt ]] \
         || die "fairseq-train ended without $save_dir/checkpoint_best.pt / checkpoint_last.pt; see $save_dir/train.log"
     touch "$save_dir/.train.done"
