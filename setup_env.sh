@@ -11,8 +11,10 @@
 # - fairseq-fixed 0.12.3.1: upstream fairseq main plus the one fix that lets it import on
 #   Python >= 3.11 (fairseq 0.12.2 does not). Built without build isolation and without its
 #   declared deps (torchaudio would pull a second, CUDA torch); its runtime needs are in
-#   requirements.txt.
-# - this plugin, editable, for its command-line tools.
+#   requirements/fairseq-runtime.txt.
+# - this plugin, editable, with its test extra: its own dependencies (sacrebleu, sacremoses,
+#   subword-nmt, matplotlib, tensorboard, and pytest) come from pyproject.toml, with torch held
+#   at the installed build and fairseq's pins as constraints.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,7 +32,7 @@ fi
 
 # The stamp records exactly what was installed; a matching stamp plus a working import means
 # there is nothing to do.
-stamp_key=$(cat "$repo/requirements.txt" "$repo/setup.py" "$repo/setup_env.sh" \
+stamp_key=$(cat "$repo/requirements/fairseq-runtime.txt" "$repo/pyproject.toml" "$repo/setup_env.sh" \
   <(echo "$torch_version $fairseq_spec") | sha256sum | cut -d' ' -f1)
 stamp=$venv/.fairseq-skd-setup
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_key" ] \
@@ -65,17 +67,22 @@ else
 fi
 installed_torch=$("$vpy" -c 'import torch; print(torch.__version__)')
 
-log "installing fairseq's runtime needs and this plugin's (requirements.txt)"
-# Naming the installed torch keeps pip from ever swapping it for another build.
-pip_install -r "$repo/requirements.txt" "torch==$installed_torch"
+fairseq_runtime=$repo/requirements/fairseq-runtime.txt
+log "installing fairseq's runtime needs (requirements/fairseq-runtime.txt)"
+# Naming the installed torch keeps pip from ever swapping it for another build. setuptools >= 77
+# builds fairseq-fixed and this plugin without build isolation (pyproject.toml; editable
+# installs need >= 64); torch 2.13 brings one, an older torch of the user's may not.
+pip_install -r "$fairseq_runtime" "setuptools>=77" "torch==$installed_torch"
 
 if ! "$vpy" -m pip show fairseq-fixed >/dev/null 2>&1; then
   log "building $fairseq_spec (about 2 minutes the first time; pip caches the wheel)"
   pip_install --no-build-isolation --no-deps "$fairseq_spec"
 fi
 
-log "installing fairseq-skd (editable)"
-pip_install --no-build-isolation --no-deps -e "$repo"
+log "installing fairseq-skd (editable) and its dependencies (pyproject.toml)"
+# With its dependencies (no --no-deps), but torch held at the installed build and fairseq's
+# runtime pins (numpy, sacrebleu) as constraints, so none of them can move.
+pip_install --no-build-isolation -e "$repo[test]" -c "$fairseq_runtime" "torch==$installed_torch"
 
 "$vpy" - <<'PY'
 import importlib.util, sys

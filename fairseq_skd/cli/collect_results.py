@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from fairseq_skd.cli import recipe_layout as layout
+from fairseq_skd.cli.requirements import require_packages
 
 MISSING = "-"
 
@@ -461,6 +462,7 @@ def run(exp_dir, out=None, experiment=None, task=None, figures=True):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    require_packages("fairseq-skd-collect", [] if args.no_figures else ["matplotlib"])
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font search logs at DEBUG
     try:
         _, _, text = run(args.exp_dir, args.out, args.experiment, args.task, not args.no_figures)

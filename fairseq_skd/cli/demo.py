@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from fairseq_skd.cli import recipe_layout as layout
+from fairseq_skd.cli.requirements import require_packages
 from fairseq_skd.data.synthetic import write_lm_corpus, write_parallel_corpus
 
 USER_DIR = str(Path(__file__).resolve().parents[1])
@@ -415,6 +416,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.nproc < 1:
         parser.error(f"--nproc must be at least 1, got {args.nproc}")
+    # fairseq-skd-collect and fairseq-skd-bleu, which it runs after training, need these
+    require_packages("fairseq-skd-demo", ["matplotlib", "sacrebleu", "sacremoses"])
     if args.fairseq_args and args.fairseq_args[0] == "--":
         args.fairseq_args = args.fairseq_args[1:]
     args.tasks = ["lm", "nmt"] if args.task == "both" else [args.task]

@@ -21,6 +21,8 @@ import os
 import re
 import sys
 
+from fairseq_skd.cli.requirements import require_packages
+
 H_LINE = re.compile(r"^H-(\d+)\t")
 
 
@@ -143,6 +145,7 @@ def score(generate_output, reference_paths, bpe="subword_nmt", detokenize_lang="
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    require_packages("fairseq-skd-bleu", ["sacremoses", "sacrebleu"])
     try:
         summary, hypotheses = score(args.generate_output, args.reference, args.bpe,
                                     args.detokenize_lang, args.tokenize)

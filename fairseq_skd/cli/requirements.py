@@ -1,0 +1,34 @@
+"""The check that a command-line tool's optional Python packages are installed.
+
+torch and fairseq are what every tool needs and what the environment is built around; the
+packages checked here are the plugin's own dependencies (pyproject.toml), which an environment
+made by hand may lack. Each tool calls :func:`require_packages` as the first thing in ``main()``,
+so a missing package is reported in one line before any work starts (fairseq-skd-demo would
+otherwise train every variant and only then fail).
+"""
+
+import importlib.util
+import sys
+
+
+def missing_packages(names):
+    """The names among ``names`` (top-level import names) that cannot be imported."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def require_packages(prog, names):
+    """Exit with status 1 and one line on stderr if any of ``names`` is not installed, e.g.
+
+        fairseq-skd-bleu: needs the Python package 'sacremoses': pip install sacremoses (or, in
+        the fairseq-skd repository, ./setup_env.sh or pip install .)
+
+    ``names`` are import names that are also the names pip installs them by (sacremoses,
+    sacrebleu, matplotlib). The packages are only found, not imported: each tool imports them
+    where it uses them.
+    """
+    missing = missing_packages(names)
+    if missing:
+        what = "package" if len(missing) == 1 else "packages"
+        sys.exit(f"{prog}: needs the Python {what} {', '.join(repr(m) for m in missing)}: "
+                 f"pip install {' '.join(missing)} "
+                 "(or, in the fairseq-skd repository, ./setup_env.sh or pip install .)")
