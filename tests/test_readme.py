@@ -2,20 +2,24 @@
 front door cannot drift from the code. ./test.sh is what CI runs; ./run.sh calls the same
 fairseq-skd-demo that tests/test_demo.py runs in smoke mode."""
 
+import os
 import re
 import shlex
+import socket
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from fairseq_cli_helpers import BIN, REPO, make_reverse_translation_data, preprocess_translation
 
 README = (REPO / "README.md").read_text()
 
 
-def bash_commands():
-    """Every command in README's bash blocks, joined across backslash continuations."""
+def bash_commands(language="bash"):
+    """Every command in README's bash (or other) blocks, joined across backslash continuations."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+    for block in re.findall(rf"```{language}\n(.*?)```", README, flags=re.S):
         for command in block.replace("\\\n", " ").splitlines():
             command = command.split("#")[0].strip()
             if command:
@@ -31,7 +35,7 @@ def test_every_readme_command_is_one_that_the_tests_or_ci_run():
     # ./test.sh: CI runs it; ./run.sh: fairseq-skd-demo, which tests/test_demo.py runs;
     # fairseq-train / fairseq-generate: run below as written
     assert {c.split()[0] for c in bash_commands()} == {"./run.sh", "./test.sh", "fairseq-train",
-                                                     "fairseq-generate"}
+                                                     "fairseq-generate", "fairseq-skd-train"}
 
 
 def test_quick_start_has_exactly_the_two_scripts_and_ci_runs_the_test_one():
@@ -66,3 +70,58 @@ def test_the_add_skd_commands_run_as_written(tmp_path):
                          check=True,
                          capture_output=True, text=True)
     assert "Translated 40 sentences" in out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def joined_mt_bin(tmp_path_factory):
+    return preprocess_translation(make_reverse_translation_data(
+        tmp_path_factory.mktemp("data"), n_train=200), joined_dictionary=True)
+
+
+# The README's multi-worker commands, cut to a few updates of a 1-layer transformer on CPU.
+SHORT_RUN = ["--cpu", "--max-update", "4", "--encoder-layers", "1", "--decoder-layers", "1",
+             "--skd-warmup-updates", "0", "--no-save"]
+
+
+def test_the_multi_worker_command_runs_as_written_with_two_cpu_workers(joined_mt_bin, tmp_path):
+    (command,) = readme_commands("fairseq-skd-train")
+    argv = shlex.split(command.replace("data-bin/iwslt14.de-en", str(joined_mt_bin))
+                       .replace("checkpoints/skd", str(tmp_path / "ckpt"))
+                       .replace("--nproc 8", "--nproc 2"))
+    argv[0] = str(BIN / argv[0])
+    out = subprocess.run(argv + SHORT_RUN, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "training on 2 devices" in log and "distributed_world_size': 2" in log
+
+
+def test_the_multi_node_torchrun_command_runs_on_one_machine(joined_mt_bin, tmp_path):
+    """README's 2 x 8 GPU torchrun command as 1 machine x 2 CPU workers, through fairseq's own
+    reading of torchrun's environment. That reading divides the rank by the GPU count, so the
+    workers are told there is one GPU (they train on CPU: --cpu)."""
+    (torchrun,) = [c for c in bash_commands("text") if c.startswith("torchrun")]
+    (flags,) = readme_commands("fairseq-skd-train")
+    flags = flags.split("--user-dir fairseq_skd", 1)[1].replace("checkpoints/skd",
+                                                                 str(tmp_path / "ckpt"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = (torchrun.replace("...the flags above...", flags)
+               .replace("data-bin/iwslt14.de-en", str(joined_mt_bin))
+               .replace("--nnodes 2 --nproc-per-node 8", "--nnodes 1 --nproc-per-node 2")
+               .replace("HOST0:29500", f"127.0.0.1:{port}")
+               .replace("--distributed-world-size 16", "--distributed-world-size 2"))
+    argv = shlex.split(command)
+    argv[0] = str(BIN / argv[0])
+    argv[argv.index("--no-python") + 1] = str(BIN / "fairseq-train")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import torch\ntorch.cuda.device_count = lambda: 1\n")
+    env = dict(os.environ, PYTHONPATH=str(shim), OMP_NUM_THREADS="1")
+    out = subprocess.run(argv + SHORT_RUN + ["--distributed-backend", "gloo",
+                                             "--ddp-backend", "legacy_ddp"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "training on 2 devices" in log and "distributed_world_size': 2" in log
+    assert "'load_checkpoint_on_all_dp_ranks': True" in log
