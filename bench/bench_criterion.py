@@ -15,8 +15,8 @@ One run measures cross_entropy and one or more configurations of self_kd_cross_e
   shared settings --skd-sigma (a number or auto), --skd-distance, --label-smoothing, --skd-topk,
   --skd-topk-refresh, --skd-sigma-refresh overridable per entry with the keys sigma, distance,
   ls, k, topk_refresh, sigma_refresh (e.g. ``--modes predicted topk full full:distance=cosine
-  topk:k=50:sigma=auto``); the update number is passed on with ``criterion.set_num_updates``
-  before each update, as fairseq's trainer does; the script checks that alpha > 0 and that the
+  topk:k=50:sigma=auto``); the update number is given to the model with
+  ``model.set_num_updates`` before each update, as fairseq's trainer does; the script checks that alpha > 0 and that the
   SKD statistics were logged;
 - an update is what fairseq's trainer does for one batch: zero_grad (set_to_none), forward,
   criterion, backward of loss / sample_size, optimizer step (SGD by default, --optimizer adam).
@@ -113,6 +113,7 @@ from fairseq_skd.modules.embedding_distance import (  # noqa: E402
     nearest_neighbours,
 )
 from fairseq_skd.modules.output_embedding import find_output_embedding  # noqa: E402
+from fairseq_skd.modules.update_counter import attach_update_counter  # noqa: E402
 
 SKD, CE = "self_kd_cross_entropy", "cross_entropy"
 END_OF_FORWARD = "bench_criterion::end_of_forward"
@@ -182,14 +183,14 @@ class Runner:
         self.scaler = (torch.amp.GradScaler("cuda")
                        if opts.amp == "fp16" and opts.device == "cuda" else None)
         self.num_updates = 0
+        attach_update_counter(model)  # the criterion would at its first forward
         self.times = []
         self.last_logging_output = None
 
     def update(self, batch, after_forward=None):
         """One training update as fairseq's trainer does it (no logging reduction);
         ``after_forward()`` is called between the criterion's forward and the backward."""
-        if hasattr(self.criterion, "set_num_updates"):  # cross_entropy has none
-            self.criterion.set_num_updates(self.num_updates)
+        self.model.set_num_updates(self.num_updates)  # as FairseqTask.train_step does
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):

@@ -8,7 +8,13 @@ import os
 import random
 import subprocess
 import sys
+import types
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from fairseq.data import Dictionary
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = str(REPO / "fairseq_skd")
@@ -109,3 +115,79 @@ def parse_json_logs(text, kind="train_inner"):
         except ValueError:
             continue
     return records
+
+
+# --- a tiny model, task and samples for the criterion's unit tests ----------------------------
+
+PAD = 1  # fairseq's Dictionary puts <pad> at index 1
+
+# Four words in a 2-d output embedding; distances from word 0: 0.5 (word 2), 2.5 (word 3), 5 (word 1).
+W_HAND = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.3, 0.4], [1.5, 2.0]])
+LOGITS_HAND = torch.tensor([2.0, 1.0, 0.5, -1.0])  # argmax n = 0 at every position
+
+
+class TinyDecoderModel(nn.Module):
+    """Embedding -> tanh -> output embedding W: just what a criterion touches."""
+
+    def __init__(self, vocab=12, dim=6, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.out = nn.Linear(dim, vocab)
+        nn.init.normal_(self.out.weight, std=0.6)
+
+    def forward(self, src_tokens, src_lengths=None):
+        return self.out(torch.tanh(self.embed_tokens(src_tokens))), None
+
+    def get_normalized_probs(self, net_output, log_probs):
+        return F.log_softmax(net_output[0].float(), dim=-1)
+
+    def get_targets(self, sample, net_output):
+        return sample["target"]
+
+    def get_output_embedding_matrix(self):
+        return self.out.weight
+
+
+def make_task(vocab=12):
+    """A task with one dictionary of ``vocab`` symbols, the 4 special ones included."""
+    d = Dictionary()
+    for i in range(vocab - len(d)):
+        d.add_symbol(f"w{i}")
+    return types.SimpleNamespace(target_dictionary=d, source_dictionary=d)
+
+
+def make_sample(vocab=12, bsz=3, tgt_len=5, pad_last=2, seed=0):
+    """Random source and target words (ids >= 4); the last sentence ends in ``pad_last`` pads."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, vocab, (bsz, tgt_len), generator=g)
+    target = torch.randint(4, vocab, (bsz, tgt_len), generator=g)
+    target[-1, tgt_len - pad_last :] = PAD
+    ntokens = int(target.ne(PAD).sum())
+    return {"net_input": {"src_tokens": src}, "target": target, "ntokens": ntokens,
+            "nsentences": bsz}
+
+
+def make_criterion(sentence_avg=False, **config):
+    """self_kd_cross_entropy on make_task()'s dictionary; ``config``: the criterion's fields,
+    the rest at the criterion's own defaults."""
+    from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyCriterion
+
+    return SelfKDCrossEntropyCriterion(make_task(), sentence_avg=sentence_avg, **config)
+
+
+def at_update(model, num_updates):
+    """``model`` told that ``num_updates`` updates are done, as fairseq's trainer tells it."""
+    from fairseq_skd.modules.update_counter import attach_update_counter
+
+    attach_update_counter(model).set_num_updates(num_updates)
+    return model
+
+
+def loss_and_grads(criterion, sample, num_updates, reduce=True):
+    """A fresh TinyDecoderModel at update ``num_updates`` in training mode: the criterion's loss,
+    the gradients of the model's parameters, sample size and logging output."""
+    model = at_update(TinyDecoderModel(), num_updates).train()
+    loss, sample_size, log = criterion(model, sample, reduce=reduce)
+    loss.sum().backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()], sample_size, log

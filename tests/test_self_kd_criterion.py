@@ -3,31 +3,34 @@ tests/test_label_smoothing.py)."""
 
 import logging
 import math
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
-from fairseq.data import Dictionary
+from fairseq.distributed import ModuleProxyWrapper
 from fairseq.logging import metrics
+from fairseq.models import BaseFairseqModel
 from torch import nn
 
 import fairseq_skd  # noqa: F401  (registers the criterion)
-from fairseq_skd.criterions.self_kd_cross_entropy import (
-    SATURATION_MIN_POSITIONS,
-    SelfKDCrossEntropyCriterion,
-    self_kd_nll_loss,
-    skd_alpha,
-)
+from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyCriterion, skd_alpha
+from fairseq_skd.modules.saturation_warning import SATURATION_MIN_POSITIONS
+from fairseq_skd.modules.skd_losses import predicted_skd_loss, row_argmax
 from fairseq_skd.modules.target_embedding_noise import TargetEmbeddingNoise
+from fairseq_skd.modules.update_counter import UpdateCounter, attach_update_counter
 
-PAD = 1  # fairseq's Dictionary puts <pad> at index 1
-
-# Four words in a 2-d output embedding; distances from word 0: 0.5 (word 2), 2.5 (word 3), 5 (word 1).
-W_HAND = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.3, 0.4], [1.5, 2.0]])
-LOGITS_HAND = torch.tensor([2.0, 1.0, 0.5, -1.0])  # argmax n = 0 at every position
-
+from fairseq_cli_helpers import (
+    LOGITS_HAND,
+    PAD,
+    W_HAND,
+    TinyDecoderModel,
+    at_update,
+    loss_and_grads,
+    make_criterion,
+    make_sample,
+    make_task,
+)
 
 def hand_loss(logits, t, n, w, sigma, a, qn_max):
     """Eq. 11 computed with the math module, one position at a time."""
@@ -48,7 +51,7 @@ def hand_loss(logits, t, n, w, sigma, a, qn_max):
 def test_loss_equals_hand_computation(target, case, qn_max):
     sigma, a = 1.0, 0.6
     lprobs = F.log_softmax(LOGITS_HAND, dim=-1).unsqueeze(0)
-    loss, nll, stats = self_kd_nll_loss(
+    loss, nll, stats = predicted_skd_loss(
         lprobs, torch.tensor([target]), W_HAND, sigma=sigma, skd_weight=a, qn_max=qn_max
     )
     expected = hand_loss(LOGITS_HAND.tolist(), target, 0, W_HAND.tolist(), sigma, a, qn_max)
@@ -60,10 +63,10 @@ def test_loss_equals_hand_computation(target, case, qn_max):
 def test_clip_at_qn_max():
     lprobs = F.log_softmax(LOGITS_HAND, dim=-1).repeat(3, 1)
     target = torch.tensor([2, 3, 1])  # q_n unclipped: e^-0.5 = 0.61, e^-2.5 = 0.082, e^-5 = 0.0067
-    _, _, stats = self_kd_nll_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=1.0, qn_max=0.5)
+    _, _, stats = predicted_skd_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=1.0, qn_max=0.5)
     assert stats["clipped"].item() == 1
     assert stats["qn"].item() == pytest.approx(0.5 + math.exp(-2.5) + math.exp(-5), abs=1e-6)
-    _, _, stats = self_kd_nll_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=1.0, qn_max=0.05)
+    _, _, stats = predicted_skd_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=1.0, qn_max=0.05)
     assert stats["clipped"].item() == 2
     assert stats["qn"].item() == pytest.approx(0.05 + 0.05 + math.exp(-5), abs=1e-6)
 
@@ -80,72 +83,20 @@ def test_alpha_schedule():
     assert skd_alpha(0, 0, eta, 1.0) == pytest.approx(eta)
 
 
-# --- invariants on a tiny model, through the criterion classes -------------------------------
+# --- invariants on a tiny model, through the criterion class -------------------------------
 
 
-class TinyDecoderModel(nn.Module):
-    """Embedding -> tanh -> output embedding W: just what a criterion touches."""
-
-    def __init__(self, vocab=12, dim=6, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed_tokens = nn.Embedding(vocab, dim)
-        self.out = nn.Linear(dim, vocab)
-        nn.init.normal_(self.out.weight, std=0.6)
-
-    def forward(self, src_tokens, src_lengths=None):
-        return self.out(torch.tanh(self.embed_tokens(src_tokens))), None
-
-    def get_normalized_probs(self, net_output, log_probs):
-        return F.log_softmax(net_output[0].float(), dim=-1)
-
-    def get_targets(self, sample, net_output):
-        return sample["target"]
-
-    def get_output_embedding_matrix(self):
-        return self.out.weight
+SCHEDULE = dict(skd_sigma=1.0, skd_warmup_updates=2, skd_alpha_step=0.1)  # alpha 0.9 at update 10
 
 
-def make_task(vocab=12):
-    d = Dictionary()
-    for i in range(vocab - len(d)):
-        d.add_symbol(f"w{i}")
-    return types.SimpleNamespace(target_dictionary=d, source_dictionary=d)
-
-
-def make_sample(vocab=12, bsz=3, tgt_len=5, pad_last=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, vocab, (bsz, tgt_len), generator=g)
-    target = torch.randint(4, vocab, (bsz, tgt_len), generator=g)
-    target[-1, tgt_len - pad_last :] = PAD
-    ntokens = int(target.ne(PAD).sum())
-    return {"net_input": {"src_tokens": src}, "target": target, "ntokens": ntokens,
-            "nsentences": bsz}
-
-
-def make_criterion(num_updates=10, **overrides):
-    cfg = dict(skd_sigma=1.0, skd_warmup_updates=2, skd_alpha_step=0.1, skd_alpha_max=1.0,
-               skd_lambda=1.0, skd_qn_max=0.5)
-    cfg.update(overrides)
-    criterion = SelfKDCrossEntropyCriterion(make_task(), sentence_avg=False, **cfg)
-    criterion.set_num_updates(num_updates)
-    return criterion
-
-
-def loss_and_grads(criterion, sample, reduce=True):
-    model = TinyDecoderModel()
-    model.train()
-    loss, sample_size, log = criterion(model, sample, reduce=reduce)
-    loss.sum().backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters()], sample_size, log
-
-
-@pytest.mark.parametrize("overrides", [dict(num_updates=1), dict(skd_lambda=0.0)],
+@pytest.mark.parametrize("num_updates,skd_lambda", [(1, 1.0), (10, 0.0)],
                          ids=["alpha=0 (warm-up)", "lambda=0"])
-def test_degenerate_settings_equal_cross_entropy_exactly(overrides):
+def test_degenerate_settings_equal_cross_entropy_exactly(num_updates, skd_lambda):
     sample = make_sample()
-    ce_loss, ce_grads, ce_size, _ = loss_and_grads(CrossEntropyCriterion(make_task(), False), sample)
-    loss, grads, size, log = loss_and_grads(make_criterion(**overrides), sample)
+    ce_loss, ce_grads, ce_size, _ = loss_and_grads(CrossEntropyCriterion(make_task(), False),
+                                                   sample, num_updates)
+    loss, grads, size, log = loss_and_grads(make_criterion(**SCHEDULE, skd_lambda=skd_lambda),
+                                            sample, num_updates)
     assert torch.equal(loss, ce_loss)
     assert size == ce_size
     for g, ce_g in zip(grads, ce_grads):
@@ -155,8 +106,8 @@ def test_degenerate_settings_equal_cross_entropy_exactly(overrides):
 
 def test_skd_changes_the_loss_once_alpha_is_positive():
     sample = make_sample()
-    ce_loss, _, _, _ = loss_and_grads(CrossEntropyCriterion(make_task(), False), sample)
-    loss, _, _, log = loss_and_grads(make_criterion(num_updates=10), sample)
+    ce_loss, _, _, _ = loss_and_grads(CrossEntropyCriterion(make_task(), False), sample, 10)
+    loss, _, _, log = loss_and_grads(make_criterion(**SCHEDULE), sample, 10)
     assert log["skd_alpha"] == pytest.approx(0.9)
     assert log["skd_qn_count"] > 0
     assert not torch.allclose(loss, ce_loss)
@@ -165,8 +116,8 @@ def test_skd_changes_the_loss_once_alpha_is_positive():
 
 def test_reduced_loss_is_sum_of_unreduced():
     sample = make_sample()
-    criterion = make_criterion()
-    model = TinyDecoderModel().train()
+    criterion = make_criterion(**SCHEDULE)
+    model = at_update(TinyDecoderModel(), 10).train()
     reduced, _, _ = criterion(model, sample)
     unreduced, _, _ = criterion(model, sample, reduce=False)
     assert unreduced.shape == (sample["target"].numel(),)
@@ -181,8 +132,8 @@ def test_padding_adds_nothing():
         padded[key] = torch.cat([sample[key], torch.full((3, 4), PAD)], dim=1)
     padded["net_input"] = {"src_tokens": torch.cat([sample["net_input"]["src_tokens"],
                                                     torch.full((3, 4), 5)], dim=1)}
-    criterion = make_criterion()
-    model = TinyDecoderModel().train()
+    criterion = make_criterion(**SCHEDULE)
+    model = at_update(TinyDecoderModel(), 10).train()
     loss, _, log = criterion(model, sample)
     loss_padded, _, log_padded = criterion(model, padded)
     assert loss_padded.item() == pytest.approx(loss.item(), rel=1e-6)
@@ -194,7 +145,7 @@ def test_no_gradient_reaches_w_through_qn():
     # lprobs independent of W: W enters only through q_n, so it must get no gradient at all.
     w = W_HAND.clone().requires_grad_(True)
     logits = LOGITS_HAND.repeat(3, 1).requires_grad_(True)
-    loss, _, _ = self_kd_nll_loss(F.log_softmax(logits, -1), torch.tensor([2, 3, 1]), w,
+    loss, _, _ = predicted_skd_loss(F.log_softmax(logits, -1), torch.tensor([2, 3, 1]), w,
                                   sigma=1.0, skd_weight=0.7)
     loss.backward()
     assert w.grad is None
@@ -204,8 +155,8 @@ def test_no_gradient_reaches_w_through_qn():
 def test_gradient_equals_that_of_a_constant_target():
     # Where W also produces the logits, its gradient is the cross-entropy one with q_n held fixed.
     sample = make_sample()
-    criterion = make_criterion()
-    model = TinyDecoderModel().train()
+    criterion = make_criterion(**SCHEDULE)
+    model = at_update(TinyDecoderModel(), 10).train()
     loss, _, _ = criterion(model, sample)
     loss.backward()
     grad = model.out.weight.grad.clone()
@@ -240,8 +191,8 @@ def test_sentence_avg_and_validation_loss():
 
 def test_ignore_prefix_size():
     sample = make_sample(pad_last=0)
-    criterion = make_criterion(ignore_prefix_size=2)
-    model = TinyDecoderModel().train()
+    criterion = make_criterion(**SCHEDULE, ignore_prefix_size=2)
+    model = at_update(TinyDecoderModel(), 10).train()
     _, _, log = criterion(model, sample)
     lprobs = model.get_normalized_probs(model(**sample["net_input"]), True)[:, 2:]
     nll = -lprobs.gather(-1, sample["target"][:, 2:, None]).sum()
@@ -252,8 +203,8 @@ def test_ignore_prefix_size():
 def test_low_precision_lprobs_keep_qn_in_float32():
     lprobs = F.log_softmax(LOGITS_HAND, dim=-1).repeat(3, 1)
     target = torch.tensor([2, 3, 1])
-    ref, _, ref_stats = self_kd_nll_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=0.6)
-    loss, _, stats = self_kd_nll_loss(lprobs.bfloat16(), target, W_HAND.bfloat16(), sigma=1.0,
+    ref, _, ref_stats = predicted_skd_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=0.6)
+    loss, _, stats = predicted_skd_loss(lprobs.bfloat16(), target, W_HAND.bfloat16(), sigma=1.0,
                                       skd_weight=0.6)
     assert stats["distance"].dtype == torch.float32
     assert torch.allclose(stats["distance"], ref_stats["distance"], rtol=1e-2)
@@ -261,8 +212,8 @@ def test_low_precision_lprobs_keep_qn_in_float32():
 
 
 def test_reduce_metrics_are_sums_over_workers():
-    criterion = make_criterion()
-    model = TinyDecoderModel().train()
+    criterion = make_criterion(**SCHEDULE)
+    model = at_update(TinyDecoderModel(), 10).train()
     logs = [criterion(model, make_sample(seed=s))[2] for s in range(3)]
     with metrics.aggregate() as agg:
         SelfKDCrossEntropyCriterion.reduce_metrics(logs)
@@ -282,8 +233,8 @@ def test_reduce_metrics_are_sums_over_workers():
 
 def test_saturation_warning_names_median_distance_and_a_sigma(caplog):
     # sigma 0.1 with distances of a few units: q_n is clipped at 0.5 almost everywhere.
-    criterion = make_criterion(skd_sigma=0.1)
-    model = TinyDecoderModel(vocab=12, dim=6).train()
+    criterion = make_criterion(**dict(SCHEDULE, skd_sigma=0.1))
+    model = at_update(TinyDecoderModel(vocab=12, dim=6), 10).train()
     with caplog.at_level(logging.WARNING):
         for seed in range(SATURATION_MIN_POSITIONS // 10 + 5):
             criterion(model, make_sample(bsz=4, tgt_len=8, seed=seed))
@@ -292,7 +243,7 @@ def test_saturation_warning_names_median_distance_and_a_sigma(caplog):
     assert "median distance" in warnings[0] and "--skd-sigma" in warnings[0]
 
     caplog.clear()
-    informative = make_criterion(skd_sigma=3.0)
+    informative = make_criterion(**dict(SCHEDULE, skd_sigma=3.0))
     with caplog.at_level(logging.WARNING):
         for seed in range(SATURATION_MIN_POSITIONS // 10 + 5):
             informative(model, make_sample(bsz=4, tgt_len=8, seed=seed))
@@ -318,7 +269,7 @@ def test_unsupported_model_is_refused_clearly():
         get_output_embedding_matrix = None
 
     with pytest.raises(ValueError, match="get_output_embedding_matrix"):
-        make_criterion()(NoW(), make_sample())
+        make_criterion()(NoW().train(), make_sample())
 
 
 def test_target_embed_noise_only_in_the_decoder_and_in_training():
@@ -347,8 +298,6 @@ def test_target_embed_noise_only_in_the_decoder_and_in_training():
 
 @pytest.mark.parametrize("vocab", [10, 1000, 1337])
 def test_row_argmax_is_torch_argmax_exactly(vocab):
-    from fairseq_skd.criterions.self_kd_cross_entropy import row_argmax
-
     g = torch.Generator().manual_seed(vocab)
     x = F.log_softmax(torch.randn(64, vocab, generator=g), -1)
     x[0] = 0.0  # a row of ties: the first column wins
@@ -357,3 +306,65 @@ def test_row_argmax_is_torch_argmax_exactly(vocab):
     for block in (4, 256):
         assert torch.equal(row_argmax(x, block), x.argmax(-1))
     assert torch.equal(row_argmax(x[:, : vocab // 2 + 1], 4), x[:, : vocab // 2 + 1].argmax(-1))
+
+
+# --- the update number reaches the criterion through the model --------------------------------
+
+
+class TinyFairseqModel(BaseFairseqModel):
+    """TinyDecoderModel as a fairseq model: set_num_updates reaches its submodules."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = TinyDecoderModel()
+
+    def forward(self, src_tokens, src_lengths=None):
+        return self.decoder(src_tokens)
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        return self.decoder.get_normalized_probs(net_output, log_probs)
+
+    def get_targets(self, sample, net_output):
+        return sample["target"]
+
+
+class Wrapper(nn.Module):
+    """What fairseq's data-parallel wrappers look like from outside: the model is .module."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+def test_model_set_num_updates_reaches_the_counter_through_distributed_wrappers():
+    model = TinyFairseqModel()
+    counter = attach_update_counter(ModuleProxyWrapper(Wrapper(model)))
+    assert counter is attach_update_counter(model) is model.skd_update_counter  # one per model
+    assert isinstance(counter, UpdateCounter) and counter.num_updates == 0
+    model.set_num_updates(41)  # what FairseqTask.train_step and Trainer.load_checkpoint call
+    assert counter.num_updates == 41
+    assert list(counter.parameters()) == [] and list(counter.buffers()) == []
+    assert model.state_dict().keys() == TinyFairseqModel().state_dict().keys()
+
+
+def test_a_new_counter_starts_from_the_update_count_the_trainer_logged():
+    # The criterion attaches the counter during its first forward, after fairseq has passed
+    # that update's number to the model: the trainer's logged num_updates stands in for it.
+    metrics.reset()  # the start of fairseq-train: nothing logged yet
+    assert attach_update_counter(TinyFairseqModel()).num_updates == 0
+    metrics.log_scalar("num_updates", 1234, weight=0, priority=200)  # as Trainer.set_num_updates
+    assert attach_update_counter(TinyFairseqModel()).num_updates == 1234
+    metrics.reset()
+
+
+def test_alpha_follows_the_update_number_fairseq_gives_the_model():
+    criterion = make_criterion(skd_warmup_updates=2, skd_alpha_step=0.1)
+    model = TinyFairseqModel().train()
+    for num_updates, alpha in ((0, 0.0), (1, 0.0), (2, 0.1), (5, 0.4), (100, 1.0)):
+        attach_update_counter(model)
+        model.set_num_updates(num_updates)
+        _, _, log = criterion(model, make_sample())
+        assert log["skd_alpha"] == pytest.approx(alpha) and criterion.alpha == pytest.approx(alpha)
+    with torch.no_grad():
+        _, _, log = criterion(model.eval(), make_sample())
+    assert "skd_alpha" not in log  # validation applies alpha = 0 and logs no schedule value

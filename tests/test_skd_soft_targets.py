@@ -1,6 +1,7 @@
 """Beyond the paper: exact soft targets (topk / full), automatic sigma, other distances, label
 smoothing combined with SKD. Each against a hand computation, plus the criterion invariants."""
 
+import functools
 import math
 
 import pytest
@@ -8,20 +9,21 @@ import torch
 import torch.nn.functional as F
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 
-from fairseq_skd.criterions.self_kd_cross_entropy import skd_loss
 from fairseq_skd.modules.embedding_distance import (
     auto_sigma,
     mean_nearest_neighbour_distance,
     nearest_neighbours,
     pair_distance,
 )
+from fairseq_skd.modules.skd_losses import full_skd_loss, predicted_skd_loss, topk_skd_loss
 from fairseq_skd.modules.soft_target_losses import full_soft_target_loss, topk_soft_target_loss
 
-from test_self_kd_criterion import (
+from fairseq_cli_helpers import (
     LOGITS_HAND,
     PAD,
     W_HAND,
     TinyDecoderModel,
+    at_update,
     loss_and_grads,
     make_criterion,
     make_sample,
@@ -81,14 +83,13 @@ def test_topk_with_all_other_words_equals_full(distance):
     w, logits, target = random_case()
     kwargs = dict(sigma=0.3, skd_weight=0.7, qn_max=0.5, ignore_index=PAD, reduce=False,
                   distance=distance)
-    full, full_nll, full_stats = skd_loss(F.log_softmax(logits, -1), target, w,
-                                          soft_targets="full", **kwargs)
+    full, full_nll, full_stats = full_skd_loss(F.log_softmax(logits, -1), target, w, **kwargs)
     full.sum().backward()
     grad_full = logits.grad.clone()
     logits.grad = None
     neighbours, _ = nearest_neighbours(w, w.size(0) - 1, distance, exclude=PAD)
-    topk, topk_nll, topk_stats = skd_loss(F.log_softmax(logits, -1), target, w,
-                                          soft_targets="topk", neighbours=neighbours, **kwargs)
+    topk, topk_nll, topk_stats = topk_skd_loss(F.log_softmax(logits, -1), target, w, neighbours,
+                                               **kwargs)
     topk.sum().backward()
     assert torch.allclose(topk, full, atol=1e-5)
     assert torch.equal(topk_nll, full_nll)
@@ -132,9 +133,12 @@ def test_full_chunked_equals_unchunked_and_its_gradient_is_the_constant_target_o
 def test_soft_target_invariants(mode):
     w, logits, target = random_case()
     w.requires_grad_(True)
-    neighbours = nearest_neighbours(w, 3, exclude=PAD)[0] if mode == "topk" else None
-    kwargs = dict(sigma=0.3, skd_weight=0.7, ignore_index=PAD, soft_targets=mode,
-                  neighbours=neighbours)
+    if mode == "topk":
+        neighbours = nearest_neighbours(w, 3, exclude=PAD)[0]
+        skd_loss = functools.partial(topk_skd_loss, neighbours=neighbours)
+    else:
+        skd_loss = full_skd_loss
+    kwargs = dict(sigma=0.3, skd_weight=0.7, ignore_index=PAD)
     lp = F.log_softmax(logits, -1)
     reduced, _, _ = skd_loss(lp, target, w, reduce=True, **kwargs)
     unreduced, _, _ = skd_loss(lp, target, w, reduce=False, **kwargs)
@@ -157,12 +161,13 @@ def test_auto_sigma_on_a_hand_built_embedding():
     with pytest.raises(ValueError, match="--skd-sigma"):
         auto_sigma(0.0)
 
-    criterion = make_criterion(skd_sigma="auto", skd_sigma_refresh=10, num_updates=5)
+    criterion = make_criterion(skd_sigma="auto", skd_sigma_refresh=10)
+    criterion.num_updates = 5  # what the latest training forward read from the model
     assert criterion.current_sigma(w) == pytest.approx(math.log(2) / 2)
     w2 = w * 2  # distances double
-    criterion.set_num_updates(9)
+    criterion.num_updates = 9
     assert criterion.current_sigma(w2) == pytest.approx(math.log(2) / 2)  # not refreshed yet
-    criterion.set_num_updates(10)
+    criterion.num_updates = 10
     assert criterion.current_sigma(w2) == pytest.approx(math.log(2) / 4)
 
 
@@ -183,8 +188,8 @@ def test_distances_against_hand_computation():
     # q_n in the paper's mode with the cosine distance: target 1, prediction 0 (the argmax)
     w = torch.tensor([[4.0, 3.0], [3.0, 4.0], [0.0, 1.0]])
     lprobs = F.log_softmax(torch.tensor([[2.0, 1.0, 0.0]]), -1)
-    _, _, stats = skd_loss(lprobs, torch.tensor([1]), w, sigma=5.0, skd_weight=1.0,
-                           distance="cosine")
+    _, _, stats = predicted_skd_loss(lprobs, torch.tensor([1]), w, sigma=5.0, skd_weight=1.0,
+                                     distance="cosine")
     assert stats["qn"].item() == pytest.approx(min(math.exp(-5 * (1 - 24 / 25)), 0.5))
 
 
@@ -193,12 +198,12 @@ def test_label_smoothing_with_skd():
     lp = F.log_softmax(logits, -1)
     base = dict(sigma=0.3, ignore_index=PAD, reduce=False)
     # eps = 0: exactly the SKD loss
-    plain, _, _ = skd_loss(lp, target, w, skd_weight=0.7, **base)
-    with_zero, _, _ = skd_loss(lp, target, w, skd_weight=0.7, label_smoothing=0.0, **base)
+    plain, _, _ = predicted_skd_loss(lp, target, w, skd_weight=0.7, **base)
+    with_zero, _, _ = predicted_skd_loss(lp, target, w, skd_weight=0.7, label_smoothing=0.0, **base)
     assert torch.equal(plain, with_zero)
     # hand computation: (1 - eps) * SKD + eps/(V-1) * sum_{k != t} -lp_k
     eps, v = 0.1, w.size(0)
-    mixed, nll, _ = skd_loss(lp, target, w, skd_weight=0.7, label_smoothing=eps, **base)
+    mixed, nll, _ = predicted_skd_loss(lp, target, w, skd_weight=0.7, label_smoothing=eps, **base)
     others = -lp.sum(-1) + lp.gather(1, target[:, None]).squeeze(1)
     expected = ((1 - eps) * plain + eps / (v - 1) * others).masked_fill(target.eq(PAD), 0)
     assert torch.allclose(mixed, expected, atol=1e-5)
@@ -210,9 +215,10 @@ def test_label_smoothing_with_skd():
 def test_alpha_zero_with_label_smoothing_equals_fairseq_exactly(mode):
     sample = make_sample()
     reference = LabelSmoothedCrossEntropyCriterion(make_task(), False, label_smoothing=0.1)
-    ref_loss, ref_grads, _, ref_log = loss_and_grads(reference, sample)
-    ours = make_criterion(num_updates=0, label_smoothing=0.1, skd_soft_targets=mode, skd_topk=3)
-    loss, grads, _, log = loss_and_grads(ours, sample)
+    ref_loss, ref_grads, _, ref_log = loss_and_grads(reference, sample, 0)
+    ours = make_criterion(skd_sigma=1.0, skd_warmup_updates=2, skd_alpha_step=0.1,
+                          label_smoothing=0.1, skd_soft_targets=mode, skd_topk=3)
+    loss, grads, _, log = loss_and_grads(ours, sample, 0)
     assert torch.equal(loss, ref_loss)
     assert torch.equal(log["nll_loss"], ref_log["nll_loss"])
     for g, ref in zip(grads, ref_grads):
@@ -221,8 +227,9 @@ def test_alpha_zero_with_label_smoothing_equals_fairseq_exactly(mode):
 
 @pytest.mark.parametrize("mode", ["topk", "full"])
 def test_soft_target_modes_run_through_the_criterion(mode):
-    criterion = make_criterion(skd_soft_targets=mode, skd_topk=3, skd_sigma="auto")
-    model = TinyDecoderModel().train()
+    criterion = make_criterion(skd_soft_targets=mode, skd_topk=3, skd_sigma="auto",
+                               skd_warmup_updates=2, skd_alpha_step=0.1)
+    model = at_update(TinyDecoderModel(), 10).train()
     loss, _, log = criterion(model, make_sample())
     loss.backward()
     assert 0 < float(log["skd_qn_sum"]) / float(log["skd_qn_count"]) <= 0.5
@@ -238,9 +245,10 @@ def test_bad_new_flag_values_are_refused():
         make_criterion(skd_soft_targets="everything")
     with pytest.raises(ValueError, match="--skd-distance"):
         make_criterion(skd_distance="manhattan")
-    criterion = make_criterion(skd_soft_targets="topk", skd_topk=12)
+    criterion = make_criterion(skd_soft_targets="topk", skd_topk=12, skd_warmup_updates=2,
+                               skd_alpha_step=0.1)
     with pytest.raises(ValueError, match="--skd-topk must be smaller than the vocabulary"):
-        criterion(TinyDecoderModel(vocab=12).train(), make_sample())
+        criterion(at_update(TinyDecoderModel(vocab=12), 10).train(), make_sample())
 
 
 def test_full_backward_runs_once_since_its_buffer_becomes_the_gradient():

@@ -260,7 +260,7 @@ def test_set_qn(checkpoint, bin_dir, sigma=SIGMA, qn_max=QN_MAX):
     the embedding scale), plus the median distance d(W_t, W_n) there."""
     from fairseq import checkpoint_utils
 
-    from fairseq_skd.criterions.self_kd_cross_entropy import predicted_soft_targets
+    from fairseq_skd.modules.skd_losses import predicted_soft_targets
     from fairseq_skd.modules.output_embedding import find_output_embedding
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task(
