@@ -1,4 +1,6 @@
-"""Let torch's safe checkpoint loader (the default since torch 2.6) read fairseq checkpoints.
+"""Reading fairseq checkpoints safely: torch's safe loader, and intact files.
+
+Let torch's safe checkpoint loader (the default since torch 2.6) read fairseq checkpoints.
 
 fairseq calls ``torch.load`` without ``weights_only``, so on torch >= 2.6 the safe unpickler
 refuses every checkpoint of an argparse-configured (legacy) architecture with
@@ -19,6 +21,9 @@ Any other global is still refused.
 """
 
 import argparse
+import os
+import re
+import zipfile
 
 import numpy
 import torch
@@ -41,3 +46,29 @@ def allow_fairseq_checkpoint_globals() -> None:
     add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
     if add_safe_globals is not None:  # torch < 2.4 loads everything anyway
         add_safe_globals(fairseq_checkpoint_globals())
+
+
+def checkpoint_problem(path):
+    """Why the file ``path`` is not an intact checkpoint, or None if it is.
+
+    torch saves a zip archive with a CRC per member, so reading it through catches a file cut
+    short (by a kill during fairseq's non-atomic copy to checkpoint_last.pt, say), an empty file
+    and random bytes, before torch's unpickler gives a message that names no file."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "it is empty"
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        return None if bad is None else f"its member {bad} is corrupt"
+    except zipfile.BadZipFile as e:
+        return f"it is not a complete torch checkpoint ({e})"
+    except OSError as e:
+        return f"it cannot be read ({e.strerror})"
+
+
+def resumable_checkpoints(save_dir):
+    """fairseq's epoch and mid-epoch checkpoints and checkpoint_best.pt in ``save_dir``, newest
+    first (each is written whole before checkpoint_last.pt is copied from it)."""
+    pattern = re.compile(r"checkpoint(\d+|_\d+_\d+|_best)\.pt$")
+    paths = [os.path.join(save_dir, name) for name in os.listdir(save_dir) if pattern.match(name)]
+    return sorted(paths, key=os.path.getmtime, reverse=True)

@@ -19,11 +19,13 @@ import pytest
 
 from fairseq_cli_helpers import BIN, REPO
 
-OWN_DEPENDENCIES = {"sacrebleu", "sacremoses", "subword-nmt", "matplotlib", "tensorboard"}
+OWN_DEPENDENCIES = {"sacrebleu", "sacremoses", "subword-nmt", "matplotlib", "tensorboard",
+                    "tensorboardX"}
 NEVER_DECLARED = {"torch", "fairseq", "fairseq-fixed", "torchaudio"}  # setup_env.sh pins them
 CONSOLE_SCRIPTS = {
     "fairseq-skd-demo": "fairseq_skd.cli.demo:main",
-    "fairseq-skd-score-lm": "fairseq_skd.cli.score_lm:main",
+    "fairseq-skd-score-lm": "fairseq_skd.cli.score:main_lm",
+    "fairseq-skd-score-mt": "fairseq_skd.cli.score:main_mt",
     "fairseq-skd-bleu": "fairseq_skd.cli.score_bleu:main",
     "fairseq-skd-collect": "fairseq_skd.cli.collect_results:main",
     "fairseq-skd-train": "fairseq_skd.cli.train:main",

@@ -12,7 +12,8 @@ from fairseq import checkpoint_utils
 from fairseq.models import ARCH_MODEL_REGISTRY
 
 import fairseq_skd  # noqa: F401
-from fairseq_skd.cli import score_lm
+from fairseq_skd.cli import score
+from fairseq_skd.evaluation import scoring
 
 from fairseq_cli_helpers import USER_DIR, make_lm_data, preprocess_lm, run, train
 
@@ -64,7 +65,7 @@ def run_score(data_bin, checkpoint, tmp_path, subset="test", *extra, capsys=None
     if capsys is None:
         stdout = run("fairseq-skd-score-lm", *argv).stdout
     else:
-        score_lm.main([str(a) for a in argv])
+        score.main_lm([str(a) for a in argv])
         stdout = capsys.readouterr().out
     with open(tsv) as f:
         rows = {int(r["index"]): (int(r["tokens"]), float(r["nll"]))
@@ -147,16 +148,16 @@ def test_missing_checkpoint_or_subset_is_a_clear_error(lm_data, checkpoints, tmp
     _, data_bin = lm_data
     missing = tmp_path / "nowhere" / "checkpoint_best.pt"
     with pytest.raises(SystemExit) as e:
-        score_lm.main([str(data_bin), "--path", str(missing), "--cpu"])
+        score.main_lm([str(data_bin), "--path", str(missing), "--cpu"])
     assert "checkpoint not found" in str(e.value.code) and str(missing) in str(e.value.code)
 
     with pytest.raises(SystemExit) as e:
-        score_lm.main([str(data_bin), "--path", str(checkpoints("lstm_lm")), "--subset", "test7", "--cpu"])
+        score.main_lm([str(data_bin), "--path", str(checkpoints("lstm_lm")), "--subset", "test7", "--cpu"])
     message = str(e.value.code)
     assert "subset 'test7' not found" in message and str(data_bin / "test7") in message
 
     with pytest.raises(SystemExit) as e:
-        score_lm.main([str(tmp_path), "--path", str(checkpoints("lstm_lm")), "--cpu"])
+        score.main_lm([str(tmp_path), "--path", str(checkpoints("lstm_lm")), "--cpu"])
     assert "dict.txt" in str(e.value.code) and str(tmp_path) in str(e.value.code)
 
 
@@ -170,8 +171,8 @@ class _Sizes:
 
 def test_incomplete_scoring_fails_loudly():
     dataset = _Sizes([3, 4, 5])
-    score_lm.check_complete({0: (3, 1.0), 1: (4, 2.0), 2: (5, 3.0)}, dataset, "test")
-    with pytest.raises(score_lm.ScoreError, match=r"scored 2 of 3 sentences of 'test'.*\[1\]"):
-        score_lm.check_complete({0: (3, 1.0), 2: (5, 3.0)}, dataset, "test")
-    with pytest.raises(score_lm.ScoreError, match="sentence 1: scored 3 tokens"):
-        score_lm.check_complete({0: (3, 1.0), 1: (3, 2.0), 2: (5, 3.0)}, dataset, "test")
+    scoring.check_complete({0: (3, 1.0), 1: (4, 2.0), 2: (5, 3.0)}, dataset, "test")
+    with pytest.raises(scoring.ScoreError, match=r"scored 2 of 3 sentences of 'test'.*\[1\]"):
+        scoring.check_complete({0: (3, 1.0), 2: (5, 3.0)}, dataset, "test")
+    with pytest.raises(scoring.ScoreError, match="sentence 1: scored 3 tokens"):
+        scoring.check_complete({0: (3, 1.0), 1: (3, 2.0), 2: (5, 3.0)}, dataset, "test")

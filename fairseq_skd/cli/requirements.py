@@ -1,4 +1,5 @@
-"""The check that a command-line tool's optional Python packages are installed.
+"""Checks a command-line tool makes when it starts: its optional Python packages are installed,
+and the folders it will write into exist (rather than fail after the work is done).
 
 torch and fairseq are what every tool needs and what the environment is built around; the
 packages checked here are the plugin's own dependencies (pyproject.toml), which an environment
@@ -8,6 +9,7 @@ otherwise train every variant and only then fail).
 """
 
 import importlib.util
+import os
 import sys
 
 
@@ -32,3 +34,13 @@ def require_packages(prog, names):
         sys.exit(f"{prog}: needs the Python {what} {', '.join(repr(m) for m in missing)}: "
                  f"pip install {' '.join(missing)} "
                  "(or, in the fairseq-skd repository, ./setup_env.sh or pip install .)")
+
+
+def output_folder_problem(flag, path):
+    """What is wrong with writing ``flag``'s file ``path`` (its folder does not exist), or None."""
+    if not path:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        return None
+    return f"{flag} {path}: the folder {folder} does not exist; create it or write elsewhere"

@@ -21,7 +21,8 @@ import os
 import re
 import sys
 
-from fairseq_skd.cli.requirements import require_packages
+from fairseq_skd.cli.requirements import output_folder_problem, require_packages
+from fairseq_skd.evaluation.languages import detokenizer_language_problem
 
 H_LINE = re.compile(r"^H-(\d+)\t")
 
@@ -144,7 +145,13 @@ def score(generate_output, reference_paths, bpe="subword_nmt", detokenize_lang="
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = [detokenizer_language_problem(args.detokenize_lang)]
+    problems += [output_folder_problem(flag, path) for flag, path in
+                 (("--json", args.json), ("--hypotheses-out", args.hypotheses_out))]
+    for problem in filter(None, problems):
+        parser.error(problem)
     require_packages("fairseq-skd-bleu", ["sacremoses", "sacrebleu"])
     try:
         summary, hypotheses = score(args.generate_output, args.reference, args.bpe,

@@ -17,6 +17,11 @@ Everything after ``--nproc N`` is fairseq-train's command line, unchanged. With 
   and the other ranks unpickle omegaconf objects that torch's safe loader refuses, so
   resuming fails.
 
+Before training: a damaged checkpoint_last.pt (fairseq copies it non-atomically, so a kill at
+the wrong moment leaves it empty or cut short) is set aside as checkpoint_last.pt.damaged and
+replaced by the newest intact checkpoint, so the run resumes instead of failing; the data's
+dictionaries are copied into --save-dir, where the scorers check data against them.
+
 Interrupting (Ctrl-C, SIGTERM, SIGHUP) stops every worker: the signal is passed to torchrun,
 which stops its workers. torchrun starts each worker in a session of its own, so a SIGKILL of
 the launching process group does not reach them; each CPU worker therefore asks the kernel to
@@ -31,12 +36,10 @@ exactly what one worker with ``--update-freq N`` logs (tests/test_distributed.py
 
 import ctypes
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import zipfile
 
 PROG = "fairseq-skd-train"
 # Options whose value this launcher chooses for N > 1 workers; a user's conflicting value is an
@@ -134,32 +137,6 @@ def plan(nproc, argv, cuda_devices):
     return command, {"OMP_NUM_THREADS": threads}, "cpu"
 
 
-def checkpoint_problem(path):
-    """Why ``path`` cannot be a checkpoint to resume from, or None if it is intact.
-
-    torch saves a zip archive with a CRC per member, so reading it through catches a file cut
-    short by a kill during fairseq's (non-atomic) copy to checkpoint_last.pt, an empty file and
-    random bytes, without importing torch."""
-    try:
-        if os.path.getsize(path) == 0:
-            return "it is empty"
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-        return None if bad is None else f"its member {bad} is corrupt"
-    except zipfile.BadZipFile as e:
-        return f"it is not a complete torch checkpoint ({e})"
-    except OSError as e:
-        return f"it cannot be read ({e.strerror})"
-
-
-def resumable_checkpoints(save_dir):
-    """fairseq's epoch and mid-epoch checkpoints and checkpoint_best.pt in ``save_dir``, newest
-    first (each is written whole before checkpoint_last.pt is copied from it)."""
-    pattern = re.compile(r"checkpoint(\d+|_\d+_\d+|_best)\.pt$")
-    paths = [os.path.join(save_dir, name) for name in os.listdir(save_dir) if pattern.match(name)]
-    return sorted(paths, key=os.path.getmtime, reverse=True)
-
-
 def recover_last_checkpoint(argv, log):
     """Before resuming: if checkpoint_last.pt is damaged, keep it as checkpoint_last.pt.damaged
     and put the newest intact checkpoint in its place, so that fairseq resumes from there
@@ -173,6 +150,10 @@ def recover_last_checkpoint(argv, log):
     last = os.path.join(save_dir, "checkpoint_last.pt")
     if not os.path.exists(last):
         return None
+    # Imported here, not at the top: this file also runs as a CPU worker's script, which must not
+    # import the plugin package before fairseq imports it as --user-dir.
+    from fairseq_skd.checkpoint_loading import checkpoint_problem, resumable_checkpoints
+
     problem = checkpoint_problem(last)
     if problem is None:
         return None
@@ -187,6 +168,21 @@ def recover_last_checkpoint(argv, log):
     log(f"{last} is damaged ({problem}; kept as {last}.damaged) and {save_dir} holds no intact "
         "checkpoint: training starts from scratch")
     return None
+
+
+def keep_dictionaries(argv):
+    """Copy the data's dictionaries (DATA/dict*.txt) into --save-dir, so that a scorer can later
+    check that data given to a checkpoint is indexed with the dictionary it was trained on."""
+    if not argv or argv[0].startswith("-"):
+        return
+    data = argv[0].split(os.pathsep)[0]  # fairseq-train DATA[:DATA2...] ...
+    save_dir = option_value(argv, "--save-dir") or "checkpoints"
+    if not os.path.isdir(data):
+        return  # fairseq-train says what is wrong with it
+    os.makedirs(save_dir, exist_ok=True)
+    for name in sorted(os.listdir(data)):
+        if name.startswith("dict.") and name.endswith(".txt"):
+            shutil.copyfile(os.path.join(data, name), os.path.join(save_dir, name))
 
 
 def run_supervised(command, env):
@@ -243,6 +239,7 @@ def main(argv=None):
         sys.exit(f"{PROG}: error: {e}")
     recover_last_checkpoint(rest, lambda message: print(f"{PROG}: {message}", file=sys.stderr,
                                                         flush=True))
+    keep_dictionaries(rest)
     if kind != "cpu":
         # fairseq-train itself (and, for GPUs, the workers torch spawns, which die with it)
         os.execvpe(command[0], command, {**os.environ, **env})

@@ -1,0 +1,129 @@
+"""Bad input to the project's own commands: a clear error (or refusal) that names the flag or file
+and says what to do, before any work, and nothing already written changed. One case per item."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fairseq_cli_helpers import BIN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snapshot(*folders):
+    """{path: (size, mtime)} of every file under ``folders``."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns)
+            for folder in folders for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def refused(argv, *named, cwd=None, watch=(), code=None):
+    """Run a command that must fail: non-zero exit (``code`` if given), every string of
+    ``named`` in its message, and no file under ``watch`` changed."""
+    before = snapshot(*watch)
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    message = proc.stdout + proc.stderr
+    assert proc.returncode != 0, message[-3000:]
+    if code is not None:
+        assert proc.returncode == code, message[-3000:]
+    for text in named:
+        assert str(text) in message, (text, message[-3000:])
+    assert "Traceback" not in message, message[-3000:]
+    assert snapshot(*watch) == before
+    return message
+
+
+# --- fairseq-skd-score-lm / fairseq-skd-score-mt -------------------------------------------------
+
+
+@pytest.fixture
+def lm_copy(tiny_lm, tmp_path):
+    """A copy of the tiny LM's DATA_BIN and checkpoint folder to damage."""
+    _, data_bin, checkpoint = tiny_lm
+    shutil.copytree(data_bin, tmp_path / "bin")
+    shutil.copytree(checkpoint.parent, tmp_path / "ckpt")
+    return tmp_path / "bin", tmp_path / "ckpt" / checkpoint.name
+
+
+def score_lm(data_bin, checkpoint, *extra):
+    return [BIN / "fairseq-skd-score-lm", data_bin, "--path", checkpoint, "--cpu", *extra]
+
+
+def test_score_lm_refuses_a_dictionary_of_another_size(lm_copy):
+    data_bin, checkpoint = lm_copy
+    with open(data_bin / "dict.txt", "a") as f:
+        f.write("extra_word 1\n")
+    refused(score_lm(data_bin, checkpoint), data_bin / "dict.txt", checkpoint,
+            watch=[checkpoint.parent])
+
+
+def test_score_lm_refuses_the_same_size_dictionary_with_the_words_in_another_order(lm_copy):
+    data_bin, checkpoint = lm_copy
+    lines = (data_bin / "dict.txt").read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (data_bin / "dict.txt").write_text("\n".join(lines) + "\n")
+    refused(score_lm(data_bin, checkpoint), data_bin / "dict.txt", "not the dictionary",
+            "fairseq-preprocess --srcdict", watch=[checkpoint.parent])
+
+
+def test_score_lm_refuses_a_translation_checkpoint(tiny_lm, tiny_mt):
+    _, data_bin, _ = tiny_lm
+    refused(score_lm(data_bin, tiny_mt[2]), tiny_mt[2], "fairseq-skd-score-mt")
+
+
+def test_score_mt_refuses_a_language_model_checkpoint(tiny_lm, tiny_mt):
+    refused([BIN / "fairseq-skd-score-mt", tiny_mt[1], "--path", tiny_lm[2], "--cpu"],
+            tiny_lm[2], "fairseq-skd-score-lm")
+
+
+def test_score_lm_refuses_a_json_in_a_missing_folder_before_scoring(tiny_lm, tmp_path):
+    _, data_bin, checkpoint = tiny_lm
+    out = tmp_path / "missing" / "score.json"
+    refused(score_lm(data_bin, checkpoint, "--json", out), "--json", tmp_path / "missing")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random bytes"])
+def test_score_lm_names_a_damaged_checkpoint(damage, lm_copy):
+    data_bin, checkpoint = lm_copy
+    content = checkpoint.read_bytes()
+    checkpoint.write_bytes({"truncated": content[: len(content) // 2], "empty": b"",
+                            "random bytes": os.urandom(4096)}[damage])
+    refused(score_lm(data_bin, checkpoint), checkpoint, "checkpoint")
+
+
+@pytest.mark.parametrize("damage", ["index", "data"])
+def test_score_lm_names_damaged_binarized_data(damage, lm_copy):
+    data_bin, checkpoint = lm_copy
+    if damage == "index":
+        (data_bin / "test.idx").write_bytes(os.urandom(100))
+    else:
+        (data_bin / "test.bin").write_bytes((data_bin / "test.bin").read_bytes()[:50])
+    refused(score_lm(data_bin, checkpoint), f"'test' in {data_bin}", "binarize the text again")
+
+
+# --- fairseq-skd-bleu ------------------------------------------------------------------------------
+
+
+def test_bleu_refuses_an_unknown_detokenizer_language(tmp_path):
+    (tmp_path / "gen.txt").write_text("H-0\t-0.1\ta b\n")
+    (tmp_path / "ref.txt").write_text("a b\n")
+    refused([BIN / "fairseq-skd-bleu", "--generate-output", tmp_path / "gen.txt", "--reference",
+             tmp_path / "ref.txt", "--detokenize-lang", "xx"], "--detokenize-lang", "'xx'", code=2)
+
+
+# --- fairseq-skd-train -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--nproc", "0"], "--nproc must be at least 1"),
+    (["--nproc", "two"], "--nproc takes a whole number"),
+    (["--nproc", "2", "--cpu", "--ddp-backend", "c10d"], "--ddp-backend c10d"),
+    (["--nproc", "2", "--cpu", "--distributed-world-size", "4"], "--distributed-world-size 4"),
+])
+def test_train_launcher_refuses_settings_that_cannot_work(argv, named, tmp_path):
+    refused([BIN / "fairseq-skd-train", *argv, "data-bin", "--save-dir", tmp_path / "run"], named)
+    assert not (tmp_path / "run").exists()
