@@ -20,7 +20,7 @@ import pytest
 from fairseq_cli_helpers import BIN, REPO
 
 OWN_DEPENDENCIES = {"sacrebleu", "sacremoses", "subword-nmt", "matplotlib", "tensorboard",
-                    "tensorboardX"}
+                    "tensorboardx"}  # names as pip normalises them
 NEVER_DECLARED = {"torch", "fairseq", "fairseq-fixed", "torchaudio"}  # setup_env.sh pins them
 CONSOLE_SCRIPTS = {
     "fairseq-skd-demo": "fairseq_skd.cli.demo:main",
