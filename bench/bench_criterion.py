@@ -68,8 +68,9 @@ backward (SKD's temporaries, e.g. the gathered rows of W, live there; the update
 usually in the backward of the log-softmax, where they are gone).
 
 Goals (from the issue; time: paired median per clock; memory: peak ratio): predicted <= 1.03
-time and <= 1.05 peak memory on CPU; topk <= 1.05 time; full <= 1.3 time and <= 1.2 peak memory
-on GPU. A goal stated for the other device is printed with its ratio only ("for reference").
+time and <= 1.05 peak memory on CPU, <= 1.01 and <= 1.02 on GPU; topk <= 1.05 time; full <= 1.3
+time and <= 1.2 peak memory on GPU. A goal stated for the other device is printed with its ratio
+only ("for reference"); on GPU only the wall clock decides (the CPU clock is for reference).
 
 --profile additionally prints, for one update of each criterion, torch.profiler's table of the
 operators with the most self time, to see where any extra time goes.
@@ -304,7 +305,8 @@ MODE_KEYS = {
 
 # Goals of the issue: mode -> [(what, limit, device the goal is stated for)].
 GOALS = {
-    "predicted": [("time", 1.03, "cpu"), ("memory", 1.05, "cpu")],
+    "predicted": [("time", 1.03, "cpu"), ("memory", 1.05, "cpu"),
+                  ("time", 1.01, "cuda"), ("memory", 1.02, "cuda")],
     "topk": [("time", 1.05, None)],
     "full": [("time", 1.3, "cuda"), ("memory", 1.2, "cuda")],
 }
@@ -612,12 +614,14 @@ def main(argv=None):
                 text = "peak memory"
             for label, value in values:
                 met = value <= limit
-                status = ("met" if met else "NOT met") if here else "for reference only"
+                # on CUDA the process's CPU time is not the update's time: wall time decides
+                decides = here and not (opts.device == "cuda" and label == "cpu")
+                status = ("met" if met else "NOT met") if decides else "for reference only"
                 suffix = f", {label} clock (paired median)" if what == "time" else ""
                 print(f"goal {spec}: {text} /CE <= {limit}{where}{suffix}: {status} ({value:.3f})")
                 goals.append({"config": spec, "what": what, "clock": label, "limit": limit,
                               "stated_for": device, "value": value,
-                              "met": met if here else None})
+                              "met": met if decides else None})
     print(f"memory: {memory_method}; peak = persistent (parameters + optimizer state: "
           f"{results[CE]['persistent_mb']:.1f} MB) + transient (the update's peak on top of them, "
           "gradients included)")

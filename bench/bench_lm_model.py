@@ -1,4 +1,4 @@
-"""CPU speed of skd_lstm_lm next to fairseq's own ``lstm_lm`` with one layer.
+"""Speed of skd_lstm_lm next to fairseq's own ``lstm_lm`` with one layer, on CPU or a GPU.
 
 Both models are built programmatically with random weights and the same sizes (the paper's:
 embeddings 500, one LSTM layer of 400, output embeddings 500, full softmax; fairseq's
@@ -10,14 +10,20 @@ right-padded batches of sentences of similar lengths, as ``language_modeling
 2. scoring tokens/s: forward only, no gradient (what fairseq-eval-lm and validation do).
 
 The models take turns, repeated, and the median is kept, so drift of the machine hits both
-alike. skd_lstm_lm runs the fused nn.LSTM over the whole sequence; fairseq's LSTMDecoder steps
-an LSTMCell through time in Python.
+alike. skd_lstm_lm runs the fused nn.LSTM over the whole sequence (cuDNN on a GPU); fairseq's
+LSTMDecoder steps an LSTMCell through time in Python.
+
+Goal for the training ratio (the issue's): >= 1.0 on CPU, >= 3.0 on a GPU. With --device cuda
+the clock is wall time with torch.cuda.synchronize() around each timed loop. --json writes the
+figures and the goal, with whether it was met, for bench/gpu_check.sh's report.
 
     OMP_NUM_THREADS=1 python bench/bench_lm_model.py            # ~1-2 minutes on one core
     OMP_NUM_THREADS=1 python bench/bench_lm_model.py --clock cpu   # on a busy machine
+    python bench/bench_lm_model.py --device cuda --steps 20 --repeats 5 --json lm.json
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -34,6 +40,10 @@ from fairseq.models.lstm_lm import LSTMLanguageModel  # noqa: E402
 
 import fairseq_skd  # noqa: E402,F401
 from fairseq_skd.models.skd_lstm_lm import SKDLSTMLanguageModel  # noqa: E402
+
+
+# the issue's goal for training tokens/s, skd_lstm_lm / lstm_lm, per device
+TRAINING_GOAL = {"cpu": 1.0, "cuda": 3.0}
 
 
 class _Task:
@@ -85,6 +95,22 @@ def random_batches(dictionary, n_batches, bsz, min_len, max_len, generator):
     return batches
 
 
+def to_device(batches, device):
+    return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+
+
+def device_clock(clock, device):
+    """``clock`` read after the device has finished its queued work."""
+    if device != "cuda":
+        return clock
+
+    def synchronized():
+        torch.cuda.synchronize()
+        return clock()
+
+    return synchronized
+
+
 def loss_of(model, batch, pad):
     logits, _ = model(batch["src_tokens"])
     return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), batch["target"].view(-1),
@@ -121,6 +147,7 @@ def bench_scoring(model, batches, pad, clock):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--vocab", type=int, default=10000, help="dictionary size")
     parser.add_argument("--embed", type=int, default=500, help="input word embedding dim")
     parser.add_argument("--hidden", type=int, default=400, help="LSTM size")
@@ -134,21 +161,31 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: elapsed time; cpu: this process's CPU time, steadier on a "
-                             "machine shared with other jobs (meaningful with --threads 1)")
+                             "machine shared with other jobs (meaningful with --threads 1; "
+                             "not with --device cuda)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="OUT", help="write the figures to this JSON file")
     opts = parser.parse_args(argv)
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    if opts.device == "cuda" and opts.clock == "cpu":
+        parser.error("--clock cpu measures nothing of the GPU's work: use wall time")
     torch.set_num_threads(opts.threads)
-    clock = time.perf_counter if opts.clock == "wall" else time.process_time
+    clock = device_clock(time.perf_counter if opts.clock == "wall" else time.process_time,
+                         opts.device)
 
     dictionary = make_dictionary(opts.vocab)
-    models = build_models(opts, dictionary)
+    models = {name: model.to(opts.device) for name, model in build_models(opts, dictionary).items()}
     optimizers = {name: torch.optim.Adam(model.parameters(), lr=1e-4)
                   for name, model in models.items()}
     g = torch.Generator().manual_seed(opts.seed)
-    batches = random_batches(dictionary, opts.steps, opts.bsz, opts.min_len, opts.max_len, g)
+    batches = to_device(
+        random_batches(dictionary, opts.steps, opts.bsz, opts.min_len, opts.max_len, g),
+        opts.device)
     pad = dictionary.pad()
 
-    print(f"torch {torch.__version__}, {opts.threads} thread(s); vocab {len(dictionary)}, "
+    where = f" on {torch.cuda.get_device_name()}" if opts.device == "cuda" else ""
+    print(f"torch {torch.__version__}{where}, {opts.threads} thread(s); vocab {len(dictionary)}, "
           f"embed {opts.embed}, hidden {opts.hidden}, out embed {opts.out_embed}, dropout "
           f"{opts.dropout}; {opts.bsz} sentences of {opts.min_len}-{opts.max_len} words per "
           f"batch (~{sum(b['ntokens'] for b in batches) / len(batches):.0f} tokens), "
@@ -170,11 +207,22 @@ def main(argv=None):
     print(f"| measure (median of {opts.repeats}) | skd_lstm_lm | lstm_lm (1 layer) "
           "| ratio skd/lstm_lm | goal |")
     print("|---|---|---|---|---|")
+    goal = TRAINING_GOAL[opts.device]
+    train_ratio = train_tps["skd_lstm_lm"] / train_tps["lstm_lm"]
     print(f"| training tokens/s | {train_tps['skd_lstm_lm']:.0f} | {train_tps['lstm_lm']:.0f} "
-          f"| {train_tps['skd_lstm_lm'] / train_tps['lstm_lm']:.2f} | >= 1.0 |")
+          f"| {train_ratio:.2f} | >= {goal} |")
     print(f"| scoring tokens/s (no grad) | {score_tps['skd_lstm_lm']:.0f} "
           f"| {score_tps['lstm_lm']:.0f} | {score_tps['skd_lstm_lm'] / score_tps['lstm_lm']:.2f} "
           "| |")
+    if opts.json:
+        out = {"config": vars(opts), "torch": torch.__version__,
+               "device_name": torch.cuda.get_device_name() if opts.device == "cuda" else None,
+               "training_tokens_per_s": train_tps, "scoring_tokens_per_s": score_tps,
+               "goals": [{"what": "training tokens/s, skd_lstm_lm / lstm_lm (1 layer)",
+                          "value": train_ratio, "op": ">=", "limit": goal,
+                          "stated_for": opts.device, "met": train_ratio >= goal}]}
+        Path(opts.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"\nwrote {opts.json}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""CPU speed of skd_bahdanau next to fairseq's own ``lstm`` (one layer, attention on).
+"""Speed of skd_bahdanau next to fairseq's own ``lstm`` (one layer, attention on), on CPU or a GPU.
 
 Both models are built programmatically with random weights and the same dimensions (source and
 target embeddings, a bidirectional encoder of --hidden per direction, a decoder LSTM of
@@ -10,13 +10,20 @@ target embeddings, a bidirectional encoder of --hidden per direction, a decoder 
 3. beam search time per sentence of skd_bahdanau for outputs of 10, 20 and 40 tokens: with a
    per-step cost that does not depend on the prefix, time per token stays flat.
 
-Times are process CPU time by default (--clock cpu), which other jobs on a shared machine
-disturb much less than wall-clock time; use --clock wall with --threads > 1.
+Times are process CPU time by default on CPU (--clock cpu), which other jobs on a shared machine
+disturb much less than wall-clock time; use --clock wall with --threads > 1. With --device cuda
+the clock is wall time, read after torch.cuda.synchronize().
+
+Goals (the issue's): training ratio >= 0.8 on CPU and >= 1.0 on a GPU; beam search >= 0.8 on
+CPU. --json writes the figures and the goals, with whether each was met, for
+bench/gpu_check.sh's report.
 
     OMP_NUM_THREADS=1 python bench/bench_nmt_model.py            # ~2 minutes on one core
+    python bench/bench_nmt_model.py --device cuda --json nmt.json
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -39,6 +46,25 @@ from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel  # noqa: E402
 # Process CPU time by default: with one thread it is what the model costs, and other jobs on a
 # shared machine disturb it much less than wall-clock time (--clock wall for the latter).
 CLOCK = time.process_time
+DEVICE = "cpu"
+# the issue's goals, skd_bahdanau / lstm, per device (None: none stated)
+GOALS = {"training": {"cpu": 0.8, "cuda": 1.0}, "generation": {"cpu": 0.8, "cuda": None}}
+
+
+def now():
+    """CLOCK, read after the device has finished its queued work."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return CLOCK()
+
+
+def to_device(batch):
+    def move(x):
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        return x.to(DEVICE) if torch.is_tensor(x) else x
+
+    return move(batch)
 
 
 class _Task:
@@ -111,10 +137,10 @@ def bench_training(model, batches, pad, warmup):
 
     for batch in batches[:warmup]:
         step(batch)
-    start = CLOCK()
+    start = now()
     for batch in batches:
         step(batch)
-    return sum(b["ntokens"] for b in batches) / (CLOCK() - start)
+    return sum(b["ntokens"] for b in batches) / (now() - start)
 
 
 def bench_generation(model, dictionary, batches, beam, out_len, repeats=1):
@@ -128,19 +154,20 @@ def bench_generation(model, dictionary, batches, beam, out_len, repeats=1):
         generator.generate([model], sample(batches[0]))  # warm-up
         times = []
         for _ in range(repeats):
-            start = CLOCK()
+            start = now()
             n = 0
             for batch in batches:
                 hypos = generator.generate([model], sample(batch))
                 assert all(len(h[0]["tokens"]) == out_len + 1 for h in hypos)
                 n += len(hypos)
-            times.append((CLOCK() - start) / n)
+            times.append((now() - start) / n)
     return statistics.median(times)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--vocab", type=int, default=8000, help="words in the (joined) dictionary")
     parser.add_argument("--embed", type=int, default=256, help="source and target embedding dim")
     parser.add_argument("--hidden", type=int, default=256,
@@ -159,24 +186,32 @@ def main(argv=None):
                         help="output lengths for the scaling table")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+    parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
                         help="process CPU time (right for --threads 1 on a shared machine) "
-                             "or wall-clock time")
+                             "or wall-clock time; default: cpu on CPU, wall with --device cuda")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="OUT", help="write the figures to this JSON file")
     opts = parser.parse_args(argv)
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    if opts.device == "cuda" and opts.clock == "cpu":
+        parser.error("--clock cpu measures nothing of the GPU's work: use wall time")
+    opts.clock = opts.clock or ("wall" if opts.device == "cuda" else "cpu")
     torch.set_num_threads(opts.threads)
-    global CLOCK
+    global CLOCK, DEVICE
     CLOCK = time.process_time if opts.clock == "cpu" else time.perf_counter
+    DEVICE = opts.device
 
     dictionary = make_dictionary(opts.vocab)
-    models = build_models(opts, dictionary)
+    models = {name: model.to(opts.device) for name, model in build_models(opts, dictionary).items()}
     g = torch.Generator().manual_seed(opts.seed)
-    train_batches = [random_batch(dictionary, opts.train_bsz, opts.min_len, opts.max_len, g)
-                     for _ in range(opts.train_batches)]
-    gen_batches = [random_batch(dictionary, opts.gen_bsz, opts.min_len, opts.max_len, g)
+    train_batches = [to_device(random_batch(dictionary, opts.train_bsz, opts.min_len,
+                                            opts.max_len, g)) for _ in range(opts.train_batches)]
+    gen_batches = [to_device(random_batch(dictionary, opts.gen_bsz, opts.min_len, opts.max_len, g))
                    for _ in range(opts.gen_batches)]
 
-    print(f"torch {torch.__version__}, {opts.threads} thread(s); vocab {len(dictionary)}, "
+    where = f" on {torch.cuda.get_device_name()}" if opts.device == "cuda" else ""
+    print(f"torch {torch.__version__}{where}, {opts.threads} thread(s); vocab {len(dictionary)}, "
           f"embed {opts.embed}, hidden {opts.hidden} (encoder: per direction), readout "
           f"{opts.readout}, dropout {opts.dropout}; source/target {opts.min_len}-{opts.max_len} "
           f"words, source left-padded; {opts.clock} time")
@@ -198,24 +233,43 @@ def main(argv=None):
     print()
     print(f"| measure (median of {opts.repeats}) | skd_bahdanau | lstm | ratio skd/lstm | goal |")
     print("|---|---|---|---|---|")
+    ratios = {"training": train_tps["skd_bahdanau"] / train_tps["lstm"],
+              "generation": gen_sps["skd_bahdanau"] / gen_sps["lstm"]}
+    goal = {what: GOALS[what][opts.device] for what in GOALS}
+    goal_text = {what: "" if g is None else f">= {g}" for what, g in goal.items()}
     print(f"| training target tokens/s (bsz {opts.train_bsz}) | {train_tps['skd_bahdanau']:.0f} "
-          f"| {train_tps['lstm']:.0f} | {train_tps['skd_bahdanau'] / train_tps['lstm']:.2f} "
-          "| >= 0.8 |")
+          f"| {train_tps['lstm']:.0f} | {ratios['training']:.2f} | {goal_text['training']} |")
     print(f"| beam {opts.beam} sentences/s ({opts.gen_len} words out, bsz {opts.gen_bsz}) "
           f"| {gen_sps['skd_bahdanau']:.2f} | {gen_sps['lstm']:.2f} "
-          f"| {gen_sps['skd_bahdanau'] / gen_sps['lstm']:.2f} | >= 0.8 |")
+          f"| {ratios['generation']:.2f} | {goal_text['generation']} |")
 
     # 3: time per sentence against output length
     print()
     print(f"| output words | skd_bahdanau s/sentence | per output token (ms) | lstm s/sentence |")
     print("|---|---|---|---|")
+    scaling = {}
     for length in opts.lengths:
         per_sentence = {name: bench_generation(model, dictionary, gen_batches, opts.beam, length,
                                                repeats=opts.repeats)
                         for name, model in models.items()}
+        scaling[length] = per_sentence
         print(f"| {length} | {per_sentence['skd_bahdanau']:.4f} "
               f"| {1000 * per_sentence['skd_bahdanau'] / (length + 1):.2f} "
               f"| {per_sentence['lstm']:.4f} |")
+
+    if opts.json:
+        names = {"training": "training target tokens/s, skd_bahdanau / lstm",
+                 "generation": f"beam {opts.beam} sentences/s, skd_bahdanau / lstm"}
+        out = {"config": vars(opts), "torch": torch.__version__,
+               "device_name": torch.cuda.get_device_name() if opts.device == "cuda" else None,
+               "training_tokens_per_s": train_tps, "generation_sentences_per_s": gen_sps,
+               "seconds_per_sentence_by_length": scaling,
+               "goals": [{"what": names[what], "value": ratios[what], "op": ">=",
+                          "limit": goal[what], "stated_for": opts.device,
+                          "met": None if goal[what] is None else ratios[what] >= goal[what]}
+                         for what in GOALS]}
+        Path(opts.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"\nwrote {opts.json}")
 
 
 if __name__ == "__main__":

@@ -64,10 +64,20 @@ def make_lm_data(data_dir, n_train=500, n_valid=40, n_test=40, seed=1):
     return data_dir
 
 
+def console_script(command):
+    """How to start a fairseq console script (``fairseq-train`` ...): the script beside this
+    Python, or, where fairseq was installed without its scripts there (``pip install --target``,
+    as bench/gpu_check.sh does), its module: ``python -m fairseq_cli.train``."""
+    script = BIN / command
+    if script.exists() or not command.startswith("fairseq-"):
+        return [str(script)]
+    return [sys.executable, "-m", "fairseq_cli." + command[len("fairseq-"):].replace("-", "_")]
+
+
 def run(command, *args, cwd=None, check=True):
     """Run a fairseq console script (``fairseq-train`` ...) and return the CompletedProcess."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    cmd = [str(BIN / command), *map(str, args)]
+    cmd = [*console_script(command), *map(str, args)]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -94,11 +104,12 @@ def preprocess_lm(data_dir):
     return data_dir / "bin"
 
 
-def train(data_bin, save_dir, *args):
-    """fairseq-train on CPU with the plugin; returns the CompletedProcess (logs in stderr)."""
+def train(data_bin, save_dir, *args, cpu=True, check=True):
+    """fairseq-train with the plugin, on CPU unless ``cpu`` is False (then on the GPU fairseq
+    picks); returns the CompletedProcess (logs in stderr)."""
     return run("fairseq-train", data_bin, "--user-dir", USER_DIR, "--save-dir", save_dir,
-               "--cpu", "--num-workers", 0, "--seed", 1, "--log-format", "json",
-               "--log-interval", 1, "--no-progress-bar", *args)
+               *(["--cpu"] if cpu else []), "--num-workers", 0, "--seed", 1, "--log-format", "json",
+               "--log-interval", 1, "--no-progress-bar", *args, check=check)
 
 
 def parse_json_logs(text, kind="train_inner"):
