@@ -25,12 +25,14 @@ from torch import nn
 
 # --- the code under test, imported in one place (a refactor that moves these only changes this)
 import fairseq_skd  # noqa: F401  (registers the criterion and the models)
-from fairseq_skd.criterions.self_kd_cross_entropy import (
-    SelfKDCrossEntropyCriterion,
+from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyCriterion
+from fairseq_skd.modules.skd_losses import (
+    full_skd_loss,
     output_embedding_distances,
+    predicted_skd_loss,
     predicted_soft_targets,
     row_argmax,
-    skd_loss,
+    topk_skd_loss,
 )
 from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel
 from fairseq_skd.models.skd_lstm_lm import SKDLSTMLanguageModel
@@ -40,6 +42,7 @@ from fairseq_skd.modules.soft_target_losses import full_soft_target_loss, topk_s
 
 from fairseq_cli_helpers import (
     USER_DIR,
+    at_update,
     make_lm_data,
     make_reverse_translation_data,
     parse_json_logs,
@@ -55,6 +58,14 @@ pytestmark = pytest.mark.skipif(
     reason="no CUDA GPU (SKD_TEST_DEVICE=cpu runs these tests on the CPU, against the CPU)")
 
 MODES = ("predicted", "topk", "full")
+
+
+def skd_loss(lprobs, target, w, soft_targets, neighbours=None, **kwargs):
+    """The loss function of mode ``soft_targets`` (fairseq_skd.modules.skd_losses)."""
+    if soft_targets == "topk":
+        return topk_skd_loss(lprobs, target, w, neighbours, **kwargs)
+    return {"predicted": predicted_skd_loss, "full": full_skd_loss}[soft_targets](
+        lprobs, target, w, **kwargs)
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PAD = 1  # fairseq's Dictionary puts <pad> at index 1
 
@@ -184,12 +195,11 @@ def make_criterion(mode, vocab=1000):
     criterion = SelfKDCrossEntropyCriterion(
         _Task(make_dictionary(vocab - 4)), sentence_avg=False, skd_sigma=0.2,
         skd_warmup_updates=2, skd_alpha_step=0.06, skd_soft_targets=mode)
-    criterion.set_num_updates(10)  # alpha = 0.54
     return criterion
 
 
 def criterion_step(mode, model, sample):
-    model.train()
+    at_update(model, 10).train()  # alpha = 0.54
     loss, sample_size, log = make_criterion(mode)(model, sample)
     (loss / sample_size).backward()
     grads = {name: p.grad.detach().cpu() for name, p in model.named_parameters()}
@@ -302,8 +312,7 @@ def test_criterion_loss_in_half_precision_matches_float32(mode, precision, how, 
     criterion = SelfKDCrossEntropyCriterion(_Task(dictionary), sentence_avg=False, skd_sigma=0.1,
                                             skd_warmup_updates=0, skd_alpha_step=0.5,
                                             skd_soft_targets=mode)
-    criterion.set_num_updates(0)  # alpha = 0.5
-    model.train()  # the SKD term is training only
+    at_update(model, 0).train()  # alpha = 0.5; the SKD term is training only
     loss32, _, log32 = criterion(model, sample)
     try:
         if how == "autocast":
