@@ -15,18 +15,20 @@ from fairseq_cli_helpers import (
 TINY_TRAINING = ["--optimizer", "adam", "--lr", 0.005, "--max-tokens", 600, "--max-epoch", 2,
                  "--required-batch-size-multiple", 1, "--criterion", "self_kd_cross_entropy",
                  "--skd-warmup-updates", 5, "--skd-alpha-step", 0.1, "--cpu", "--seed", 1,
-                 "--num-workers", 0, "--no-progress-bar", "--log-format", "json"]
+                 "--num-workers", 0, "--no-progress-bar", "--log-format", "json", "--log-interval", 5]
 
 
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory):
-    """(data folder with train/valid/test.txt, DATA_BIN, checkpoint_best.pt) of skd_lstm_lm_tiny."""
+    """(data folder with train/valid/test.txt, DATA_BIN, checkpoint_best.pt) of skd_lstm_lm_tiny,
+    with TensorBoard event files in the data folder's sibling tensorboard/."""
     root = tmp_path_factory.mktemp("tiny_lm")
     data_bin = preprocess_lm(make_lm_data(root / "text", n_train=200))
     save_dir = root / "checkpoints"
     run("fairseq-skd-train", data_bin, "--user-dir", USER_DIR, "--save-dir", save_dir,
         "--task", "language_modeling", "--sample-break-mode", "eos", "--tokens-per-sample", 64,
-        "--arch", "skd_lstm_lm_tiny", *TINY_TRAINING)
+        "--arch", "skd_lstm_lm_tiny", "--tensorboard-logdir", root / "tensorboard",
+        *TINY_TRAINING)
     return root / "text", data_bin, save_dir / "checkpoint_best.pt"
 
 

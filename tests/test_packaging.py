@@ -29,6 +29,7 @@ CONSOLE_SCRIPTS = {
     "fairseq-skd-bleu": "fairseq_skd.cli.score_bleu:main",
     "fairseq-skd-collect": "fairseq_skd.cli.collect_results:main",
     "fairseq-skd-train": "fairseq_skd.cli.train:main",
+    "fairseq-skd-average": "fairseq_skd.cli.average_checkpoints:main",
 }
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "fairseq_skd", "setup.py", "setup.cfg",
            "MANIFEST.in")

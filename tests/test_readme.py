@@ -5,13 +5,22 @@ fairseq-skd-demo that tests/test_demo.py runs in smoke mode."""
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from fairseq_cli_helpers import BIN, REPO, make_reverse_translation_data, preprocess_translation
+import fairseq_skd  # noqa: F401  (torch's safe loader reads the checkpoints)
+
+from fairseq_cli_helpers import (
+    BIN,
+    REPO,
+    USER_DIR,
+    make_reverse_translation_data,
+    preprocess_translation,
+)
 
 README = (REPO / "README.md").read_text()
 
@@ -34,8 +43,9 @@ def readme_commands(program):
 def test_every_readme_command_is_one_that_the_tests_or_ci_run():
     # ./test.sh: CI runs it; ./run.sh: fairseq-skd-demo, which tests/test_demo.py runs;
     # fairseq-train / fairseq-generate: run below as written
-    assert {c.split()[0] for c in bash_commands()} == {"./run.sh", "./test.sh", "fairseq-train",
-                                                     "fairseq-generate", "fairseq-skd-train"}
+    assert {c.split()[0] for c in bash_commands()} == {
+        "./run.sh", "./test.sh", "fairseq-train", "fairseq-generate", "fairseq-skd-train",
+        "fairseq-hydra-train", "fairseq-skd-average"}
 
 
 def test_quick_start_has_exactly_the_two_scripts_and_ci_runs_the_test_one():
@@ -125,3 +135,63 @@ def test_the_multi_node_torchrun_command_runs_on_one_machine(joined_mt_bin, tmp_
     log = out.stdout + out.stderr
     assert "training on 2 devices" in log and "distributed_world_size': 2" in log
     assert "'load_checkpoint_on_all_dp_ranks': True" in log
+
+
+def test_the_hydra_config_trains_and_refuses_a_bad_value(tiny_lm, tmp_path):
+    (command,) = readme_commands("fairseq-hydra-train")
+    _, data_bin, _ = tiny_lm
+    argv = shlex.split(command.replace("$PWD/data-bin/ptb", str(data_bin))
+                       .replace("$PWD/fairseq_skd", USER_DIR))
+    argv[0] = str(BIN / argv[0])
+    tiny = ["model._name=skd_lstm_lm_tiny", "optimization.max_epoch=1", "common.cpu=true",
+            f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    out = subprocess.run(argv + tiny, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert '"train_skd_alpha"' in out.stdout + out.stderr and (tmp_path / "ckpt" / "checkpoint_best.pt").is_file()
+    bad = subprocess.run(argv + tiny + ["+criterion.skd_qn_max=1.5"], cwd=REPO, capture_output=True,
+                         text=True)
+    assert bad.returncode != 0
+    assert "--skd-qn-max must be in (0, 1], got 1.5" in bad.stdout + bad.stderr
+
+
+def test_tensorboard_event_files_hold_the_skd_scalars(tiny_lm):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    text, _, _ = tiny_lm
+    tags = {}
+    for kind in ("train_inner", "train", "valid"):
+        events = EventAccumulator(str(text.parent / "tensorboard" / kind))
+        events.Reload()
+        tags[kind] = set(events.Tags()["scalars"])
+    skd = {"skd_alpha", "skd_qn", "skd_clip", "skd_match", "skd_sigma"}
+    assert skd <= tags["train_inner"] and skd <= tags["train"]
+    assert skd - {"skd_alpha"} <= tags["valid"] and "skd_alpha" not in tags["valid"]
+
+
+def test_the_python_example_runs_as_written(tiny_lm, tiny_mt):
+    (code,) = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    for name, (_, data_bin, checkpoint) in (("lm", tiny_lm), ("mt", tiny_mt)):
+        code = (code.replace(f'"checkpoints/{name}/checkpoint_best.pt"', repr(str(checkpoint)))
+                .replace(f'"checkpoints/{name}"', repr(str(checkpoint.parent)))
+                .replace(f'"data-bin/{name}"', repr(str(data_bin))))
+    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    score, translation = out.stdout.strip().splitlines()[-2:]
+    assert float(score.replace("tensor(", "").rstrip(")")) < 0
+    assert translation.split() and set(translation.split()) <= {f"W{i}" for i in range(24)}
+
+
+def test_the_averaging_command_averages(tiny_mt, tmp_path):
+    import torch
+
+    (command,) = readme_commands("fairseq-skd-average")
+    folder = tmp_path / "mt"
+    shutil.copytree(tiny_mt[2].parent, folder)
+    argv = shlex.split(command.replace("checkpoints/mt", str(folder)))
+    subprocess.run([str(BIN / argv[0]), *argv[1:]], check=True, capture_output=True)
+    average = torch.load(folder / "checkpoint_avg2.pt", map_location="cpu")["model"]
+    first, second = (torch.load(folder / f"checkpoint{e}.pt", map_location="cpu")["model"]
+                     for e in (1, 2))
+    assert average.keys() == first.keys()
+    for name, value in average.items():
+        assert torch.allclose(value, (first[name] + second[name]) / 2), name
