@@ -72,16 +72,11 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
+from fairseq.models.lstm import LSTM, Embedding, Linear, LSTMCell
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.lstm_layers import (
-    LSTM,
-    Embedding,
-    OutputEmbedding,
-    init_output_embedding_,
-    left_pad_index,
-)
+from ..modules.lstm_layers import OutputEmbedding, init_output_embedding_, left_pad_index
 
 DEFAULT_MAX_SOURCE_POSITIONS = 1e5
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
@@ -226,7 +221,7 @@ class SKDBahdanauEncoder(FairseqEncoder):
         if embed_tokens is None:
             embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
         self.embed_tokens = embed_tokens
-        self.lstm = LSTM(embed_dim, hidden_size, bidirectional=True)
+        self.lstm = LSTM(embed_dim, hidden_size, batch_first=True, bidirectional=True)
         # U_a (with the attention's bias b_a): applied once per sentence, not per decoder step.
         self.attention_key_proj = Linear(self.output_units, attention_dim)
 
@@ -445,21 +440,6 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
 
     def make_generation_fast_(self, need_attn=False, **kwargs):
         self.need_attn = need_attn
-
-
-def LSTMCell(input_size, hidden_size):
-    m = nn.LSTMCell(input_size, hidden_size)
-    for param in m.parameters():
-        param.data.uniform_(-0.1, 0.1)
-    return m
-
-
-def Linear(in_features, out_features, bias=True):
-    m = nn.Linear(in_features, out_features, bias=bias)
-    m.weight.data.uniform_(-0.1, 0.1)
-    if bias:
-        m.bias.data.uniform_(-0.1, 0.1)
-    return m
 
 
 def ReadoutLinear(in_features, out_features):

@@ -73,16 +73,11 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
+from fairseq.models.lstm import LSTM, Embedding
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.lstm_layers import (
-    LSTM,
-    Embedding,
-    OutputEmbedding,
-    init_output_embedding_,
-    left_pad_index,
-)
+from ..modules.lstm_layers import OutputEmbedding, init_output_embedding_, left_pad_index
 
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
 
@@ -191,7 +186,7 @@ class SKDLSTMDecoder(FairseqIncrementalDecoder):
             )
         else:
             self.embed_tokens = Embedding(num_embeddings, embed_dim, self.padding_idx)
-        self.lstm = LSTM(embed_dim, hidden_size)
+        self.lstm = LSTM(embed_dim, hidden_size, batch_first=True)
         # F, f: the feed-forward ReLU layer to the word dimension, started small (docstring)
         self.fc_hidden = FeedForward(hidden_size, out_embed_dim)
         # W, b

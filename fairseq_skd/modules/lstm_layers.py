@@ -1,4 +1,9 @@
-"""Layers and initialisers shared by the paper's two LSTM models (skd_lstm_lm, skd_bahdanau)."""
+"""Layers and initialisers shared by the paper's two LSTM models (skd_lstm_lm, skd_bahdanau).
+
+The layers with fairseq lstm's init (uniform(+-0.1), the padding row of an embedding zero) are
+fairseq's own: the models import ``Embedding``, ``LSTM``, ``LSTMCell`` and ``Linear`` from
+fairseq.models.lstm, as fairseq's lstm_lm does.
+"""
 
 import torch
 from torch import nn
@@ -15,14 +20,6 @@ def left_pad_index(padding_mask, dim):
     return index.unsqueeze(-1).expand(-1, -1, dim)
 
 
-def Embedding(num_embeddings, embedding_dim, padding_idx):
-    """fairseq lstm's input embedding: uniform(+-0.1), padding row zero."""
-    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
-    nn.init.uniform_(m.weight, -0.1, 0.1)
-    nn.init.constant_(m.weight[padding_idx], 0)
-    return m
-
-
 def init_output_embedding_(weight, std):
     """N(0, std^2) rows of W: two rows are about std * sqrt(2 * dim) apart, which is what makes
     the paper's sigma meaningful (README, "Initialisation")."""
@@ -36,12 +33,4 @@ def OutputEmbedding(num_embeddings, embedding_dim, padding_idx, std):
     m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
     init_output_embedding_(m.weight, std)
     nn.init.constant_(m.weight[padding_idx], 0)
-    return m
-
-
-def LSTM(input_size, hidden_size, **kwargs):
-    """A batch-first nn.LSTM with fairseq lstm's init: every weight and bias uniform(+-0.1)."""
-    m = nn.LSTM(input_size, hidden_size, batch_first=True, **kwargs)
-    for param in m.parameters():
-        param.data.uniform_(-0.1, 0.1)
     return m
