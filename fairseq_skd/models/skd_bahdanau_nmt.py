@@ -76,7 +76,14 @@ from fairseq.models.lstm import LSTM, Embedding, Linear, LSTMCell
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.lstm_layers import OutputEmbedding, init_output_embedding_, left_pad_index
+from ..modules.lstm_layers import (
+    OutputEmbedding,
+    add_lstm_args,
+    add_output_embedding_args,
+    check_output_embedding_args,
+    init_output_embedding_,
+    left_pad_index,
+)
 
 DEFAULT_MAX_SOURCE_POSITIONS = 1e5
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
@@ -90,41 +97,22 @@ class SKDBahdanauModel(FairseqEncoderDecoderModel):
     def add_args(parser):
         """Add model-specific arguments to the parser."""
         # fmt: off
-        parser.add_argument('--dropout', type=float, metavar='D',
-                            help='dropout probability (default for the granular ones below)')
-        parser.add_argument('--encoder-embed-dim', type=int, metavar='N',
-                            help='source word embedding dimension')
-        parser.add_argument('--encoder-hidden-size', type=int, metavar='N',
-                            help='encoder LSTM size per direction (annotations are twice this)')
-        parser.add_argument('--decoder-embed-dim', type=int, metavar='N',
-                            help='target (decoder input) word embedding dimension')
-        parser.add_argument('--decoder-hidden-size', type=int, metavar='N',
-                            help='decoder LSTM size')
+        add_lstm_args(parser, 'encoder', 'source word embeddings',
+                      'encoder LSTM size per direction (annotations are twice this)',
+                      'the encoder annotations')
+        add_lstm_args(parser, 'decoder', 'target (decoder input) word embeddings',
+                      'decoder LSTM size', 'the decoder LSTM outputs s_i (readout input)')
         parser.add_argument('--decoder-attention-dim', type=int, metavar='N',
                             help="hidden size of the additive attention (Bahdanau's n')")
-        parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
-                            help='readout size after maxout = dimension of the output word '
-                                 'embeddings W (the softmax is z = W t + b)')
-        parser.add_argument('--decoder-out-embed-std', type=float, metavar='S',
-                            help='std of the N(0, S^2) init of W; rows start about '
-                                 'S * sqrt(2 * dim) apart (see the module docstring)')
-        parser.add_argument('--share-decoder-input-output-embed', action='store_true',
-                            help='tie the decoder input embeddings to W (needs '
-                                 '--decoder-embed-dim == --decoder-out-embed-dim)')
+        add_output_embedding_args(parser, 'the readout t after maxout')
         parser.add_argument('--share-all-embeddings', action='store_true',
                             help='share source, target and output embeddings (needs a joined '
                                  'dictionary and equal --encoder-embed-dim, --decoder-embed-dim '
                                  'and --decoder-out-embed-dim)')
-        parser.add_argument('--encoder-dropout-in', type=float, metavar='D',
-                            help='dropout on the source embeddings')
-        parser.add_argument('--encoder-dropout-out', type=float, metavar='D',
-                            help='dropout on the encoder annotations')
-        parser.add_argument('--decoder-dropout-in', type=float, metavar='D',
-                            help='dropout on the target embeddings')
-        parser.add_argument('--decoder-dropout-out', type=float, metavar='D',
-                            help='dropout on the decoder LSTM outputs s_i (readout input)')
         parser.add_argument('--decoder-dropout-readout', type=float, metavar='D',
                             help='dropout on the readout t_i (softmax input)')
+        parser.add_argument('--dropout', type=float, metavar='D',
+                            help='dropout probability (default of every --*-dropout-* flag)')
         # fmt: on
 
     @classmethod
@@ -189,12 +177,7 @@ def check_embedding_sharing(args, src_dict, tgt_dict) -> None:
                 "--share-all-embeddings requires --encoder-embed-dim, --decoder-embed-dim and "
                 "--decoder-out-embed-dim to be equal, got {}, {} and {}".format(*dims)
             )
-    if args.share_decoder_input_output_embed and args.decoder_embed_dim != args.decoder_out_embed_dim:
-        raise ValueError(
-            "--share-decoder-input-output-embed requires --decoder-embed-dim "
-            f"({args.decoder_embed_dim}) to equal --decoder-out-embed-dim "
-            f"({args.decoder_out_embed_dim})"
-        )
+    check_output_embedding_args(args)
 
 
 class SKDBahdanauEncoder(FairseqEncoder):

@@ -77,7 +77,14 @@ from fairseq.models.lstm import LSTM, Embedding
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.lstm_layers import OutputEmbedding, init_output_embedding_, left_pad_index
+from ..modules.lstm_layers import (
+    OutputEmbedding,
+    add_lstm_args,
+    add_output_embedding_args,
+    check_output_embedding_args,
+    init_output_embedding_,
+    left_pad_index,
+)
 
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
 
@@ -90,26 +97,11 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
     def add_args(parser):
         """Add model-specific arguments to the parser."""
         # fmt: off
+        add_lstm_args(parser, 'decoder', 'input word embeddings', 'LSTM hidden size',
+                      'the LSTM outputs and on the feed-forward outputs')
+        add_output_embedding_args(parser, 'the output h of the feed-forward ReLU layer')
         parser.add_argument('--dropout', type=float, metavar='D',
-                            help='dropout probability (default for the granular ones below)')
-        parser.add_argument('--decoder-embed-dim', type=int, metavar='N',
-                            help='input word embedding dimension')
-        parser.add_argument('--decoder-hidden-size', type=int, metavar='N',
-                            help='LSTM hidden size')
-        parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
-                            help='word dimension: output of the feed-forward ReLU layer and '
-                                 'dimension of the output word embeddings W (z = W h + b)')
-        parser.add_argument('--decoder-out-embed-std', type=float, metavar='S',
-                            help='std of the N(0, S^2) init of W; rows start about '
-                                 'S * sqrt(2 * dim) apart (see the module docstring)')
-        parser.add_argument('--decoder-dropout-in', type=float, metavar='D',
-                            help='dropout on the input word embeddings')
-        parser.add_argument('--decoder-dropout-out', type=float, metavar='D',
-                            help='dropout on the LSTM outputs and on the feed-forward outputs')
-        parser.add_argument('--share-decoder-input-output-embed', default=False,
-                            action='store_true',
-                            help='tie the input word embeddings to W (needs '
-                                 '--decoder-embed-dim == --decoder-out-embed-dim)')
+                            help='dropout probability (default of --decoder-dropout-in/out)')
         # fmt: on
 
     @classmethod
@@ -117,7 +109,7 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
         """Build a new model instance."""
         # make sure all arguments are present in older models
         base_architecture(args)
-        check_embedding_sharing(args)
+        check_output_embedding_args(args)
         if getattr(args, "max_target_positions", None) is not None:
             max_target_positions = args.max_target_positions
         else:
@@ -138,22 +130,6 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
     def get_output_embedding_matrix(self) -> nn.Parameter:
         """W, the [vocab x word dim] output word embedding (z = W h + b)."""
         return self.decoder.get_output_embedding_matrix()
-
-
-def check_embedding_sharing(args) -> None:
-    """Raise ValueError naming the flags when the output embedding options cannot hold."""
-    if not args.decoder_out_embed_std > 0:
-        raise ValueError(
-            f"--decoder-out-embed-std must be > 0, got {args.decoder_out_embed_std} (rows of W "
-            "start about std * sqrt(2 * --decoder-out-embed-dim) apart)"
-        )
-    tied = args.share_decoder_input_output_embed
-    if tied and args.decoder_embed_dim != args.decoder_out_embed_dim:
-        raise ValueError(
-            "--share-decoder-input-output-embed requires --decoder-embed-dim "
-            f"({args.decoder_embed_dim}) to equal --decoder-out-embed-dim "
-            f"({args.decoder_out_embed_dim}, the word dimension of W)"
-        )
 
 
 class SKDLSTMDecoder(FairseqIncrementalDecoder):
