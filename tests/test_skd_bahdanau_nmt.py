@@ -155,6 +155,11 @@ def test_bad_sharing_configuration_names_the_flags(overrides, dicts_differ, flag
         assert flag in str(err.value)
 
 
+def test_bad_output_embedding_std_names_the_flag():
+    with pytest.raises(ValueError, match="--decoder-out-embed-std"):
+        build_model(decoder_out_embed_std=0.0)
+
+
 def test_dropout_options_apply_in_training_only():
     d = make_dictionary(20)
     src, lengths = source_batch(d)

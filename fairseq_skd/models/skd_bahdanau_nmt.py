@@ -29,7 +29,8 @@ Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
   everything that does not depend on the recurrence (the embedding part of the LSTM input
   projection, the readout, the softmax) is computed for all positions at once.
 - incremental decoding keeps (s, m) in one cached dict; ``reorder_incremental_state`` and
-  ``reorder_encoder_out`` index_select(0, new_order) (all tensors are batch-first).
+  ``reorder_encoder_out`` index_select(0, new_order) (all tensors are batch-first). The cache,
+  E, W and b are those of ``LSTMDecoderBase`` (modules/lstm_layers.py), shared with skd_lstm_lm.
 - the extra output is ``{"attn": [A]}`` with A of shape B x T_tgt x T_src (fairseq's
   transformer convention; SequenceGenerator, --print-alignment and SequenceScorer read it),
   given in eval mode while ``need_attn`` (fairseq-generate sets it for --print-alignment).
@@ -68,19 +69,21 @@ from fairseq import utils
 from fairseq.models import (
     FairseqEncoder,
     FairseqEncoderDecoderModel,
-    FairseqIncrementalDecoder,
     register_model,
     register_model_architecture,
 )
+from fairseq.models.lstm import LSTM, Embedding, Linear, LSTMCell
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
 from ..modules.lstm_layers import (
-    LSTM,
-    Embedding,
-    OutputEmbedding,
-    init_output_embedding_,
+    DecoderEmbedding,
+    LSTMDecoderBase,
+    add_lstm_args,
+    add_output_embedding_args,
+    check_output_embedding_args,
     left_pad_index,
+    shares_output_embedding,
 )
 
 DEFAULT_MAX_SOURCE_POSITIONS = 1e5
@@ -95,41 +98,22 @@ class SKDBahdanauModel(FairseqEncoderDecoderModel):
     def add_args(parser):
         """Add model-specific arguments to the parser."""
         # fmt: off
-        parser.add_argument('--dropout', type=float, metavar='D',
-                            help='dropout probability (default for the granular ones below)')
-        parser.add_argument('--encoder-embed-dim', type=int, metavar='N',
-                            help='source word embedding dimension')
-        parser.add_argument('--encoder-hidden-size', type=int, metavar='N',
-                            help='encoder LSTM size per direction (annotations are twice this)')
-        parser.add_argument('--decoder-embed-dim', type=int, metavar='N',
-                            help='target (decoder input) word embedding dimension')
-        parser.add_argument('--decoder-hidden-size', type=int, metavar='N',
-                            help='decoder LSTM size')
+        add_lstm_args(parser, 'encoder', 'source word embeddings',
+                      'encoder LSTM size per direction (annotations are twice this)',
+                      'the encoder annotations')
+        add_lstm_args(parser, 'decoder', 'target (decoder input) word embeddings',
+                      'decoder LSTM size', 'the decoder LSTM outputs s_i (readout input)')
         parser.add_argument('--decoder-attention-dim', type=int, metavar='N',
                             help="hidden size of the additive attention (Bahdanau's n')")
-        parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
-                            help='readout size after maxout = dimension of the output word '
-                                 'embeddings W (the softmax is z = W t + b)')
-        parser.add_argument('--decoder-out-embed-std', type=float, metavar='S',
-                            help='std of the N(0, S^2) init of W; rows start about '
-                                 'S * sqrt(2 * dim) apart (see the module docstring)')
-        parser.add_argument('--share-decoder-input-output-embed', action='store_true',
-                            help='tie the decoder input embeddings to W (needs '
-                                 '--decoder-embed-dim == --decoder-out-embed-dim)')
+        add_output_embedding_args(parser, 'the readout t after maxout')
         parser.add_argument('--share-all-embeddings', action='store_true',
                             help='share source, target and output embeddings (needs a joined '
                                  'dictionary and equal --encoder-embed-dim, --decoder-embed-dim '
                                  'and --decoder-out-embed-dim)')
-        parser.add_argument('--encoder-dropout-in', type=float, metavar='D',
-                            help='dropout on the source embeddings')
-        parser.add_argument('--encoder-dropout-out', type=float, metavar='D',
-                            help='dropout on the encoder annotations')
-        parser.add_argument('--decoder-dropout-in', type=float, metavar='D',
-                            help='dropout on the target embeddings')
-        parser.add_argument('--decoder-dropout-out', type=float, metavar='D',
-                            help='dropout on the decoder LSTM outputs s_i (readout input)')
         parser.add_argument('--decoder-dropout-readout', type=float, metavar='D',
                             help='dropout on the readout t_i (softmax input)')
+        parser.add_argument('--dropout', type=float, metavar='D',
+                            help='dropout probability (default of every --*-dropout-* flag)')
         # fmt: on
 
     @classmethod
@@ -139,39 +123,18 @@ class SKDBahdanauModel(FairseqEncoderDecoderModel):
         check_embedding_sharing(args, task.source_dictionary, task.target_dictionary)
         max_source_positions = getattr(args, "max_source_positions", DEFAULT_MAX_SOURCE_POSITIONS)
         max_target_positions = getattr(args, "max_target_positions", DEFAULT_MAX_TARGET_POSITIONS)
-
-        share_output = args.share_all_embeddings or args.share_decoder_input_output_embed
+        # E is built first when it is W: the encoder may share it (--share-all-embeddings)
         decoder_embed = None
-        if share_output:
-            decoder_embed = OutputEmbedding(
-                len(task.target_dictionary), args.decoder_embed_dim,
-                task.target_dictionary.pad(), args.decoder_out_embed_std,
-            )
+        if shares_output_embedding(args):
+            decoder_embed = DecoderEmbedding(args, task.target_dictionary)
         encoder = SKDBahdanauEncoder(
-            dictionary=task.source_dictionary,
-            embed_dim=args.encoder_embed_dim,
-            hidden_size=args.encoder_hidden_size,
-            attention_dim=args.decoder_attention_dim,
-            dropout_in=args.encoder_dropout_in,
-            dropout_out=args.encoder_dropout_out,
+            args,
+            task.source_dictionary,
+            max_source_positions,
             embed_tokens=decoder_embed if args.share_all_embeddings else None,
-            max_source_positions=max_source_positions,
         )
         decoder = SKDBahdanauDecoder(
-            dictionary=task.target_dictionary,
-            embed_dim=args.decoder_embed_dim,
-            hidden_size=args.decoder_hidden_size,
-            encoder_output_units=encoder.output_units,
-            encoder_hidden_size=args.encoder_hidden_size,
-            attention_dim=args.decoder_attention_dim,
-            out_embed_dim=args.decoder_out_embed_dim,
-            out_embed_std=args.decoder_out_embed_std,
-            dropout_in=args.decoder_dropout_in,
-            dropout_out=args.decoder_dropout_out,
-            dropout_readout=args.decoder_dropout_readout,
-            embed_tokens=decoder_embed,
-            share_input_output_embed=share_output,
-            max_target_positions=max_target_positions,
+            args, task.target_dictionary, encoder.output_units, max_target_positions, decoder_embed
         )
         return cls(encoder, decoder)
 
@@ -194,12 +157,7 @@ def check_embedding_sharing(args, src_dict, tgt_dict) -> None:
                 "--share-all-embeddings requires --encoder-embed-dim, --decoder-embed-dim and "
                 "--decoder-out-embed-dim to be equal, got {}, {} and {}".format(*dims)
             )
-    if args.share_decoder_input_output_embed and args.decoder_embed_dim != args.decoder_out_embed_dim:
-        raise ValueError(
-            "--share-decoder-input-output-embed requires --decoder-embed-dim "
-            f"({args.decoder_embed_dim}) to equal --decoder-out-embed-dim "
-            f"({args.decoder_out_embed_dim})"
-        )
+    check_output_embedding_args(args)
 
 
 class SKDBahdanauEncoder(FairseqEncoder):
@@ -207,28 +165,31 @@ class SKDBahdanauEncoder(FairseqEncoder):
 
     def __init__(
         self,
+        args,
         dictionary,
-        embed_dim=620,
-        hidden_size=1000,
-        attention_dim=1000,
-        dropout_in=0.1,
-        dropout_out=0.1,
-        embed_tokens=None,
         max_source_positions=DEFAULT_MAX_SOURCE_POSITIONS,
+        embed_tokens=None,
     ):
         super().__init__(dictionary)
         self.padding_idx = dictionary.pad()
-        self.hidden_size = hidden_size
-        self.output_units = 2 * hidden_size
         self.max_source_positions = max_source_positions
-        self.dropout_in_module = FairseqDropout(dropout_in, module_name=self.__class__.__name__)
-        self.dropout_out_module = FairseqDropout(dropout_out, module_name=self.__class__.__name__)
+        # the layers in the order they run
         if embed_tokens is None:
-            embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
+            embed_tokens = Embedding(len(dictionary), args.encoder_embed_dim, self.padding_idx)
         self.embed_tokens = embed_tokens
-        self.lstm = LSTM(embed_dim, hidden_size, bidirectional=True)
+        self.dropout_in_module = FairseqDropout(
+            args.encoder_dropout_in, module_name=self.__class__.__name__
+        )
+        self.hidden_size = args.encoder_hidden_size
+        self.output_units = 2 * self.hidden_size
+        self.lstm = LSTM(
+            args.encoder_embed_dim, self.hidden_size, batch_first=True, bidirectional=True
+        )
+        self.dropout_out_module = FairseqDropout(
+            args.encoder_dropout_out, module_name=self.__class__.__name__
+        )
         # U_a (with the attention's bias b_a): applied once per sentence, not per decoder step.
-        self.attention_key_proj = Linear(self.output_units, attention_dim)
+        self.attention_key_proj = Linear(self.output_units, args.decoder_attention_dim)
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor):
         """
@@ -277,51 +238,30 @@ class SKDBahdanauEncoder(FairseqEncoder):
         return self.max_source_positions
 
 
-class SKDBahdanauDecoder(FairseqIncrementalDecoder):
+class SKDBahdanauDecoder(LSTMDecoderBase):
     """LSTM decoder with additive attention and a maxout deep-output readout."""
 
     def __init__(
         self,
+        args,
         dictionary,
-        embed_dim=620,
-        hidden_size=1000,
-        encoder_output_units=2000,
-        encoder_hidden_size=1000,
-        attention_dim=1000,
-        out_embed_dim=500,
-        out_embed_std=1.0,
-        dropout_in=0.1,
-        dropout_out=0.1,
-        dropout_readout=0.1,
-        embed_tokens=None,
-        share_input_output_embed=False,
+        encoder_output_units,
         max_target_positions=DEFAULT_MAX_TARGET_POSITIONS,
+        embed_tokens=None,
     ):
-        super().__init__(dictionary)
-        num_embeddings = len(dictionary)
-        padding_idx = dictionary.pad()
-        self.embed_dim = embed_dim
-        self.hidden_size = hidden_size
+        super().__init__(args, dictionary, max_target_positions, embed_tokens)  # dropouts, E
+        self.embed_dim = embed_dim = args.decoder_embed_dim
+        self.hidden_size = hidden_size = args.decoder_hidden_size
         self.encoder_output_units = encoder_output_units
-        self.out_embed_dim = out_embed_dim
-        self.max_target_positions = max_target_positions
-        self.share_input_output_embed = share_input_output_embed
+        self.out_embed_dim = args.decoder_out_embed_dim
         self.need_attn = True
-        self.dropout_in_module = FairseqDropout(dropout_in, module_name=self.__class__.__name__)
-        self.dropout_out_module = FairseqDropout(dropout_out, module_name=self.__class__.__name__)
         self.dropout_readout_module = FairseqDropout(
-            dropout_readout, module_name=self.__class__.__name__
+            args.decoder_dropout_readout, module_name=self.__class__.__name__
         )
-
-        if embed_tokens is None:
-            if share_input_output_embed:
-                embed_tokens = OutputEmbedding(num_embeddings, embed_dim, padding_idx, out_embed_std)
-            else:
-                embed_tokens = Embedding(num_embeddings, embed_dim, padding_idx)
-        self.embed_tokens = embed_tokens
+        attention_dim = args.decoder_attention_dim
 
         # [s_0; m_0] = tanh(W_s bwd_1 + b_s)
-        self.init_state_proj = Linear(encoder_hidden_size, 2 * hidden_size)
+        self.init_state_proj = Linear(args.encoder_hidden_size, 2 * hidden_size)
         # W_a (the bias b_a is in the encoder's U_a) and v
         self.attention_query_proj = Linear(hidden_size, attention_dim, bias=False)
         self.attention_v = nn.Parameter(torch.empty(attention_dim).uniform_(-0.1, 0.1))
@@ -329,17 +269,10 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
         # order and maths as nn.LSTMCell: i, f, g, o).
         self.rnn = LSTMCell(embed_dim + encoder_output_units, hidden_size)
         # U_o, V_o, C_o as one projection of [s_i; E y_{i-1}; c_i] to 2 * readout (maxout pairs)
-        self.readout = ReadoutLinear(hidden_size + embed_dim + encoder_output_units, out_embed_dim)
-        self.fc_out = nn.Linear(out_embed_dim, num_embeddings)
-        nn.init.zeros_(self.fc_out.bias)
-        if share_input_output_embed:
-            self.fc_out.weight = self.embed_tokens.weight
-        else:
-            init_output_embedding_(self.fc_out.weight, out_embed_std)
-
-    def get_output_embedding_matrix(self) -> nn.Parameter:
-        """W, the [vocab x readout dim] output word embedding (z = W t + b)."""
-        return self.fc_out.weight
+        self.readout = ReadoutLinear(
+            hidden_size + embed_dim + encoder_output_units, self.out_embed_dim
+        )
+        self.fc_out = self.build_output_layer(args)  # W, b
 
     def forward(
         self,
@@ -359,14 +292,13 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
     ):
         """Readout t (B x T_tgt x readout dim) and ``{"attn": [B x T_tgt x T_src or None]}``."""
         assert encoder_out is not None, "skd_bahdanau's decoder needs the encoder output"
-        cached = self.get_incremental_state(incremental_state, "cached_state")
+        cached = self.get_cached_state(incremental_state)
         if cached is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]
-            hidden, cell = cached["hidden"], cached["cell"]
+            hidden, cell = cached
         else:
             init = torch.tanh(self.init_state_proj(encoder_out["backward_first"]))
             hidden, cell = init.chunk(2, dim=-1)
-        assert hidden is not None and cell is not None
 
         annotations = encoder_out["annotations"]  # B x S x C
         keys = encoder_out["attention_keys"]  # B x S x A
@@ -407,9 +339,7 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
             contexts.append(context)
             alphas.append(alpha)
 
-        self.set_incremental_state(
-            incremental_state, "cached_state", {"hidden": hidden, "cell": cell}
-        )
+        self.set_cached_state(incremental_state, hidden, cell)
 
         states = self.dropout_out_module(torch.stack(hiddens, dim=1))  # B x T x H
         readout = self.readout(torch.cat([states, emb, torch.stack(contexts, dim=1)], dim=-1))
@@ -421,45 +351,8 @@ class SKDBahdanauDecoder(FairseqIncrementalDecoder):
             attn = torch.stack(alphas, dim=1)  # B x T_tgt x T_src
         return readout, {"attn": [attn]}
 
-    def output_layer(self, features):
-        """z = W t + b."""
-        return self.fc_out(features)
-
-    def reorder_incremental_state(
-        self,
-        incremental_state: Dict[str, Dict[str, Optional[Tensor]]],
-        new_order: Tensor,
-    ):
-        cached = self.get_incremental_state(incremental_state, "cached_state")
-        if cached is None:
-            return
-        reordered = {
-            key: value.index_select(0, new_order) if value is not None else None
-            for key, value in cached.items()
-        }
-        self.set_incremental_state(incremental_state, "cached_state", reordered)
-
-    def max_positions(self):
-        """Maximum output length supported by the decoder."""
-        return self.max_target_positions
-
     def make_generation_fast_(self, need_attn=False, **kwargs):
         self.need_attn = need_attn
-
-
-def LSTMCell(input_size, hidden_size):
-    m = nn.LSTMCell(input_size, hidden_size)
-    for param in m.parameters():
-        param.data.uniform_(-0.1, 0.1)
-    return m
-
-
-def Linear(in_features, out_features, bias=True):
-    m = nn.Linear(in_features, out_features, bias=bias)
-    m.weight.data.uniform_(-0.1, 0.1)
-    if bias:
-        m.bias.data.uniform_(-0.1, 0.1)
-    return m
 
 
 def ReadoutLinear(in_features, out_features):

@@ -23,9 +23,9 @@ same outputs alone or in a batch with right padding (what ``language_modeling`` 
 left padding (moved to the right before the LSTM and the outputs moved back). In training a
 right-padded batch runs straight through the LSTM (the outputs at real words only depend on
 earlier words); with an incremental state, where the final state matters, rows are packed.
-Generation keeps (s, c) in one cached dict (``get_incremental_state`` /
-``set_incremental_state``), reordered with ``index_select(0, new_order)``; the cost of a step
-does not depend on the prefix length.
+Generation keeps (s, c) in one cached dict, reordered with ``index_select(0, new_order)``
+(``LSTMDecoderBase`` in modules/lstm_layers.py, which skd_bahdanau's decoder shares); the cost of
+a step does not depend on the prefix length.
 
 Initialisation (it matters for SKD; README.md, "Initialisation"): q_n =
 exp(-sigma ||W_t - W_n||) is below the 0.5 clip only where the distance exceeds ln2 / sigma
@@ -67,20 +67,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fairseq import utils
-from fairseq.models import (
-    FairseqIncrementalDecoder,
-    FairseqLanguageModel,
-    register_model,
-    register_model_architecture,
-)
-from fairseq.modules import FairseqDropout
+from fairseq.models import FairseqLanguageModel, register_model, register_model_architecture
+from fairseq.models.lstm import LSTM
 from torch import Tensor
 
 from ..modules.lstm_layers import (
-    LSTM,
-    Embedding,
-    OutputEmbedding,
-    init_output_embedding_,
+    LSTMDecoderBase,
+    add_lstm_args,
+    add_output_embedding_args,
+    check_output_embedding_args,
     left_pad_index,
 )
 
@@ -95,26 +90,11 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
     def add_args(parser):
         """Add model-specific arguments to the parser."""
         # fmt: off
+        add_lstm_args(parser, 'decoder', 'input word embeddings', 'LSTM hidden size',
+                      'the LSTM outputs and on the feed-forward outputs')
+        add_output_embedding_args(parser, 'the output h of the feed-forward ReLU layer')
         parser.add_argument('--dropout', type=float, metavar='D',
-                            help='dropout probability (default for the granular ones below)')
-        parser.add_argument('--decoder-embed-dim', type=int, metavar='N',
-                            help='input word embedding dimension')
-        parser.add_argument('--decoder-hidden-size', type=int, metavar='N',
-                            help='LSTM hidden size')
-        parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
-                            help='word dimension: output of the feed-forward ReLU layer and '
-                                 'dimension of the output word embeddings W (z = W h + b)')
-        parser.add_argument('--decoder-out-embed-std', type=float, metavar='S',
-                            help='std of the N(0, S^2) init of W; rows start about '
-                                 'S * sqrt(2 * dim) apart (see the module docstring)')
-        parser.add_argument('--decoder-dropout-in', type=float, metavar='D',
-                            help='dropout on the input word embeddings')
-        parser.add_argument('--decoder-dropout-out', type=float, metavar='D',
-                            help='dropout on the LSTM outputs and on the feed-forward outputs')
-        parser.add_argument('--share-decoder-input-output-embed', default=False,
-                            action='store_true',
-                            help='tie the input word embeddings to W (needs '
-                                 '--decoder-embed-dim == --decoder-out-embed-dim)')
+                            help='dropout probability (default of --decoder-dropout-in/out)')
         # fmt: on
 
     @classmethod
@@ -122,89 +102,28 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
         """Build a new model instance."""
         # make sure all arguments are present in older models
         base_architecture(args)
-        check_embedding_sharing(args)
+        check_output_embedding_args(args)
         if getattr(args, "max_target_positions", None) is not None:
             max_target_positions = args.max_target_positions
         else:
             max_target_positions = getattr(args, "tokens_per_sample", DEFAULT_MAX_TARGET_POSITIONS)
-        decoder = SKDLSTMDecoder(
-            dictionary=task.target_dictionary,
-            embed_dim=args.decoder_embed_dim,
-            hidden_size=args.decoder_hidden_size,
-            out_embed_dim=args.decoder_out_embed_dim,
-            out_embed_std=args.decoder_out_embed_std,
-            dropout_in=args.decoder_dropout_in,
-            dropout_out=args.decoder_dropout_out,
-            share_input_output_embed=args.share_decoder_input_output_embed,
-            max_target_positions=max_target_positions,
-        )
-        return cls(decoder)
+        return cls(SKDLSTMDecoder(args, task.target_dictionary, max_target_positions))
 
     def get_output_embedding_matrix(self) -> nn.Parameter:
         """W, the [vocab x word dim] output word embedding (z = W h + b)."""
         return self.decoder.get_output_embedding_matrix()
 
 
-def check_embedding_sharing(args) -> None:
-    """Raise ValueError naming the flags when the output embedding options cannot hold."""
-    if not args.decoder_out_embed_std > 0:
-        raise ValueError(
-            f"--decoder-out-embed-std must be > 0, got {args.decoder_out_embed_std} (rows of W "
-            "start about std * sqrt(2 * --decoder-out-embed-dim) apart)"
-        )
-    tied = args.share_decoder_input_output_embed
-    if tied and args.decoder_embed_dim != args.decoder_out_embed_dim:
-        raise ValueError(
-            "--share-decoder-input-output-embed requires --decoder-embed-dim "
-            f"({args.decoder_embed_dim}) to equal --decoder-out-embed-dim "
-            f"({args.decoder_out_embed_dim}, the word dimension of W)"
-        )
-
-
-class SKDLSTMDecoder(FairseqIncrementalDecoder):
+class SKDLSTMDecoder(LSTMDecoderBase):
     """Embedding -> LSTM -> ReLU feed-forward -> W; incremental state (s, c) in one dict."""
 
-    def __init__(
-        self,
-        dictionary,
-        embed_dim=500,
-        hidden_size=400,
-        out_embed_dim=500,
-        out_embed_std=0.4,
-        dropout_in=0.1,
-        dropout_out=0.1,
-        share_input_output_embed=False,
-        max_target_positions=DEFAULT_MAX_TARGET_POSITIONS,
-    ):
-        super().__init__(dictionary)
-        num_embeddings = len(dictionary)
-        self.padding_idx = dictionary.pad()
-        self.hidden_size = hidden_size
-        self.share_input_output_embed = share_input_output_embed
-        self.max_target_positions = max_target_positions
-        self.dropout_in_module = FairseqDropout(dropout_in, module_name=self.__class__.__name__)
-        self.dropout_out_module = FairseqDropout(dropout_out, module_name=self.__class__.__name__)
-
-        if share_input_output_embed:
-            self.embed_tokens = OutputEmbedding(
-                num_embeddings, embed_dim, self.padding_idx, out_embed_std
-            )
-        else:
-            self.embed_tokens = Embedding(num_embeddings, embed_dim, self.padding_idx)
-        self.lstm = LSTM(embed_dim, hidden_size)
+    def __init__(self, args, dictionary, max_target_positions=DEFAULT_MAX_TARGET_POSITIONS):
+        super().__init__(args, dictionary, max_target_positions)  # dropouts, E
+        self.hidden_size = args.decoder_hidden_size
+        self.lstm = LSTM(args.decoder_embed_dim, self.hidden_size, batch_first=True)
         # F, f: the feed-forward ReLU layer to the word dimension, started small (docstring)
-        self.fc_hidden = FeedForward(hidden_size, out_embed_dim)
-        # W, b
-        self.fc_out = nn.Linear(out_embed_dim, num_embeddings)
-        nn.init.zeros_(self.fc_out.bias)
-        if share_input_output_embed:
-            self.fc_out.weight = self.embed_tokens.weight
-        else:
-            init_output_embedding_(self.fc_out.weight, out_embed_std)
-
-    def get_output_embedding_matrix(self) -> nn.Parameter:
-        """W, the [vocab x word dim] output word embedding (z = W h + b)."""
-        return self.fc_out.weight
+        self.fc_hidden = FeedForward(self.hidden_size, args.decoder_out_embed_dim)
+        self.fc_out = self.build_output_layer(args)  # W, b
 
     def forward(
         self,
@@ -232,19 +151,14 @@ class SKDLSTMDecoder(FairseqIncrementalDecoder):
         **kwargs,
     ):
         """h (B x T x word dim), the input of the softmax layer, and ``{"attn": [None]}``."""
-        cached = self.get_incremental_state(incremental_state, "cached_state")
+        cached = self.get_cached_state(incremental_state)
         if cached is not None:
-            hidden, cell = cached["hidden"], cached["cell"]
-            assert hidden is not None and cell is not None
-            outputs, hidden, cell = self._step(prev_output_tokens[:, -1:], hidden, cell)
+            outputs, hidden, cell = self._step(prev_output_tokens[:, -1:], *cached)
         else:
             outputs, hidden, cell = self._run(
                 prev_output_tokens, final_state=incremental_state is not None
             )
-        if incremental_state is not None:
-            self.set_incremental_state(
-                incremental_state, "cached_state", {"hidden": hidden, "cell": cell}
-            )
+        self.set_cached_state(incremental_state, hidden, cell)
         x = self.dropout_out_module(outputs)
         x = self.dropout_out_module(F.relu(self.fc_hidden(x)))
         return x, {"attn": [None]}
@@ -285,28 +199,6 @@ class SKDLSTMDecoder(FairseqIncrementalDecoder):
         if left_padded:
             outputs = outputs.gather(1, left_pad_index(padding_mask, outputs.size(-1)))
         return outputs, hidden.squeeze(0), cell.squeeze(0)
-
-    def output_layer(self, features):
-        """z = W h + b."""
-        return self.fc_out(features)
-
-    def reorder_incremental_state(
-        self,
-        incremental_state: Dict[str, Dict[str, Optional[Tensor]]],
-        new_order: Tensor,
-    ):
-        cached = self.get_incremental_state(incremental_state, "cached_state")
-        if cached is None:
-            return
-        reordered = {
-            key: value.index_select(0, new_order) if value is not None else None
-            for key, value in cached.items()
-        }
-        self.set_incremental_state(incremental_state, "cached_state", reordered)
-
-    def max_positions(self):
-        """Maximum output length supported by the decoder."""
-        return self.max_target_positions
 
 
 def FeedForward(in_features, out_features):

@@ -1,7 +1,183 @@
-"""Layers and initialisers shared by the paper's two LSTM models (skd_lstm_lm, skd_bahdanau)."""
+"""Layers shared by the paper's two LSTM models (skd_lstm_lm, skd_bahdanau), with their flags.
+
+fairseq's models/lstm.py already has the layers with fairseq lstm's init (uniform(+-0.1), the
+padding row of an embedding zero): the models import ``Embedding``, ``LSTM``, ``LSTMCell`` and
+``Linear`` from there, as fairseq's own lstm_lm does. What is SKD's own lives here:
+
+- the output word embeddings W, the softmax layer z = W x + b that SKD measures distances in:
+  their flags (``add_output_embedding_args``), checks (``check_output_embedding_args``) and
+  initialisation (``init_output_embedding_``; the models' module docstrings say why);
+- ``LSTMDecoderBase``: what both decoders own, E, W, b, the dropouts on E and on the LSTM
+  outputs, and the recurrent state of incremental decoding in one cached dict;
+- the flags of one LSTM (``add_lstm_args``) and ``left_pad_index`` for the models' LSTMs, which
+  run over right-padded rows.
+"""
+
+from typing import Dict, Optional, Tuple
 
 import torch
-from torch import nn
+from fairseq.models import FairseqIncrementalDecoder
+from fairseq.models.lstm import Embedding
+from fairseq.modules import FairseqDropout
+from torch import Tensor, nn
+
+
+def add_lstm_args(parser, side, embeddings, hidden, outputs):
+    """The flags of one LSTM, with fairseq lstm's names: --{side}-embed-dim and
+    --{side}-dropout-in of its input ``embeddings``, --{side}-hidden-size (help text ``hidden``)
+    and --{side}-dropout-out on its ``outputs``."""
+    # fmt: off
+    parser.add_argument(f'--{side}-embed-dim', type=int, metavar='N',
+                        help=f'dimension of the {embeddings}')
+    parser.add_argument(f'--{side}-hidden-size', type=int, metavar='N', help=hidden)
+    parser.add_argument(f'--{side}-dropout-in', type=float, metavar='D',
+                        help=f'dropout on the {embeddings}')
+    parser.add_argument(f'--{side}-dropout-out', type=float, metavar='D',
+                        help=f'dropout on {outputs}')
+    # fmt: on
+
+
+def add_output_embedding_args(parser, features):
+    """The flags of W, the softmax layer z = W x + b, whose input x is ``features``."""
+    # fmt: off
+    parser.add_argument('--decoder-out-embed-dim', type=int, metavar='N',
+                        help='dimension of the output word embeddings W (the softmax layer '
+                             f'z = W x + b) and of its input x, {features}')
+    parser.add_argument('--decoder-out-embed-std', type=float, metavar='S',
+                        help='std of the N(0, S^2) init of W; rows start about '
+                             'S * sqrt(2 * dim) apart (README, "Initialisation")')
+    parser.add_argument('--share-decoder-input-output-embed', action='store_true',
+                        help='tie the decoder input word embeddings to W (needs '
+                             '--decoder-embed-dim == --decoder-out-embed-dim)')
+    # fmt: on
+
+
+def check_output_embedding_args(args) -> None:
+    """Raise ValueError naming the flags when W's options cannot hold."""
+    if not args.decoder_out_embed_std > 0:
+        raise ValueError(
+            f"--decoder-out-embed-std must be > 0, got {args.decoder_out_embed_std} (rows of W "
+            "start about std * sqrt(2 * --decoder-out-embed-dim) apart)"
+        )
+    tied = args.share_decoder_input_output_embed
+    if tied and args.decoder_embed_dim != args.decoder_out_embed_dim:
+        raise ValueError(
+            "--share-decoder-input-output-embed requires --decoder-embed-dim "
+            f"({args.decoder_embed_dim}) to equal --decoder-out-embed-dim "
+            f"({args.decoder_out_embed_dim}, the word dimension of W)"
+        )
+
+
+def shares_output_embedding(args) -> bool:
+    """Whether the decoder's input word embeddings E are W: --share-decoder-input-output-embed,
+    or --share-all-embeddings (skd_bahdanau), which ties the source embeddings to them too."""
+    return args.share_decoder_input_output_embed or getattr(args, "share_all_embeddings", False)
+
+
+def init_output_embedding_(weight, std):
+    """N(0, std^2) rows of W: two rows are about std * sqrt(2 * dim) apart, which is what makes
+    the paper's sigma meaningful (README, "Initialisation")."""
+    with torch.no_grad():
+        weight.normal_(0.0, std)
+    return weight
+
+
+def DecoderEmbedding(args, dictionary):
+    """E, the decoder's input word embeddings (--decoder-embed-dim): fairseq lstm's init, or,
+    when E is W (``shares_output_embedding``), W's init; the padding row zero."""
+    num_embeddings, padding_idx = len(dictionary), dictionary.pad()
+    if not shares_output_embedding(args):
+        return Embedding(num_embeddings, args.decoder_embed_dim, padding_idx)
+    m = nn.Embedding(num_embeddings, args.decoder_embed_dim, padding_idx=padding_idx)
+    init_output_embedding_(m.weight, args.decoder_out_embed_std)
+    nn.init.constant_(m.weight[padding_idx], 0)
+    return m
+
+
+class LSTMDecoderBase(FairseqIncrementalDecoder):
+    """What both LSTM decoders own, built from the flags of ``add_lstm_args(parser, "decoder",
+    ...)`` and ``add_output_embedding_args``:
+
+    - the dropouts on E (--decoder-dropout-in) and on the LSTM outputs (--decoder-dropout-out);
+    - E (``embed_tokens``), from ``DecoderEmbedding`` unless given (a shared one);
+    - W, b of the softmax layer z = W x + b (``fc_out``), from ``build_output_layer``, which a
+      subclass calls after building its other layers: parameters are drawn from the random
+      generator in the order of the layers;
+    - the recurrent state (s, c), B x H each, in one cached dict (``get_cached_state``,
+      ``set_cached_state``), reordered with ``index_select(0, new_order)``.
+    """
+
+    def __init__(self, args, dictionary, max_target_positions, embed_tokens=None):
+        super().__init__(dictionary)
+        self.padding_idx = dictionary.pad()
+        self.share_input_output_embed = shares_output_embedding(args)
+        self.max_target_positions = max_target_positions
+        self.dropout_in_module = FairseqDropout(
+            args.decoder_dropout_in, module_name=self.__class__.__name__
+        )
+        self.dropout_out_module = FairseqDropout(
+            args.decoder_dropout_out, module_name=self.__class__.__name__
+        )
+        if embed_tokens is None:
+            embed_tokens = DecoderEmbedding(args, dictionary)
+        self.embed_tokens = embed_tokens
+
+    def build_output_layer(self, args) -> nn.Linear:
+        """W, b: b = 0; W is E when they are shared, else its rows are N(0, std^2)."""
+        fc_out = nn.Linear(args.decoder_out_embed_dim, len(self.dictionary))
+        nn.init.zeros_(fc_out.bias)
+        if self.share_input_output_embed:
+            fc_out.weight = self.embed_tokens.weight
+        else:
+            init_output_embedding_(fc_out.weight, args.decoder_out_embed_std)
+        return fc_out
+
+    def get_output_embedding_matrix(self) -> nn.Parameter:
+        """W, the [vocab x word dim] output word embedding (z = W x + b)."""
+        return self.fc_out.weight
+
+    def output_layer(self, features):
+        """z = W x + b."""
+        return self.fc_out(features)
+
+    def get_cached_state(
+        self, incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]]
+    ) -> Optional[Tuple[Tensor, Tensor]]:
+        """(s, c) after the last step, or None before the first one."""
+        cached = self.get_incremental_state(incremental_state, "cached_state")
+        if cached is None:
+            return None
+        hidden, cell = cached["hidden"], cached["cell"]
+        assert hidden is not None and cell is not None
+        return hidden, cell
+
+    def set_cached_state(
+        self,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]],
+        hidden: Tensor,
+        cell: Tensor,
+    ):
+        """Keep (s, c) for the next step (nothing without an incremental state)."""
+        state: Dict[str, Optional[Tensor]] = {"hidden": hidden, "cell": cell}
+        self.set_incremental_state(incremental_state, "cached_state", state)
+
+    def reorder_incremental_state(
+        self,
+        incremental_state: Dict[str, Dict[str, Optional[Tensor]]],
+        new_order: Tensor,
+    ):
+        cached = self.get_incremental_state(incremental_state, "cached_state")
+        if cached is None:
+            return
+        reordered = {
+            key: value.index_select(0, new_order) if value is not None else None
+            for key, value in cached.items()
+        }
+        self.set_incremental_state(incremental_state, "cached_state", reordered)
+
+    def max_positions(self):
+        """Maximum output length supported by the decoder."""
+        return self.max_target_positions
 
 
 def left_pad_index(padding_mask, dim):
@@ -13,35 +189,3 @@ def left_pad_index(padding_mask, dim):
     num_pads = padding_mask.long().sum(dim=1, keepdim=True)
     index = torch.remainder(positions - num_pads, seqlen)
     return index.unsqueeze(-1).expand(-1, -1, dim)
-
-
-def Embedding(num_embeddings, embedding_dim, padding_idx):
-    """fairseq lstm's input embedding: uniform(+-0.1), padding row zero."""
-    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
-    nn.init.uniform_(m.weight, -0.1, 0.1)
-    nn.init.constant_(m.weight[padding_idx], 0)
-    return m
-
-
-def init_output_embedding_(weight, std):
-    """N(0, std^2) rows of W: two rows are about std * sqrt(2 * dim) apart, which is what makes
-    the paper's sigma meaningful (README, "Initialisation")."""
-    with torch.no_grad():
-        weight.normal_(0.0, std)
-    return weight
-
-
-def OutputEmbedding(num_embeddings, embedding_dim, padding_idx, std):
-    """An input embedding that is also W (tied): W's init, padding row zero."""
-    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
-    init_output_embedding_(m.weight, std)
-    nn.init.constant_(m.weight[padding_idx], 0)
-    return m
-
-
-def LSTM(input_size, hidden_size, **kwargs):
-    """A batch-first nn.LSTM with fairseq lstm's init: every weight and bias uniform(+-0.1)."""
-    m = nn.LSTM(input_size, hidden_size, batch_first=True, **kwargs)
-    for param in m.parameters():
-        param.data.uniform_(-0.1, 0.1)
-    return m
