@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from fairseq_skd.cli import collect_results, recipe_layout
+from fairseq_skd.cli import collect_results
+from fairseq_skd.results import layout, logs, paper, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -94,12 +95,12 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
     printed = capsys.readouterr().out
 
     rows = read_csv(out / "results.csv")
-    assert list(rows) == list(recipe_layout.VARIANTS)
+    assert list(rows) == list(layout.VARIANTS)
     for variant, (test, ppl, valid) in LM_SCORES.items():
         assert float(rows[variant]["test_nll_per_sentence"]) == test
         assert float(rows[variant]["test_ppl"]) == ppl
         assert rows[variant]["valid_nll_per_sentence"] == ("" if valid is None else str(valid))
-        assert float(rows[variant]["paper_test_nll_per_sentence"]) == recipe_layout.PAPER_TABLE2["ptb"][variant]
+        assert float(rows[variant]["paper_test_nll_per_sentence"]) == paper.TABLE2["ptb"][variant]
     assert float(rows["noise_skd"]["delta_vs_baseline"]) == pytest.approx(117.0 - 120.5)
     assert float(rows["noise_skd"]["paper_delta_vs_baseline"]) == pytest.approx(97.41 - 101.40)
     assert rows["noise"]["test_nll_per_sentence"] == "" and rows["noise"]["paper_test_nll_per_sentence"] == "101.28"
@@ -131,12 +132,12 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
 
 
 def test_resumed_log_keeps_the_last_run(ptb):
-    records = recipe_layout.parse_log(ptb / "noise_skd" / "train.log")
-    updates, qn = recipe_layout.series(records, "train_inner", "skd_qn")
+    records = logs.parse_log(ptb / "noise_skd" / "train.log")
+    updates, qn = logs.series(records, "train_inner", "skd_qn")
     assert updates == list(range(1, 17))
     assert qn[:8] == [0.9] * 8
     assert qn[8:] == pytest.approx([0.4 + 0.001 * u for u in range(9, 17)])
-    assert recipe_layout.series(records, "valid", "valid_loss")[0] == [4, 8, 12, 16]
+    assert logs.series(records, "valid", "valid_loss")[0] == [4, 8, 12, 16]
     assert [r["valid_num_updates"] for r in records["valid"]] == [4.0, 8.0, 12.0, 16.0]
 
 
@@ -155,7 +156,7 @@ def en_fi(tmp_path):
     for i, (variant, scores) in enumerate(MT_BLEU.items()):
         d = exp / variant
         for (subset, beam), bleu in scores.items():
-            write_json(d / recipe_layout.bleu_file(subset, beam),
+            write_json(d / layout.bleu_file(subset, beam),
                        {"bleu": bleu, "signature": SIGNATURE, "sentences": 1370})
         write(d / "train.log", train_log(12, skd=variant in ("skd", "noise_skd"),
                                          bleu=lambda u, i=i: 2.0 + 0.5 * u + i))
@@ -168,7 +169,7 @@ def test_mt_table_csv_and_figures(en_fi, tmp_path):
     csv_rows = read_csv(out / "results.csv")
     for variant, scores in MT_BLEU.items():
         for beam in (1, 12):
-            test, dev = recipe_layout.PAPER_TABLE3["wmt15_en_fi"][variant][beam]
+            test, dev = paper.TABLE3["wmt15_en_fi"][variant][beam]
             assert float(csv_rows[variant][f"paper_test_bleu_beam{beam}"]) == test
             assert float(csv_rows[variant][f"paper_dev_bleu_beam{beam}"]) == dev
             for subset, column in (("test", "test"), ("valid", "dev")):
@@ -193,7 +194,7 @@ def test_mt_table_csv_and_figures(en_fi, tmp_path):
 
 
 def test_mt_differing_signatures_and_sentence_counts_are_noted(en_fi, tmp_path):
-    write_json(en_fi / "skd" / recipe_layout.bleu_file("test", 1),
+    write_json(en_fi / "skd" / layout.bleu_file("test", 1),
                {"bleu": 8.5, "signature": SIGNATURE.replace("13a", "intl"), "sentences": 1000})
     _, _, md = collect_results.run(en_fi, tmp_path / "out", figures=False)
     assert "sacreBLEU signatures differ" in md and "tok:intl" in md
@@ -230,3 +231,66 @@ def test_clear_errors(tmp_path):
     with pytest.raises(SystemExit) as e:
         collect_results.main([str(tmp_path / "mystery")])
     assert "--task lm or --task mt" in str(e.value.code)
+
+
+# ---------------------------------------------------------------------------------------------
+# fairseq_skd.results: the log parser, the training summary and the table writer that the
+# collector and fairseq-skd-demo share
+
+
+def test_training_summary_of_a_run_that_finished_no_epoch():
+    records = logs.parse_log_text("\n".join(train_log(3)))  # killed before the first epoch ended
+    assert records["train"] == [] and records["valid"] == []
+    summary = logs.training_summary(records)
+    assert summary == {"updates": 3, "epochs": None, "best_valid_loss": None, "best_epoch": None,
+                       "qn": pytest.approx(0.33), "clip": 0.25, "alpha": pytest.approx(0.3)}
+    assert logs.training_summary(logs.parse_log_text("")) == dict.fromkeys(summary)
+
+
+def test_training_summary_best_valid_loss_and_its_epoch():
+    lines = train_log(12, skd=False)
+    # a worse validation at the end: the best stays at epoch 2
+    lines = [line.replace('"valid_loss": "3.4"', '"valid_loss": "3.7"') for line in lines]
+    summary = logs.training_summary(logs.parse_log_text("\n".join(lines)))
+    assert summary["best_valid_loss"] == pytest.approx(3.6) and summary["best_epoch"] == 2
+    assert (summary["epochs"], summary["updates"]) == (3, 12)
+    assert summary["qn"] is summary["clip"] is summary["alpha"] is None  # cross_entropy logs none
+
+
+def test_the_parser_serves_the_tests_json_log_helper():
+    """raw_records returns what tests/fairseq_cli_helpers.parse_json_logs returns, for fairseq's
+    own lines and hydra's [kind] form, with fairseq's other lines and a cut line around them."""
+    from fairseq_cli_helpers import parse_json_logs
+
+    text = "\n".join(train_log(8, bleu=lambda u: u / 2) + [
+        "2026-11-24 15:03:43 | INFO | fairseq.trainer | begin training epoch 3",
+        '[2026-11-24 15:03:44,001][train_inner][INFO] - {"epoch": 3, "loss": "2.5", "num_updates": "9"}',
+        '2026-11-24 15:03:45 | INFO | train_inner | {"epoch": 3, "loss": "2.4", "num_upd',
+    ])
+    for kind in logs.RECORD_KINDS:
+        assert logs.raw_records(text, kind) == parse_json_logs(text, kind) != []
+    assert logs.raw_records(text, "train_inner")[-1] == {"epoch": 3, "loss": "2.5", "num_updates": "9"}
+
+
+def test_markdown_and_csv_from_one_table():
+    columns = [tables.Column("Model", tables.text("model"), align="left"),
+               tables.Column("NLL", tables.number("nll")),
+               tables.Column("Updates", lambda row: tables.count(row.get("updates")))]
+    rows = [{"model": "+SKD", "nll": 1.234, "updates": 12.0}, {"model": "Baseline", "nll": None}]
+    assert tables.markdown_table(columns, rows) == [
+        "| Model | NLL | Updates |", "|---|---:|---:|", "| +SKD | 1.23 | 12 |", "| Baseline | - | - |"]
+
+
+def test_csv_writes_missing_values_as_empty_fields(tmp_path):
+    tables.write_results(tmp_path, "# table\n", [{"variant": "skd", "nll": 1.5},
+                                                {"variant": "baseline", "updates": 3, "nll": None}])
+    assert (tmp_path / "results.md").read_text() == "# table\n"
+    assert (tmp_path / "results.csv").read_text() == "variant,nll,updates\nskd,1.5,\nbaseline,,3\n"
+
+
+def test_the_recipes_train_the_variants_of_the_results_module():
+    from fairseq_cli_helpers import REPO
+
+    for recipe in ("lm", "mt"):
+        script = (REPO / "recipes" / recipe / "run.sh").read_text()
+        assert f'\nvariants="{" ".join(layout.VARIANTS)}"\n' in script, recipe
