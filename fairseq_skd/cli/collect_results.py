@@ -11,12 +11,14 @@ Reads the layout described in ``fairseq_skd.results.layout`` (a folder per varia
 - MT experiments (wmt15_*): Table 3, BLEU "test (dev)" for beam 1 and beam 12, with the
   sacreBLEU signature(s) under the table;
 - for every variant, the number of updates and, for the SKD variants, the mean q_n, the rate of
-  clipped q_n and alpha over the last epoch (``train`` record; the last ``train_inner`` record
-  if no epoch finished);
+  clipped q_n and alpha over the last epoch of training (``train`` record; the last
+  ``train_inner`` record if no epoch finished);
 - figures: q_n and alpha over updates (Fig. 3), validation BLEU over updates (Fig. 4, MT),
-  validation NLL per token over updates (both).
+  validation NLL per token over updates (both), a curve for every variant that logged it.
 
 A variant that was not run or a missing score file shows as "-" and is listed under Notes.
+``--subsets test`` reads the test scores only and ``--no-paper`` leaves the paper's columns out,
+for experiments that are not the paper's (``fairseq-skd-demo`` collects each seed so).
 """
 
 import argparse
@@ -66,8 +68,9 @@ def infer_task(name, variant_dirs):
     return None
 
 
-def collect(exp_dir, experiment=None, task=None):
-    """Everything the tables and figures need, as plain data."""
+def collect(exp_dir, experiment=None, task=None, subsets=layout.SUBSETS, with_paper=True):
+    """Everything the tables and figures need, as plain data: the score files of ``subsets``,
+    the paper's numbers unless ``with_paper`` is false."""
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
         raise CollectError(f"experiment folder not found: {exp_dir}")
@@ -85,7 +88,7 @@ def collect(exp_dir, experiment=None, task=None):
     if others:
         notes.append(f"folders ignored (not a variant): {', '.join(others)}")
     known = paper.table(task)
-    if name not in known:
+    if with_paper and name not in known:
         notes.append(f"no paper numbers for experiment '{name}' "
                      f"(known: {', '.join(sorted(known))})")
 
@@ -106,7 +109,7 @@ def collect(exp_dir, experiment=None, task=None):
                              "(was it run with --log-format json?)")
         else:
             notes.append(f"{variant}: {layout.TRAIN_LOG} missing (no curves, no q_n)")
-        for subset in layout.SUBSETS:
+        for subset in subsets:
             if task == "lm":
                 data = _read_json(d / layout.lm_score_file(subset), notes, variant)
                 if data is not None and data.get("subset", subset) != subset:
@@ -118,7 +121,8 @@ def collect(exp_dir, experiment=None, task=None):
                     entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam),
                                                                  notes, variant)
     _check_sentence_counts(variants, notes)
-    return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants, "notes": notes}
+    return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants,
+            "subsets": tuple(subsets), "paper": with_paper, "notes": notes}
 
 
 def _check_sentence_counts(variants, notes):
@@ -148,6 +152,14 @@ def _training_columns(training):
             "final_clip": training.get("clip"), "final_alpha": training.get("alpha")}
 
 
+def _only(results, row):
+    """``row`` without the columns of subsets not scored and, without the paper, its columns."""
+    prefixes = {"test": ("test_",), "valid": ("valid_", "dev_")}  # MT calls valid "dev"
+    dropped = tuple(p for s in layout.SUBSETS if s not in results["subsets"] for p in prefixes[s])
+    dropped += () if results["paper"] else ("paper_",)
+    return {k: v for k, v in row.items() if not k.startswith(dropped)}
+
+
 def lm_rows(results):
     name = results["experiment"]
     base = results["variants"]["baseline"]["scores"].get("test")
@@ -156,7 +168,7 @@ def lm_rows(results):
     for variant, entry in results["variants"].items():
         test, valid = entry["scores"].get("test"), entry["scores"].get("valid")
         ours, theirs = _score(test, "nll_per_sentence"), paper.nll_per_sentence(name, variant)
-        rows.append({
+        rows.append(_only(results, {
             "experiment": name,
             "variant": variant,
             "model": layout.VARIANT_NAMES[variant],
@@ -169,7 +181,7 @@ def lm_rows(results):
             "paper_test_nll_per_sentence": theirs,
             "paper_delta_vs_baseline": None if theirs is None or base_paper is None else theirs - base_paper,
             **_training_columns(entry["training"] or {}),
-        })
+        }))
     return rows
 
 
@@ -188,7 +200,7 @@ def mt_rows(results):
         row.update(_training_columns(entry["training"] or {}))
         row["signature"] = " ; ".join(s for s, files in sigs.items()
                                       if any(x.startswith(variant + "/") for x in files))
-        rows.append(row)
+        rows.append(_only(results, row))
     return rows
 
 
@@ -203,41 +215,56 @@ def signatures(results):
 
 
 def _test_dev(test_key, dev_key):
+    """A "test (dev)" cell; "test" alone where the row has no ``dev_key`` column."""
     def cell(row):
+        if dev_key not in row:
+            return fmt(row.get(test_key))
         if row.get(test_key) is None and row.get(dev_key) is None:
             return MISSING
         return f"{fmt(row.get(test_key))} ({fmt(row.get(dev_key))})"
     return cell
 
 
+# The training log's values (one meaning in every table: the last epoch of training).
 TRAINING_COLUMNS = [
     Column("Updates", lambda row: count(row["updates"])),
-    Column("q_n", number("final_qn", 4)),
-    Column("clip rate", number("final_clip", 4)),
-    Column("alpha", number("final_alpha", 4)),
+    Column("train q_n", number("final_qn", 4)),
+    Column("train clip rate", number("final_clip", 4)),
+    Column("final alpha", number("final_alpha", 4)),
 ]
+TRAINING_LEGEND = (
+    "train q_n: the mean q_n (Eq. 8) over the training positions where the prediction is not "
+    "the target, as the criterion logs it, i.e. after clipping at --skd-qn-max (so it cannot "
+    "rise above that value as the paper's Fig. 3(a) does); train clip rate: the fraction of "
+    "those q_n clipped; final alpha: the SKD weight (Eq. 12). All three over the last epoch of "
+    "training (`train` record of train.log; the last `train_inner` record if no epoch "
+    f"finished). {MISSING}: not logged (the criterion is not self_kd_cross_entropy) or not run.")
 
 
 def lm_columns(results):
     dataset = layout.LM_EXPERIMENTS.get(results["experiment"], results["experiment"])
-    return [
+    columns = [
         Column("Model", text("model"), align="left"),
         Column("Test NLL/sent. (ours)", number("test_nll_per_sentence")),
         Column("Δ (ours)", lambda row: signed(row["delta_vs_baseline"])),
         Column("Test ppl (ours)", number("test_ppl")),
-        Column("Valid NLL/sent. (ours)", number("valid_nll_per_sentence")),
-        Column(f"Paper {dataset}", number("paper_test_nll_per_sentence")),
-        Column("Δ (paper)", lambda row: signed(row["paper_delta_vs_baseline"])),
-        *TRAINING_COLUMNS,
     ]
+    if "valid" in results["subsets"]:
+        columns.append(Column("Valid NLL/sent. (ours)", number("valid_nll_per_sentence")))
+    if results["paper"]:
+        columns += [Column(f"Paper {dataset}", number("paper_test_nll_per_sentence")),
+                    Column("Δ (paper)", lambda row: signed(row["paper_delta_vs_baseline"]))]
+    return columns + TRAINING_COLUMNS
 
 
 def mt_columns(results):
     columns = [Column("Model", text("model"), align="left")]
     for beam in layout.BEAMS:
-        columns += [Column(f"Beam {beam} (ours)", _test_dev(f"test_bleu_beam{beam}", f"dev_bleu_beam{beam}")),
-                    Column(f"Beam {beam} (paper)",
-                           _test_dev(f"paper_test_bleu_beam{beam}", f"paper_dev_bleu_beam{beam}"))]
+        columns.append(Column(f"Beam {beam} (ours)",
+                              _test_dev(f"test_bleu_beam{beam}", f"dev_bleu_beam{beam}")))
+        if results["paper"]:
+            columns.append(Column(f"Beam {beam} (paper)", _test_dev(f"paper_test_bleu_beam{beam}",
+                                                                   f"paper_dev_bleu_beam{beam}")))
     return columns + TRAINING_COLUMNS
 
 
@@ -253,15 +280,18 @@ def markdown(results, rows, figures):
             "",
             *markdown_table(lm_columns(results), rows),
         ]
-        counts = [f"{subset} {_sentences(results, subset)}" for subset in layout.SUBSETS]
+        counts = [f"{subset} {_sentences(results, subset)}" for subset in results["subsets"]]
         lines += ["", f"Sentences scored: {', '.join(counts)}."]
     else:
         pair = layout.MT_EXPERIMENTS.get(name, name)
+        dev = "valid" in results["subsets"]
         lines = [
-            f"# {name}: Table 3 (translation), BLEU test (dev)",
+            f"# {name}: Table 3 (translation), BLEU test{' (dev)' if dev else ''}",
             "",
-            "Detokenized sacreBLEU (`fairseq-skd-bleu`), test set with the development set in "
-            f"parentheses, as in the paper; paper: {pair} rows of Table 3.",
+            "Detokenized sacreBLEU (`fairseq-skd-bleu`), "
+            + ("test set with the development set in parentheses, as in the paper"
+               if dev else "test set")
+            + (f"; paper: {pair} rows of Table 3." if results["paper"] else "."),
             "",
             *markdown_table(mt_columns(results), rows),
         ]
@@ -274,18 +304,13 @@ def markdown(results, rows, figures):
             lines += [f"- `{sig}`: {', '.join(files)}" for sig, files in sigs.items()]
         else:
             lines.append(f"sacreBLEU signature: {MISSING} (no BLEU file found)")
-    lines += [
-        "",
-        "q_n: mean q_n (Eq. 8) over the positions where the prediction is not the target, as the "
-        "criterion logs it, i.e. after clipping at --skd-qn-max (so it cannot rise above that "
-        "value as the paper's Fig. 3(a) does); clip rate: the fraction of those q_n clipped; "
-        "alpha: the SKD weight (Eq. 12). Values over the last "
-        "epoch of training (`train` record of train.log; the last `train_inner` record if no epoch "
-        f"finished). {MISSING}: not logged (the criterion is not self_kd_cross_entropy) or not run.",
-    ]
+    lines += ["", TRAINING_LEGEND]
     if figures:
         lines += ["", "## Figures", ""]
-        lines += [f"- `{name}`: {caption}" for name, caption in figures]
+        for drawn in figures:
+            variants = dict.fromkeys(v for panel in drawn.curves.values() for v in panel)
+            lines.append(f"- `{drawn.file}`: {drawn.caption}; curves: "
+                         + ", ".join(layout.VARIANT_NAMES[v] for v in variants))
     lines += ["", "## Notes", ""]
     lines += [f"- {note}" for note in results["notes"]] or ["- none: every file was found"]
     return "\n".join(lines) + "\n"
@@ -300,14 +325,16 @@ def _sentences(results, subset):
 # ---------------------------------------------------------------------------------------------
 
 
-def run(exp_dir, out=None, experiment=None, task=None, figures=True):
-    """Collect, write results.md / results.csv (and figures); returns (results, rows, markdown)."""
-    results = collect(exp_dir, experiment, task)
+def run(exp_dir, out=None, experiment=None, task=None, figures=True, subsets=layout.SUBSETS,
+        with_paper=True):
+    """Collect, write results.md / results.csv (and figures); returns (results, rows, markdown),
+    with the figures drawn in ``results["figures"]`` (:class:`fairseq_skd.results.figures.Drawn`)."""
+    results = collect(exp_dir, experiment, task, subsets, with_paper)
     out = Path(out) if out else Path(exp_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = lm_rows(results) if results["task"] == "lm" else mt_rows(results)
-    written = write_figures(results, out) if figures else []
-    md = markdown(results, rows, written)
+    results["figures"] = write_figures(results, out) if figures else []
+    md = markdown(results, rows, results["figures"])
     write_results(out, md, rows)
     return results, rows, md
 
@@ -327,6 +354,11 @@ def build_parser():
                         help="LM (Table 2) or MT (Table 3); default: from the experiment name, "
                         "else from the score files found")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
+    ours = parser.add_argument_group("an experiment that is not the paper's",
+                                     "fairseq-skd-demo collects each of its seeds with both")
+    ours.add_argument("--subsets", nargs="+", choices=layout.SUBSETS, default=list(layout.SUBSETS),
+                      help="the subsets scored: the tables show and expect their files only")
+    ours.add_argument("--no-paper", action="store_true", help="our numbers only, no paper columns")
     return parser
 
 
@@ -335,7 +367,8 @@ def main(argv=None):
     require_packages("fairseq-skd-collect", [] if args.no_figures else ["matplotlib"])
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font search logs at DEBUG
     try:
-        _, _, md = run(args.exp_dir, args.out, args.experiment, args.task, not args.no_figures)
+        _, _, md = run(args.exp_dir, args.out, args.experiment, args.task, not args.no_figures,
+                       args.subsets, not args.no_paper)
     except CollectError as e:
         sys.exit(f"fairseq-skd-collect: error: {e}")
     print(md, end="")

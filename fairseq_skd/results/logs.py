@@ -3,9 +3,9 @@ updates, a summary of the training, and one line per epoch while the log streams
 
 fairseq writes one record per line::
 
-    2026-11-24 15:03:42 | INFO | train_inner | {"epoch": 1, "loss": "6.2", "num_updates": "10", ...}
-    2026-11-24 15:03:50 | INFO | valid | {"epoch": 1, "valid_loss": "5.9", "valid_num_updates": "12", ...}
-    2026-11-24 15:03:50 | INFO | train | {"epoch": 1, "train_loss": "6.0", "train_num_updates": "12", ...}
+    2026-11-24 15:03:42 | INFO | train_inner | {"epoch": 1, "loss": "6.2", "num_updates": "10"}
+    2026-11-24 15:03:50 | INFO | valid | {"epoch": 1, "valid_loss": "5.9", "valid_num_updates": "12"}
+    2026-11-24 15:03:50 | INFO | train | {"epoch": 1, "train_loss": "6.0", "train_num_updates": "12"}
 
 (``[train_inner]`` in place of ``| train_inner |`` under fairseq's hydra logging): a
 ``train_inner`` record every ``--log-interval`` updates, and at the end of each epoch a
@@ -19,6 +19,7 @@ criterion logs its schedule's alpha there.
 
 import json
 import re
+import time
 
 RECORD_KINDS = ("train_inner", "train", "valid")
 UPDATE_KEYS = {"train_inner": "num_updates", "train": "train_num_updates", "valid": "valid_num_updates"}
@@ -123,9 +124,11 @@ def training_summary(records):
     logs no qn, clip or alpha.
     """
     inner, epochs, valid = records["train_inner"], records["train"], records["valid"]
-    updates = [rs[-1][UPDATE_KEYS[kind]] for kind, rs in (("train_inner", inner), ("train", epochs)) if rs]
+    updates = [rs[-1][UPDATE_KEYS[kind]] for kind, rs in (("train_inner", inner), ("train", epochs))
+               if rs]
+    last_epoch = epochs[-1].get("epoch") if epochs else None
     summary = {"updates": int(max(updates)) if updates else None,
-               "epochs": int(epochs[-1]["epoch"]) if epochs and is_number(epochs[-1].get("epoch")) else None,
+               "epochs": int(last_epoch) if is_number(last_epoch) else None,
                "best_valid_loss": None, "best_epoch": None, "qn": None, "clip": None, "alpha": None}
     scored = [r for r in valid if is_number(r.get("valid_loss"))]
     if scored:
@@ -140,3 +143,62 @@ def training_summary(records):
         elif inner_:
             summary[key] = inner_[-1][f"skd_{key}"]
     return summary
+
+
+def duration(seconds):
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# (record key, label, format) of the values an epoch line shows, in order
+_EPOCH_VALUES = [
+    ("train_loss", "train loss", "{:.3f}"), ("train_nll_loss", "nll", "{:.3f}"),
+    ("train_skd_alpha", "alpha", "{:.2f}"), ("train_skd_qn", "q_n", "{:.3f}"),
+    ("train_skd_clip", "clip", "{:.3f}"), ("valid_loss", "valid loss", "{:.3f}"),
+    ("valid_bleu", "valid BLEU", "{:.2f}"),
+]
+
+
+class EpochProgress:
+    """One line per finished epoch from fairseq-train's output, fed line by line as it streams::
+
+        epoch 2/6  train loss 5.812  alpha 0.25  q_n 0.412  valid loss 5.644  (1m10s, about 2m20s left)
+
+    The line comes with the epoch's ``train`` record (fairseq logs it after the epoch's
+    ``valid`` record, whose values it includes). The time left is the mean time per epoch of
+    this run so far times the epochs left (``epochs``: the run's last epoch; None: no estimate).
+    """
+
+    def __init__(self, epochs=None, clock=time.monotonic):
+        self.epochs, self.clock = epochs, clock
+        self.start, self.first_epoch, self.valid = clock(), None, {}
+
+    def feed(self, line):
+        """The epoch's line if ``line`` ends an epoch, else None."""
+        found = parse_record(line)
+        if found is None:
+            return None
+        kind, record = found
+        if kind == "valid":
+            self.valid = record
+        if kind != "train" or not is_number(record.get("epoch")):
+            return None
+        epoch = int(record["epoch"])
+        values = {**record, **(self.valid if self.valid.get("epoch") == record["epoch"] else {})}
+        self.valid = {}
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+        parts = [f"epoch {epoch}" + (f"/{self.epochs}" if self.epochs else "")]
+        parts += [f"{label} {fmt.format(values[key])}" for key, label, fmt in _EPOCH_VALUES
+                  if is_number(values.get(key))]
+        elapsed = self.clock() - self.start
+        timing = duration(elapsed)
+        if self.epochs and epoch < self.epochs:
+            per_epoch = elapsed / (epoch - self.first_epoch + 1)
+            timing += f", about {duration(per_epoch * (self.epochs - epoch))} left"
+        return "  ".join(parts) + f"  ({timing})"
