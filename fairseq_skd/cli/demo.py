@@ -16,15 +16,20 @@ q_n and clip rate on the test set, and writes to the output folder:
 
     commands.sh                      every command as it was run, to re-run any row by hand
     results.md, results.csv          the tables (mean +- std over seeds), printed at the end
-    <task>/seed<N>/<variant>/        train.log (fairseq JSON log), checkpoints, score files
+    <task>/seed<N>/<variant>/        train.log (fairseq's full JSON log), checkpoints, scores
     <task>/seed<N>/results.md, *.png fairseq-skd-collect's tables and figures (alpha schedule
                                      and q_n trajectory, validation curves) for that seed
 
-It says plainly which variant did not beat the baseline. Uses the GPU when torch sees one.
+It says plainly which variant did not beat the baseline, except with --smoke, whose numbers are
+a plumbing check. The terminal shows which variant trains, a line per epoch with the time left,
+the tables and where the output is; a failing step ends the study with the last lines of its
+output. Uses the GPU when torch sees one.
 """
 
 import argparse
+import collections
 import json
+import logging
 import os
 import shlex
 import statistics
@@ -36,14 +41,19 @@ from pathlib import Path
 import torch
 
 from fairseq_skd.cli.requirements import require_packages
+from fairseq_skd.cli.train import option_value
 from fairseq_skd.data.synthetic import write_lm_corpus, write_parallel_corpus
 from fairseq_skd.evaluation.qn import measure_qn_on_test_set
 from fairseq_skd.results import layout, paper
-from fairseq_skd.results.logs import parse_log, parse_record, training_summary
+from fairseq_skd.results.logs import EpochProgress, parse_log, training_summary
 from fairseq_skd.results.tables import Column, markdown_table, text, write_results
 
 USER_DIR = str(Path(__file__).resolve().parents[1])
 BIN = Path(sys.executable).parent
+TAIL_LINES = 15  # of a failing command's output, printed with the error
+INDENT = " " * 11  # under the text of a "[HH:MM:SS] " line
+SMOKE_NOTE = ("tiny corpora and models, a plumbing check that every step runs; its numbers say "
+              "nothing about SKD, and no variant is compared with the baseline.")
 SIGMA = 0.1  # the paper's
 QN_MAX = 0.5
 NOISE_STD = "0.1"  # ours: the paper does not give its noise level
@@ -109,13 +119,23 @@ class Study:
         self.out = Path(args.out)
         self.commands = self.out / "commands.sh"
         self.device_flags = [] if torch.cuda.is_available() else ["--cpu"]
+        self.runs_done, self.runs_total = 0, len(args.tasks) * len(args.seeds) * len(args.variants)
 
-    def log(self, message):
-        print(f"[fairseq-skd-demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    def say(self, message):
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    def run(self, argv, log_file=None):
-        """Run a command and record it in commands.sh. With ``log_file``, its output is
-        appended there and each epoch's summary printed; otherwise it is returned."""
+    def show(self, path):
+        """``path`` as a person finds it: relative to the output folder."""
+        try:
+            return str(Path(path).relative_to(self.out))
+        except ValueError:
+            return str(path)
+
+    def run(self, argv, what, log_file=None, epochs=None):
+        """Run a command (``what`` it does, for an error) and record it in commands.sh. With
+        ``log_file``, its output is appended there and a line printed for each finished epoch
+        (``epochs``: the last one, for the time estimate); otherwise it is returned. A failing
+        command ends the study with its last lines of output."""
         argv = [str(a) for a in argv]
         with open(self.commands, "a") as f:
             if log_file is None:
@@ -127,19 +147,29 @@ class Study:
         if log_file is None:
             proc = subprocess.run(argv, capture_output=True, text=True)
             if proc.returncode != 0:
-                sys.exit(f"command failed ({proc.returncode}): {shlex.join(argv)}\n"
-                         f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+                self.fail(what, argv, proc.returncode, (proc.stdout + proc.stderr).splitlines())
             return proc.stdout
+        last_lines = collections.deque(maxlen=TAIL_LINES)
+        progress = EpochProgress(epochs)
         with open(log_file, "a") as log:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for line in proc.stdout:
                 log.write(line)
-                found = parse_record(line)
-                if found and found[0] in ("valid", "train"):
-                    print("      " + summarize_record(found[1]), flush=True)
-            if proc.wait() != 0:
-                sys.exit(f"command failed ({proc.returncode}): {shlex.join(argv)}; see {log_file}")
+                last_lines.append(line.rstrip("\n"))
+                epoch_line = progress.feed(line)
+                if epoch_line:
+                    print(f"{INDENT}{epoch_line}", flush=True)
+        if proc.wait() != 0:
+            self.fail(what, argv, proc.returncode, last_lines, log_file)
         return None
+
+    def fail(self, what, argv, status, output_lines, log_file=None):
+        lines = [line for line in output_lines if line.strip()][-TAIL_LINES:]
+        where = f" (all of it in {log_file})" if log_file else ""
+        sys.exit(f"fairseq-skd-demo: error: {what} failed: {Path(argv[0]).name} exited with "
+                 f"status {status}. The last lines of its output{where}:\n"
+                 + "".join(f"    {line}\n" for line in lines or ["(no output)"])
+                 + f"The command (also in {self.commands}):\n    {shlex.join(argv)}")
 
     # --- data ------------------------------------------------------------------------------
 
@@ -149,17 +179,19 @@ class Study:
         if (bin_dir / ".done").exists():
             return data, bin_dir
         sizes = spec["smoke_corpus"] if self.args.smoke else spec["corpus"]
-        self.log(f"{task}: generating the synthetic corpus in {data} ({sizes[0]} training sentences)")
+        self.say(f"{task}: generating a synthetic corpus of {sizes[0]} training sentences in "
+                 f"{self.show(data)}")
         preprocess = [BIN / "fairseq-preprocess", "--destdir", bin_dir, "--workers", "1"]
         if task == "lm":
             write_lm_corpus(data, *sizes, seed=1)
             self.run(preprocess + ["--only-source", "--trainpref", data / "train.txt",
-                                   "--validpref", data / "valid.txt", "--testpref", data / "test.txt"])
+                                   "--validpref", data / "valid.txt", "--testpref", data / "test.txt"],
+                     f"{task}: binarizing the corpus")
         else:
             write_parallel_corpus(data, *sizes, seed=1)
             self.run(preprocess + ["--source-lang", "en", "--target-lang", "xx",
                                    "--trainpref", data / "train", "--validpref", data / "valid",
-                                   "--testpref", data / "test"])
+                                   "--testpref", data / "test"], f"{task}: binarizing the corpus")
         (bin_dir / ".done").touch()
         return data, bin_dir
 
@@ -187,15 +219,20 @@ class Study:
     def train(self, task, bin_dir, exp_dir, variant, seed, flags, schedule):
         save_dir = exp_dir / variant
         log_file = save_dir / layout.TRAIN_LOG
+        self.runs_done += 1
+        name = (f"{task}, seed {seed}: {VARIANT_NAMES[variant]} "
+                f"(run {self.runs_done} of {self.runs_total})")
         if (save_dir / ".trained").exists():
+            self.say(f"{name}: trained before, reused ({self.show(save_dir)})")
             return save_dir
         save_dir.mkdir(parents=True, exist_ok=True)
-        self.log(f"{task}: training {VARIANT_NAMES[variant]} (seed {seed})")
         skd = schedule if "self_kd_cross_entropy" in ALL_VARIANT_FLAGS[variant] else []
-        self.run([BIN / "fairseq-skd-train", "--nproc", self.args.nproc, bin_dir,
-                  "--user-dir", USER_DIR, "--save-dir", save_dir,
-                  "--seed", seed, *flags, *ALL_VARIANT_FLAGS[variant], *skd, *self.args.fairseq_args],
-                 log_file)
+        argv = [BIN / "fairseq-skd-train", "--nproc", self.args.nproc, bin_dir,
+                "--user-dir", USER_DIR, "--save-dir", save_dir, "--seed", seed,
+                *flags, *ALL_VARIANT_FLAGS[variant], *skd, *self.args.fairseq_args]
+        epochs = int(option_value([str(a) for a in argv], "--max-epoch"))
+        self.say(f"{name}: training {epochs} epochs, fairseq's log in {self.show(log_file)}")
+        self.run(argv, f"training {VARIANT_NAMES[variant]} ({task}, seed {seed})", log_file, epochs)
         (save_dir / ".trained").touch()
         return save_dir
 
@@ -203,7 +240,8 @@ class Study:
         result = save_dir / layout.lm_score_file("test")
         if not result.exists():
             self.run([BIN / "fairseq-skd-score-lm", bin_dir, "--path", save_dir / "checkpoint_best.pt",
-                      "--subset", "test", "--json", result, *self.device_flags])
+                      "--subset", "test", "--json", result, *self.device_flags],
+                     f"scoring {self.show(save_dir)} on the test set")
         score = json.loads(result.read_text())
         return {"test_nll_per_sentence": score["nll_per_sentence"], "test_ppl": score["ppl"]}
 
@@ -217,11 +255,13 @@ class Study:
                                    "--path", save_dir / "checkpoint_best.pt", "--gen-subset", "test",
                                    "--beam", beam, "--max-tokens", "4000",
                                    "--max-len-a", "1.2", "--max-len-b", "10",
-                                   "--required-batch-size-multiple", "1", *self.device_flags])
+                                   "--required-batch-size-multiple", "1", *self.device_flags],
+                                  f"translating the test set with {self.show(save_dir)}, beam {beam}")
                 generated.write_text(output)
                 self.run([BIN / "fairseq-skd-bleu", "--generate-output", generated,
                           "--reference", data / "test.xx", "--bpe", "none",
-                          "--detokenize-lang", "none", "--json", result])
+                          "--detokenize-lang", "none", "--json", result],
+                         f"BLEU of {self.show(generated)}")
             scores[f"test_bleu_beam{beam}"] = json.loads(result.read_text())["bleu"]
         return scores
 
@@ -241,8 +281,13 @@ class Study:
                 result.update(measure_qn_on_test_set(save_dir / "checkpoint_best.pt", bin_dir,
                                                      SIGMA, QN_MAX))
                 result.update(training_columns(variant, save_dir / layout.TRAIN_LOG))
+                print(f"{INDENT}{test_line(result)}", flush=True)
                 results.append(result)
-            self.run([BIN / "fairseq-skd-collect", exp_dir, "--task", task])
+            self.run([BIN / "fairseq-skd-collect", exp_dir, "--task", task, "--experiment",
+                      f"{task}/seed{seed}", "--subsets", "test", "--no-paper"],
+                     f"collecting {self.show(exp_dir)}")
+            self.say(f"{task}, seed {seed}: tables and figures in {self.show(exp_dir)}/: "
+                     + ", ".join(p.name for p in per_seed_outputs(exp_dir)))
         return results
 
     def main(self):
@@ -251,11 +296,49 @@ class Study:
         self.commands.write_text("#!/usr/bin/env bash\n# Every command fairseq-skd-demo ran, "
                                  "in order.\nset -euo pipefail\n")
         device = "GPU " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-        self.log(f"output folder {self.out}; {device}; tasks {' '.join(a.tasks)}; "
-                 f"seeds {' '.join(map(str, a.seeds))}")
+        self.say(f"fairseq-skd-demo: the offline SKD study in {self.out.resolve()} ({device}; tasks "
+                 f"{' '.join(a.tasks)}; seeds {' '.join(map(str, a.seeds))}; variants "
+                 f"{', '.join(VARIANT_NAMES[v] for v in a.variants)})")
+        if a.smoke:
+            self.say(f"--smoke: {SMOKE_NOTE}")
         results = [r for task in a.tasks for r in self.run_task(task)]
-        write_tables(results, self.out)
-        print((self.out / "results.md").read_text())
+        write_tables(results, self.out, a.smoke)
+        print("\n" + (self.out / "results.md").read_text(), end="")
+        print(self.where(), flush=True)
+
+    def where(self):
+        """Where everything is, as the last thing the study prints."""
+        rows = [("results.md, results.csv", "the tables above")]
+        for task in self.args.tasks:
+            for seed in self.args.seeds:
+                exp_dir = self.out / task / f"seed{seed}"
+                rows.append((f"{self.show(exp_dir)}/", "this seed's table (results.md, .csv) and "
+                             "figures: " + ", ".join(p.name for p in per_seed_outputs(exp_dir)
+                                                     if p.suffix == ".png")))
+        rows += [("<task>/seed<N>/<variant>/", f"fairseq's full log ({layout.TRAIN_LOG}), "
+                  "checkpoints, score files"),
+                 ("commands.sh", "every command as it was run, to re-run any step by hand")]
+        width = max(len(name) for name, _ in rows)
+        return (f"\nThe study's output is in {self.out.resolve()}/:\n"
+                + "".join(f"  {name:<{width}}  {what}\n" for name, what in rows))
+
+
+def per_seed_outputs(exp_dir):
+    """fairseq-skd-collect's files in one seed's folder."""
+    return sorted(p for p in Path(exp_dir).iterdir() if p.is_file() and p.name.startswith(
+        ("results.", "fig", "valid_loss")))
+
+
+def test_line(result):
+    """A trained variant's test-set numbers, printed under its epochs."""
+    if result["task"] == "lm":
+        score = (f"test NLL/sentence {result['test_nll_per_sentence']:.2f} "
+                 f"(ppl {result['test_ppl']:.2f})")
+    else:
+        score = "test BLEU " + ", ".join(f"{result[f'test_bleu_beam{b}']:.2f} (beam {b})"
+                                         for b in layout.BEAMS)
+    return (f"{score}; on the test set: median q_n {result['median_qn']:.3f}, "
+            f"clip rate {result['clip_rate']:.3f}")
 
 
 def training_columns(variant, log_file):
@@ -266,12 +349,6 @@ def training_columns(variant, log_file):
         alpha = 0.0  # fairseq's cross_entropy logs no alpha: it trains with none
     return {"best_valid_loss": summary["best_valid_loss"], "updates": summary["updates"],
             "final_alpha": alpha}
-
-
-def summarize_record(record):
-    keys = ["epoch", "valid_loss", "valid_bleu", "train_loss", "train_nll_loss",
-            "train_skd_alpha", "train_skd_qn", "train_skd_clip"]
-    return "  ".join(f"{k.replace('train_', '')}={record[k]}" for k in keys if k in record)
 
 
 METRICS = {
@@ -318,6 +395,8 @@ def verdict(variant, values, baseline, metric, fmt, better):
         spread = max(statistics.stdev(values), statistics.stdev(baseline))
         if abs(value - base) <= spread:
             line += f", but by less than the spread over seeds ({fmt.format(spread)}): no clear difference"
+    else:
+        line += "; one seed, so no spread to tell a difference from noise"
     return line + "."
 
 
@@ -326,12 +405,22 @@ CSV_FIELDS = ["task", "variant", "seed", "test_nll_per_sentence", "test_ppl", "t
               "clip_rate", "median_distance"]
 
 
-def write_tables(results, out):
+def write_tables(results, out, smoke=False):
+    """results.md and results.csv of the study: a table per task, a row per variant (mean ± std
+    over seeds), and a line per variant saying whether it beat the baseline; none with
+    ``smoke``, whose numbers are a plumbing check."""
     lines = []
     for task in dict.fromkeys(r["task"] for r in results):
         runs = [r for r in results if r["task"] == task]
         seeds = sorted({r["seed"] for r in runs})
-        lines += [f"## {layout.TASK_TITLES[task]}: {len(seeds)} seed(s), mean ± std over seeds", ""]
+        if smoke:
+            lines += [f"## {layout.TASK_TITLES[task]}: plumbing check (--smoke), not a result", "",
+                      f"A --smoke run: {SMOKE_NOTE}", ""]
+        elif len(seeds) == 1:
+            lines += [f"## {layout.TASK_TITLES[task]}: seed {seeds[0]} (one seed: no spread)", ""]
+        else:
+            lines += [f"## {layout.TASK_TITLES[task]}: {len(seeds)} seeds "
+                      f"({' '.join(map(str, seeds))}), mean ± std over seeds", ""]
         columns = METRICS[task] + DIAGNOSTICS
         rows, means = [], {}
         for variant in dict.fromkeys(r["variant"] for r in runs):
@@ -344,19 +433,22 @@ def write_tables(results, out):
                                 + [Column(PAPER_COLUMNS[task], text("paper"))], rows)
         key, name, fmt, better = METRICS[task][0]
         lines.append("")
-        if "baseline" in means:
+        if "baseline" in means and not smoke:
             lines += [verdict(VARIANT_NAMES[v], values, means["baseline"], name, fmt, better)
-                      for v, values in means.items() if v != "baseline"]
-        lines.append("")
+                      for v, values in means.items() if v != "baseline" and None not in values]
+            lines.append("")
     lines.append(
         "LM: test NLL per sentence in nats (sum over each sentence's tokens incl. </s>, mean over "
         "sentences, as in the paper's Table 2). MT: detokenized sacreBLEU on the test set. "
-        f"median q_n / clip rate: q_n = min(exp(-{SIGMA} d(W_t, W_n)), {QN_MAX}) over the test "
-        "positions where the trained model's prediction n differs from the target t; a clip "
-        "rate near 1 means sigma did not suit the embedding scale. Same seeds, data and budget "
-        "for every variant; figures per seed in <task>/seed<N>/. The paper's numbers (PTB, "
-        "WMT'15 En-Fi) are beside ours for the row they correspond to, not as a target: "
-        "different data, sizes and budgets.")
+        "best valid loss: the lowest validation NLL per token (base 2). final alpha: the SKD "
+        "weight over the last epoch of training (0 for the variants trained without SKD). "
+        f"median q_n / clip rate: q_n = min(exp(-{SIGMA} d(W_t, W_n)), {QN_MAX}) measured on "
+        "the test set after training, over the positions where the trained model's prediction "
+        "n differs from the target t (the per-seed tables' train q_n is another quantity: the "
+        "training log's mean over the last epoch); a clip rate near 1 means sigma did not suit "
+        "the embedding scale. Same seeds, data and budget for every variant; tables and figures "
+        "per seed in <task>/seed<N>/. The paper's numbers (PTB, WMT'15 En-Fi) are beside ours "
+        "for the row they correspond to, not as a target: different data, sizes and budgets.")
     write_results(out, "\n".join(lines) + "\n", results, CSV_FIELDS)
 
 
@@ -399,6 +491,9 @@ def main(argv=None):
     if args.ablation:
         args.variants = list(args.variants) + [v for v in ABLATIONS if v not in args.variants]
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # fairseq's INFO lines when the demo loads a checkpoint itself (measure_qn_on_test_set);
+    # the tools it runs write theirs into their logs
+    logging.getLogger("fairseq").setLevel(logging.WARNING)
     Study(args).main()
 
 

@@ -25,12 +25,12 @@ def measure_qn_on_test_set(checkpoint, data_bin, sigma, qn_max=0.5, max_tokens=4
         [str(checkpoint)], arg_overrides={"data": str(data_bin)})
     model = models[0].eval()
     task.load_dataset("test")
-    itr = task.get_batch_iterator(task.dataset("test"), max_tokens=max_tokens,
-                                  required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
     distances = []
     weight = find_output_embedding(model)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pin_memory.*")  # fairseq asks for it on CPU too
+        itr = task.get_batch_iterator(task.dataset("test"), max_tokens=max_tokens,
+                                      required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
         for sample in itr:
             net_output = model(**sample["net_input"])
             lprobs = model.get_normalized_probs(net_output, log_probs=True)
