@@ -308,14 +308,6 @@ def test_csv_writes_missing_values_as_empty_fields(tmp_path):
     assert (tmp_path / "results.csv").read_text() == "variant,nll,updates\nskd,1.5,\nbaseline,,3\n"
 
 
-def test_the_recipes_train_the_variants_of_the_results_module():
-    from fairseq_cli_helpers import REPO
-
-    for recipe in ("lm", "mt"):
-        script = (REPO / "recipes" / recipe / "run.sh").read_text()
-        assert f'\nvariants="{" ".join(layout.VARIANTS)}"\n' in script, recipe
-
-
 def test_noise_stays_visible_under_noise_skd_in_fig4(en_fi):
     # +Noise and +Noise+SKD with the same validation BLEU: two curves on the same points
     write(en_fi / "noise_skd" / "train.log", train_log(12, bleu=lambda u: 2.0 + 0.5 * u + 1))

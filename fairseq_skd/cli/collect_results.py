@@ -24,6 +24,7 @@ for experiments that are not the paper's (``fairseq-skd-demo`` collects each see
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def collect(exp_dir, experiment=None, task=None, subsets=layout.SUBSETS, with_pa
         notes.append(f"no paper numbers for experiment '{name}' "
                      f"(known: {', '.join(sorted(known))})")
 
+    beams = beams_decoded(variant_dirs.values()) if task == "mt" else ()
     variants = {}
     for variant in layout.VARIANTS:
         entry = {"run": variant in variant_dirs, "logs": None, "training": None, "scores": {}}
@@ -117,12 +119,19 @@ def collect(exp_dir, experiment=None, task=None, subsets=layout.SUBSETS, with_pa
                                  f"'{data['subset']}'")
                 entry["scores"][subset] = data
             else:
-                for beam in layout.BEAMS:
+                for beam in beams:
                     entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam),
                                                                  notes, variant)
     _check_sentence_counts(variants, notes)
     return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants,
-            "subsets": tuple(subsets), "paper": with_paper, "notes": notes}
+            "subsets": tuple(subsets), "beams": beams, "paper": with_paper, "notes": notes}
+
+
+def beams_decoded(variant_dirs):
+    """The beam widths of the BLEU files present (a recipe's --beams), else the paper's."""
+    found = {int(m.group(1)) for d in variant_dirs for p in d.glob("bleu_*_beam*.json")
+             if (m := re.search(r"_beam(\d+)\.json$", p.name))}
+    return tuple(sorted(found)) or layout.BEAMS
 
 
 def _check_sentence_counts(variants, notes):
@@ -191,10 +200,10 @@ def mt_rows(results):
     rows = []
     for variant, entry in results["variants"].items():
         row = {"experiment": name, "variant": variant, "model": layout.VARIANT_NAMES[variant]}
-        for beam in layout.BEAMS:
+        for beam in results["beams"]:
             row[f"test_bleu_beam{beam}"] = _score(entry["scores"].get(("test", beam)), "bleu")
             row[f"dev_bleu_beam{beam}"] = _score(entry["scores"].get(("valid", beam)), "bleu")
-        for beam in layout.BEAMS:
+        for beam in results["beams"]:
             row[f"paper_test_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "test")
             row[f"paper_dev_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "valid")
         row.update(_training_columns(entry["training"] or {}))
@@ -259,7 +268,7 @@ def lm_columns(results):
 
 def mt_columns(results):
     columns = [Column("Model", text("model"), align="left")]
-    for beam in layout.BEAMS:
+    for beam in results["beams"]:
         columns.append(Column(f"Beam {beam} (ours)",
                               _test_dev(f"test_bleu_beam{beam}", f"dev_bleu_beam{beam}")))
         if results["paper"]:

@@ -41,12 +41,13 @@ from pathlib import Path
 import torch
 
 from fairseq_skd.cli.requirements import require_packages
-from fairseq_skd.cli.train import option_value
+from fairseq_skd.cli.train import fairseq_train_problems, option_value
 from fairseq_skd.data.synthetic import write_lm_corpus, write_parallel_corpus
 from fairseq_skd.evaluation.qn import measure_qn_on_test_set
 from fairseq_skd.results import layout, paper
 from fairseq_skd.results.logs import EpochProgress, parse_log, training_summary
 from fairseq_skd.results.tables import Column, markdown_table, text, write_results
+from fairseq_skd.variants import ABLATIONS, ALL_NAMES, VARIANTS, criterion_flags, uses_skd_criterion
 
 USER_DIR = str(Path(__file__).resolve().parents[1])
 BIN = Path(sys.executable).parent
@@ -56,31 +57,7 @@ SMOKE_NOTE = ("tiny corpora and models, a plumbing check that every step runs; i
               "nothing about SKD, and no variant is compared with the baseline.")
 SIGMA = 0.1  # the paper's
 QN_MAX = 0.5
-NOISE_STD = "0.1"  # ours: the paper does not give its noise level
-VARIANT_FLAGS = {
-    "baseline": ["--criterion", "cross_entropy"],
-    # +Noise trains plain cross-entropy (alpha stays 0) with noisy decoder input embeddings.
-    "noise": ["--criterion", "self_kd_cross_entropy", "--skd-alpha-max", "0",
-              "--target-embed-noise", NOISE_STD],
-    "skd": ["--criterion", "self_kd_cross_entropy", "--skd-sigma", str(SIGMA)],
-    "noise_skd": ["--criterion", "self_kd_cross_entropy", "--skd-sigma", str(SIGMA),
-                  "--target-embed-noise", NOISE_STD],
-}
-
-# --ablation: the options beyond the paper, each one change from +SKD (or from the baseline).
-SKD = VARIANT_FLAGS["skd"]
-ABLATIONS = {
-    "skd_auto_sigma": ("+SKD (sigma auto)", SKD[:2] + ["--skd-sigma", "auto"]),
-    "skd_topk": ("+SKD (top-10 soft targets)", SKD + ["--skd-soft-targets", "topk"]),
-    "skd_full": ("+SKD (full soft targets)", SKD + ["--skd-soft-targets", "full"]),
-    "skd_cosine": ("+SKD (cosine, sigma auto)", SKD[:2] + ["--skd-distance", "cosine",
-                                                         "--skd-sigma", "auto"]),
-    "label_smoothing": ("Label smoothing 0.1", ["--criterion", "self_kd_cross_entropy",
-                                                "--skd-alpha-max", "0", "--label-smoothing", "0.1"]),
-    "skd_label_smoothing": ("+SKD (label smoothing 0.1)", SKD + ["--label-smoothing", "0.1"]),
-}
-VARIANT_NAMES = {**layout.VARIANT_NAMES, **{k: name for k, (name, _) in ABLATIONS.items()}}
-ALL_VARIANT_FLAGS = {**VARIANT_FLAGS, **{k: flags for k, (_, flags) in ABLATIONS.items()}}
+NOISE_STD = 0.1  # ours: the paper does not give its noise level
 
 # Sizes and budgets (ours; the paper's are in the recipes). The demo's budget is a few hundred
 # updates, not the paper's tens of thousands, so K and eta are scaled with it: SKD starts after
@@ -213,26 +190,28 @@ class Study:
                  "--log-interval", max(1, per_epoch // 5),
                  "--no-progress-bar", "--num-workers", "0", "--keep-last-epochs", "2",
                  *self.device_flags]
-        schedule = ["--skd-warmup-updates", warmup, "--skd-alpha-step", f"{alpha_step:.6g}"]
-        return flags, schedule
+        return flags, (warmup, f"{alpha_step:.6g}")
+
+    def train_command(self, bin_dir, save_dir, variant, seed, flags, schedule):
+        """fairseq-train's command line (without the program) for one run."""
+        return [bin_dir, "--user-dir", USER_DIR, "--save-dir", save_dir, "--seed", seed, *flags,
+                *criterion_flags(variant, SIGMA, *schedule, NOISE_STD), *self.args.fairseq_args]
 
     def train(self, task, bin_dir, exp_dir, variant, seed, flags, schedule):
         save_dir = exp_dir / variant
         log_file = save_dir / layout.TRAIN_LOG
         self.runs_done += 1
-        name = (f"{task}, seed {seed}: {VARIANT_NAMES[variant]} "
+        name = (f"{task}, seed {seed}: {ALL_NAMES[variant]} "
                 f"(run {self.runs_done} of {self.runs_total})")
         if (save_dir / ".trained").exists():
             self.say(f"{name}: trained before, reused ({self.show(save_dir)})")
             return save_dir
         save_dir.mkdir(parents=True, exist_ok=True)
-        skd = schedule if "self_kd_cross_entropy" in ALL_VARIANT_FLAGS[variant] else []
-        argv = [BIN / "fairseq-skd-train", "--nproc", self.args.nproc, bin_dir,
-                "--user-dir", USER_DIR, "--save-dir", save_dir, "--seed", seed,
-                *flags, *ALL_VARIANT_FLAGS[variant], *skd, *self.args.fairseq_args]
+        argv = [BIN / "fairseq-skd-train", "--nproc", self.args.nproc,
+                *self.train_command(bin_dir, save_dir, variant, seed, flags, schedule)]
         epochs = int(option_value([str(a) for a in argv], "--max-epoch"))
         self.say(f"{name}: training {epochs} epochs, fairseq's log in {self.show(log_file)}")
-        self.run(argv, f"training {VARIANT_NAMES[variant]} ({task}, seed {seed})", log_file, epochs)
+        self.run(argv, f"training {ALL_NAMES[variant]} ({task}, seed {seed})", log_file, epochs)
         (save_dir / ".trained").touch()
         return save_dir
 
@@ -298,7 +277,7 @@ class Study:
         device = "GPU " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
         self.say(f"fairseq-skd-demo: the offline SKD study in {self.out.resolve()} ({device}; tasks "
                  f"{' '.join(a.tasks)}; seeds {' '.join(map(str, a.seeds))}; variants "
-                 f"{', '.join(VARIANT_NAMES[v] for v in a.variants)})")
+                 f"{', '.join(ALL_NAMES[v] for v in a.variants)})")
         if a.smoke:
             self.say(f"--smoke: {SMOKE_NOTE}")
         results = [r for task in a.tasks for r in self.run_task(task)]
@@ -345,7 +324,7 @@ def training_columns(variant, log_file):
     """best_valid_loss, updates and final_alpha of a training (None where its log has none)."""
     summary = training_summary(parse_log(log_file))
     alpha = summary["alpha"]
-    if alpha is None and "self_kd_cross_entropy" not in ALL_VARIANT_FLAGS[variant]:
+    if alpha is None and not uses_skd_criterion(variant):
         alpha = 0.0  # fairseq's cross_entropy logs no alpha: it trains with none
     return {"best_valid_loss": summary["best_valid_loss"], "updates": summary["updates"],
             "final_alpha": alpha}
@@ -426,7 +405,7 @@ def write_tables(results, out, smoke=False):
         for variant in dict.fromkeys(r["variant"] for r in runs):
             vr = [r for r in runs if r["variant"] == variant]
             row = {key: mean_and_spread([r[key] for r in vr], fmt) for key, _, fmt, *_ in columns}
-            rows.append({**row, "model": VARIANT_NAMES[variant], "paper": paper_cell(task, variant)})
+            rows.append({**row, "model": ALL_NAMES[variant], "paper": paper_cell(task, variant)})
             means[variant] = [r[METRICS[task][0][0]] for r in vr]
         lines += markdown_table([Column("model", text("model"), align="left")]
                                 + [Column(label, text(key)) for key, label, *_ in columns]
@@ -434,7 +413,7 @@ def write_tables(results, out, smoke=False):
         key, name, fmt, better = METRICS[task][0]
         lines.append("")
         if "baseline" in means and not smoke:
-            lines += [verdict(VARIANT_NAMES[v], values, means["baseline"], name, fmt, better)
+            lines += [verdict(ALL_NAMES[v], values, means["baseline"], name, fmt, better)
                       for v, values in means.items() if v != "baseline" and None not in values]
             lines.append("")
     lines.append(
@@ -462,8 +441,8 @@ def build_parser():
                    "(default: 1 2 3; 1 with --smoke)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs per run (default: 6 LM / 12 MT; 2 with --smoke)")
-    p.add_argument("--variants", nargs="+", choices=list(ALL_VARIANT_FLAGS),
-                   default=list(layout.VARIANTS), help="which rows to train (default: the paper's four)")
+    p.add_argument("--variants", nargs="+", choices=list(ALL_NAMES),
+                   default=list(VARIANTS), help="which rows to train (default: the paper's four)")
     p.add_argument("--ablation", action="store_true",
                    help="also train the options beyond the paper, each one change from +SKD "
                    "(or from the baseline): " + "; ".join(name for name, _ in ABLATIONS.values()))
@@ -476,13 +455,42 @@ def build_parser():
     return p
 
 
+def argument_problem(args):
+    """What is wrong with the command line, checked before anything is written, or None."""
+    if args.nproc < 1:
+        return f"--nproc must be at least 1, got {args.nproc}"
+    if args.epochs is not None and args.epochs < 1:
+        return f"--epochs must be at least 1, got {args.epochs}"
+    bad_seeds = [seed for seed in args.seeds if not 0 <= seed < 2**32]
+    if bad_seeds:
+        return f"--seeds must be between 0 and 2**32 - 1 (fairseq's range), got {bad_seeds[0]}"
+    if len(set(args.seeds)) != len(args.seeds):
+        return f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed " \
+               "trains the same run twice and counts it as two)"
+    out = Path(args.out).absolute()
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {args.out}: {existing} is a file, not a folder"
+    # every run's fairseq-train command line, parsed as fairseq-train will (no data needed)
+    command_lines = []
+    for task in args.tasks:
+        spec = TASK_SETTINGS[task]
+        for variant in args.variants:
+            argv = ["DATA", "--user-dir", USER_DIR, *spec["smoke_arch" if args.smoke else "arch"],
+                    *spec["train"], *criterion_flags(variant, SIGMA, 1, 0.1, NOISE_STD),
+                    *args.fairseq_args]
+            command_lines.append((f"{task} {variant}", [str(a) for a in argv]))
+    refused = fairseq_train_problems(command_lines)
+    if refused:
+        label, message = refused[0]
+        return (f"the {label} run's fairseq-train would refuse its command line ({message}); "
+                "flags after -- go to every variant, the cross_entropy baseline's included")
+    return None
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.nproc < 1:
-        parser.error(f"--nproc must be at least 1, got {args.nproc}")
-    # fairseq-skd-collect and fairseq-skd-bleu, which it runs after training, need these
-    require_packages("fairseq-skd-demo", ["matplotlib", "sacrebleu", "sacremoses"])
     if args.fairseq_args and args.fairseq_args[0] == "--":
         args.fairseq_args = args.fairseq_args[1:]
     args.tasks = list(layout.TASKS) if args.task == "both" else [args.task]
@@ -490,6 +498,11 @@ def main(argv=None):
         args.seeds = [1] if args.smoke else [1, 2, 3]
     if args.ablation:
         args.variants = list(args.variants) + [v for v in ABLATIONS if v not in args.variants]
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
+    # fairseq-skd-collect and fairseq-skd-bleu, which it runs after training, need these
+    require_packages("fairseq-skd-demo", ["matplotlib", "sacrebleu", "sacremoses"])
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # fairseq's INFO lines when the demo loads a checkpoint itself (measure_qn_on_test_set);
     # the tools it runs write theirs into their logs

@@ -14,10 +14,9 @@ One experiment folder (a recipe's ``EXP_DIR``, or one seed of the offline study)
       results.md, results.csv, *.png   # fairseq-skd-collect
 """
 
-# The paper's four rows (Tables 2 and 3), in its order.
-VARIANTS = ("baseline", "noise", "skd", "noise_skd")
-VARIANT_NAMES = {"baseline": "Baseline", "noise": "+Noise", "skd": "+SKD", "noise_skd": "+Noise+SKD"}
-SKD_VARIANTS = ("skd", "noise_skd")
+# The paper's four rows (Tables 2 and 3), in its order (defined in fairseq_skd/variants.py).
+from ..variants import NAMES as VARIANT_NAMES  # noqa: E402,F401
+from ..variants import SKD_VARIANTS, VARIANTS  # noqa: E402,F401
 
 # lm: language modelling (Table 2); mt: machine translation (Table 3).
 TASKS = ("lm", "mt")

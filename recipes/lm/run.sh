@@ -195,7 +195,8 @@ if stage_enabled 2; then
         # The vocabulary is every word of the training text (PTB: 10K; WikiText-2: 33K, both
         # with <unk> already in the text), as in the paper; --vocab-size keeps the most frequent.
         nwords=()
-        if [[ -n $vocab_size ]]; then nwords=(--nwordssrc "$vocab_size"); fi
+        # fairseq's count includes its 4 special symbols (<s> <pad> </s> <unk>)
+        if [[ -n $vocab_size ]]; then nwords=(--nwordssrc "$((vocab_size + 4))"); fi
         fairseq-preprocess --only-source --task language_modeling "${nwords[@]}" \
             --trainpref "$text/train.txt" --validpref "$text/valid.txt" --testpref "$text/test.txt" \
             --destdir "$bin" --workers "$nj" 2>&1 | tee "$prep_dir/preprocess.log" >&2

@@ -282,14 +282,17 @@ train_stage() {
 }
 
 # collect_stage TASK EXPERIMENT: fairseq-skd-collect EXP_DIR (tables and figures), unless its
-# results are newer than every score file and log. EXPERIMENT selects the paper's numbers.
+# results are newer than every score file and log. EXPERIMENT selects the paper's numbers;
+# a --corpus run has none to show.
 collect_stage() {
+    local ours=()
+    if [[ -n $corpus ]]; then ours=(--no-paper); fi
     require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" \( -name '*.json' -o -name train.log \) \
             -newer "$exp_dir/results.md") ]]; then
         log "  $exp_dir/results.md is newer than every score file and log, skipped"
     else
-        fairseq-skd-collect "$exp_dir" --experiment "$2" --task "$1"
+        fairseq-skd-collect "$exp_dir" --experiment "$2" --task "$1" "${ours[@]}"
         log "  wrote $exp_dir/results.md"
     fi
 }
