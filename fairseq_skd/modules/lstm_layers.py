@@ -10,7 +10,9 @@ padding row of an embedding zero): the models import ``Embedding``, ``LSTM``, ``
 - ``LSTMDecoderBase``: what both decoders own, E, W, b, the dropouts on E and on the LSTM
   outputs, and the recurrent state of incremental decoding in one cached dict;
 - the flags of one LSTM (``add_lstm_args``) and ``left_pad_index`` for the models' LSTMs, which
-  run over right-padded rows.
+  run over right-padded rows;
+- ``set_defaults``, fairseq's ``args.x = getattr(args, "x", default)`` for a preset's table of
+  defaults.
 """
 
 from typing import Dict, Optional, Tuple
@@ -50,6 +52,15 @@ def add_output_embedding_args(parser, features):
                         help='tie the decoder input word embeddings to W (needs '
                              '--decoder-embed-dim == --decoder-out-embed-dim)')
     # fmt: on
+
+
+def set_defaults(args, **defaults) -> None:
+    """``args.name = getattr(args, "name", value)`` for each ``name=value``, in order: what a
+    fairseq architecture preset does for each of its flags (a value given, on the command line
+    or by a preset that ran first, stays). A default computed from another flag
+    (``decoder_dropout_in=args.dropout``) goes in a later call than the one that sets that flag."""
+    for name, value in defaults.items():
+        setattr(args, name, getattr(args, name, value))
 
 
 def check_output_embedding_args(args) -> None:
