@@ -185,10 +185,10 @@ class Task:
             dictionary if target_dictionary is None else target_dictionary)
 
 
-def build_model(arch, dictionary, seed, target_dictionary=None, **overrides):
-    """The registered architecture ``arch``, its preset applied to the flags ``overrides``,
-    built for Task(dictionary, target_dictionary) with its weights drawn after
-    torch.manual_seed(seed)."""
+def build_model(arch, dictionary, /, seed, target_dictionary=None, **overrides):
+    """The registered architecture ``arch``, its preset applied to the flags ``overrides`` (an
+    ``arch`` among them too, where a model reads it), built for Task(dictionary,
+    target_dictionary) with its weights drawn after torch.manual_seed(seed)."""
     args = argparse.Namespace(**overrides)
     ARCH_CONFIG_REGISTRY[arch](args)
     torch.manual_seed(seed)
