@@ -76,16 +76,9 @@ from fairseq.models.lstm import LSTM, Embedding, Linear, LSTMCell
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.lstm_layers import (
-    DecoderEmbedding,
-    LSTMDecoderBase,
-    add_lstm_args,
-    add_output_embedding_args,
-    check_output_embedding_args,
-    left_pad_index,
-    set_defaults,
-    shares_output_embedding,
-)
+from ..modules.lstm_layers import (DecoderEmbedding, LSTMDecoderBase, ScaledLinear, add_lstm_args,
+                                   add_output_embedding_args, check_output_embedding_args,
+                                   left_pad_index, set_defaults, shares_output_embedding)
 
 DEFAULT_MAX_SOURCE_POSITIONS = 1e5
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
@@ -359,10 +352,7 @@ class SKDBahdanauDecoder(LSTMDecoderBase):
 def ReadoutLinear(in_features, out_features):
     """U_o, V_o, C_o to 2 * out_features maxout inputs, started small so that ||t|| is about 1
     for inputs of RMS 1 and the logits W t stay O(1) next to an N(0, 1) W (module docstring)."""
-    m = nn.Linear(in_features, 2 * out_features)
-    nn.init.normal_(m.weight, 0.0, (in_features * out_features) ** -0.5)
-    nn.init.zeros_(m.bias)
-    return m
+    return ScaledLinear(in_features, 2 * out_features, (in_features * out_features) ** -0.5)
 
 
 @register_model_architecture("skd_bahdanau", "skd_bahdanau")

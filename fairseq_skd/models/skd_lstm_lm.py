@@ -71,14 +71,9 @@ from fairseq.models import FairseqLanguageModel, register_model, register_model_
 from fairseq.models.lstm import LSTM
 from torch import Tensor
 
-from ..modules.lstm_layers import (
-    LSTMDecoderBase,
-    add_lstm_args,
-    add_output_embedding_args,
-    check_output_embedding_args,
-    left_pad_index,
-    set_defaults,
-)
+from ..modules.lstm_layers import (LSTMDecoderBase, ScaledLinear, add_lstm_args,
+                                   add_output_embedding_args, check_output_embedding_args,
+                                   left_pad_index, set_defaults)
 
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
 
@@ -205,10 +200,7 @@ class SKDLSTMDecoder(LSTMDecoderBase):
 def FeedForward(in_features, out_features):
     """F, f of h = ReLU(F s + f), started small: N(0, 2 / (in * out)) weights, zero bias, so
     ||h|| is about the RMS of s and the logits W h stay O(1) next to an N(0, 1) W."""
-    m = nn.Linear(in_features, out_features)
-    nn.init.normal_(m.weight, 0.0, (2.0 / (in_features * out_features)) ** 0.5)
-    nn.init.zeros_(m.bias)
-    return m
+    return ScaledLinear(in_features, out_features, (2.0 / (in_features * out_features)) ** 0.5)
 
 
 @register_model_architecture("skd_lstm_lm", "skd_lstm_lm")

@@ -6,7 +6,8 @@ padding row of an embedding zero): the models import ``Embedding``, ``LSTM``, ``
 
 - the output word embeddings W, the softmax layer z = W x + b that SKD measures distances in:
   their flags (``add_output_embedding_args``), checks (``check_output_embedding_args``) and
-  initialisation (``init_output_embedding_``; the models' module docstrings say why);
+  initialisation (``init_output_embedding_``; the models' module docstrings say why), and
+  ``ScaledLinear`` for the layers that feed W, started small;
 - ``LSTMDecoderBase``: what both decoders own, E, W, b, the dropouts on E and on the LSTM
   outputs, and the recurrent state of incremental decoding in one cached dict;
 - the flags of one LSTM (``add_lstm_args``) and ``left_pad_index`` for the models' LSTMs, which
@@ -91,6 +92,15 @@ def init_output_embedding_(weight, std):
     with torch.no_grad():
         weight.normal_(0.0, std)
     return weight
+
+
+def ScaledLinear(in_features, out_features, std):
+    """A linear layer started at a chosen scale: N(0, std^2) weights, zero bias (the layers
+    between the LSTM and W, started small so that the logits stay O(1) next to an N(0, 1) W)."""
+    m = nn.Linear(in_features, out_features)
+    nn.init.normal_(m.weight, 0.0, std)
+    nn.init.zeros_(m.bias)
+    return m
 
 
 def DecoderEmbedding(args, dictionary):
