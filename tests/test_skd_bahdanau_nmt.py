@@ -273,8 +273,8 @@ def test_reorder_incremental_state_and_encoder_out():
     prev = target_batch(d)
     new_order = torch.tensor([2, 0, 0, 3, 1, 2])
     with torch.no_grad():
-        reference, _ = incremental_lprobs(model, prev, model.encoder(src, lengths))
         encoder_out = model.encoder(src, lengths)
+        reference, _ = incremental_lprobs(model, prev, encoder_out)
         state = {}
         for t in range(3):
             model.decoder(prev[:, : t + 1], encoder_out, state)
