@@ -52,7 +52,7 @@ def test_output_embedding_found_for_fairseq_architectures(arch, shared, mt_bin, 
                              FAIRSEQ_ARCHS[arch] + (SHARED if shared else []))
     w = find_output_embedding(model)
     decoder = model.decoder
-    assert w.shape == (len(decoder.dictionary), 32)
+    assert w.shape == (len(decoder.dictionary), 32)  # FAIRSEQ_ARCHS: 32-dimensional
     if shared:
         assert w is decoder.embed_tokens.weight
     else:
