@@ -127,3 +127,120 @@ def test_bleu_refuses_an_unknown_detokenizer_language(tmp_path):
 def test_train_launcher_refuses_settings_that_cannot_work(argv, named, tmp_path):
     refused([BIN / "fairseq-skd-train", *argv, "data-bin", "--save-dir", tmp_path / "run"], named)
     assert not (tmp_path / "run").exists()
+
+
+# --- fairseq-skd-demo (in this process: its checks come before any import-heavy work) -----------
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--seeds", "-1"], "--seeds must be between 0 and 2**32 - 1"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--epochs", "-2"], "--epochs must be at least 1, got -2"),
+    (["--seeds", "1", "1"], "--seeds 1 1: each seed once"),
+    (["--", "--skd-sigma", "0.3"], "the lm baseline run's fairseq-train would refuse"),
+    (["--task", "mt", "--", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+])
+def test_demo_refuses_bad_options_before_writing_anything(argv, named, tmp_path, capsys):
+    from fairseq_skd.cli import demo
+
+    (tmp_path / "out" / "lm").mkdir(parents=True)
+    (tmp_path / "out" / "lm" / "kept.txt").write_text("written by an earlier run\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--smoke", "--out", str(tmp_path / "out"), *argv])
+    assert e.value.code == 2
+    assert named in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+def test_demo_refuses_an_output_folder_under_a_file(tmp_path, capsys):
+    from fairseq_skd.cli import demo
+
+    (tmp_path / "file").write_text("not a folder\n")
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--smoke", "--out", str(tmp_path / "file" / "demo")])
+    assert e.value.code == 2
+    assert f"{tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+
+
+# --- the recipes ------------------------------------------------------------------------------------
+
+LM_RECIPE = REPO / "recipes" / "lm" / "run.sh"
+MT_RECIPE = REPO / "recipes" / "mt" / "run.sh"
+
+
+def recipe(script, *args):
+    return ["bash", script, *args]
+
+
+@pytest.fixture
+def lm_corpus(tmp_path):
+    corpus = tmp_path / "my_text"
+    corpus.mkdir()
+    for split in ("train", "valid", "test"):
+        (corpus / f"{split}.txt").write_text("a b c\nd e\n")
+    return corpus
+
+
+@pytest.fixture
+def mt_corpus(tmp_path):
+    corpus = tmp_path / "my_pairs"
+    corpus.mkdir()
+    for split in ("train", "valid", "test"):
+        for lang in ("en", "tr"):
+            (corpus / f"{split}.{lang}").write_text("a b c\nd e\n")
+    return corpus
+
+
+def test_recipe_refuses_a_stage_range_that_selects_nothing(tmp_path):
+    out = tmp_path / "exp"
+    refused(recipe(LM_RECIPE, "--dataset", "ptb", "--stage", "4", "--stop-stage", "2",
+                   "--exp-dir", out), "--stage 4 --stop-stage 2 selects no stage")
+    assert not out.exists()
+
+
+def test_recipe_refuses_skd_flags_after_the_double_dash(lm_corpus, tmp_path):
+    refused(recipe(LM_RECIPE, "--corpus", lm_corpus, "--prep-dir", tmp_path / "data", "--",
+                   "--skd-sigma", "0.3"), "--skd-sigma", "--skd-args")
+    assert not (tmp_path / "data").exists()
+
+
+def test_recipe_refuses_flags_fairseq_train_would_refuse_before_any_stage(lm_corpus, tmp_path):
+    refused(recipe(LM_RECIPE, "--corpus", lm_corpus, "--prep-dir", tmp_path / "data",
+                   "--variants", "baseline skd", "--skd-args", "--skd-sigma -1", "--", "--bogus"),
+            "the baseline run's fairseq-train command line is refused", "--bogus",
+            "the skd run's fairseq-train command line is refused")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("damage,named", [
+    ("missing split", "test.txt not found"),
+    ("empty file", "valid.txt is empty"),
+])
+def test_lm_recipe_checks_the_corpus_files_first(damage, named, lm_corpus, tmp_path):
+    if damage == "missing split":
+        (lm_corpus / "test.txt").unlink()
+    else:
+        (lm_corpus / "valid.txt").write_text("\n")
+    refused(recipe(LM_RECIPE, "--corpus", lm_corpus, "--prep-dir", tmp_path / "data"),
+            named, lm_corpus)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("damage,pair,named", [
+    ("mismatched lines", "en-tr", "valid.tr has 3: not a parallel pair"),
+    ("none", "en-de", "train.de not found"),  # a language code without its files
+    ("none", "en-xx", "'xx' is not an ISO 639-1 language code"),
+    ("empty file", "en-tr", "test.en is empty"),
+])
+def test_mt_recipe_checks_the_corpus_files_first(damage, pair, named, mt_corpus, tmp_path):
+    if damage == "mismatched lines":
+        (mt_corpus / "valid.tr").write_text("a\nb\nc\n")
+    elif damage == "empty file":
+        (mt_corpus / "test.en").write_text("")
+    if pair == "en-xx":
+        for split in ("train", "valid", "test"):
+            shutil.copy(mt_corpus / f"{split}.tr", mt_corpus / f"{split}.xx")
+    refused(recipe(MT_RECIPE, "--pair", pair, "--corpus", mt_corpus, "--prep-dir", tmp_path / "data"),
+            named)
+    assert not (tmp_path / "data").exists()

@@ -1,12 +1,15 @@
 """fairseq-skd-collect on synthetic experiment folders: table values, CSV rows, paper numbers,
-missing pieces as "-", resumed logs, figures, errors."""
+missing pieces as "-", resumed logs, figures (a curve for every variant), errors; and the
+results module it shares with fairseq-skd-demo (log parser, training summary, epoch lines,
+tables)."""
 
 import csv
 import json
 
 import pytest
 
-from fairseq_skd.cli import collect_results, recipe_layout
+from fairseq_skd.cli import collect_results
+from fairseq_skd.results import figures, layout, logs, paper, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,7 +23,10 @@ def log_line(kind, record, clock="15:03:42"):
 
 def train_log(updates, qn=lambda u: 0.3 + 0.01 * u, alpha=lambda u: min(1.0, 0.1 * u),
               valid_every=4, skd=True, bleu=None, start=1, epoch_size=4):
-    """train_inner records for updates start..updates, valid and train records every epoch."""
+    """train_inner records for updates start..updates, valid and train records every epoch.
+    skd=False: the log of fairseq's cross_entropy, which has no skd_* keys and no valid_nll_loss
+    (its loss is the NLL); skd=True: self_kd_cross_entropy's, which also logs valid_skd_alpha
+    as older versions did (the schedule's alpha, although validation applies none)."""
     lines = ["2026-11-24 15:03:41 | INFO | fairseq_cli.train | training on 1 devices (GPUs/TPUs)"]
     for u in range(start, updates + 1):
         rec = {"epoch": (u - 1) // epoch_size + 1, "update": round(u / epoch_size, 3),
@@ -30,7 +36,9 @@ def train_log(updates, qn=lambda u: 0.3 + 0.01 * u, alpha=lambda u: min(1.0, 0.1
         rec.update(ppl=2 ** (5.0 - 0.1 * u), wps=100.0, num_updates=u, lr=0.003)
         lines.append(log_line("train_inner", rec))
         if u % valid_every == 0:
-            valid = {"epoch": u // epoch_size, "valid_loss": 4.0 - 0.05 * u, "valid_nll_loss": 4.0 - 0.05 * u}
+            valid = {"epoch": u // epoch_size, "valid_loss": 4.0 - 0.05 * u}
+            if skd:
+                valid.update(valid_nll_loss=4.0 - 0.05 * u, valid_skd_alpha=0.123, valid_skd_qn=0.111)
             if bleu is not None:
                 valid["valid_bleu"] = bleu(u)
             valid.update(valid_ppl=10.0, valid_num_updates=u)
@@ -94,12 +102,12 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
     printed = capsys.readouterr().out
 
     rows = read_csv(out / "results.csv")
-    assert list(rows) == list(recipe_layout.VARIANTS)
+    assert list(rows) == list(layout.VARIANTS)
     for variant, (test, ppl, valid) in LM_SCORES.items():
         assert float(rows[variant]["test_nll_per_sentence"]) == test
         assert float(rows[variant]["test_ppl"]) == ppl
         assert rows[variant]["valid_nll_per_sentence"] == ("" if valid is None else str(valid))
-        assert float(rows[variant]["paper_test_nll_per_sentence"]) == recipe_layout.PAPER_TABLE2["ptb"][variant]
+        assert float(rows[variant]["paper_test_nll_per_sentence"]) == paper.TABLE2["ptb"][variant]
     assert float(rows["noise_skd"]["delta_vs_baseline"]) == pytest.approx(117.0 - 120.5)
     assert float(rows["noise_skd"]["paper_delta_vs_baseline"]) == pytest.approx(97.41 - 101.40)
     assert rows["noise"]["test_nll_per_sentence"] == "" and rows["noise"]["paper_test_nll_per_sentence"] == "101.28"
@@ -128,15 +136,22 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
     assert_png(out / "fig3_qn_alpha.png")
     assert_png(out / "valid_loss.png")
     assert not (out / "fig4_valid_bleu.png").exists()  # LM: no BLEU figure
+    # a validation curve for every variant that was run, the baseline's cross_entropy included
+    assert "`valid_loss.png`: validation NLL per token (base 2)" in md
+    assert "all variants: `valid_loss`" in md and "curves: Baseline, +SKD, +Noise+SKD" in md
+    # the training columns mean one thing, stated under the table
+    assert "| Updates | train q_n | train clip rate | final alpha |" in md
+    assert "train q_n: the mean q_n (Eq. 8) over the training positions" in md
+    assert "over the last epoch of training" in md
 
 
 def test_resumed_log_keeps_the_last_run(ptb):
-    records = recipe_layout.parse_log(ptb / "noise_skd" / "train.log")
-    updates, qn = recipe_layout.series(records, "train_inner", "skd_qn")
+    records = logs.parse_log(ptb / "noise_skd" / "train.log")
+    updates, qn = logs.series(records, "train_inner", "skd_qn")
     assert updates == list(range(1, 17))
     assert qn[:8] == [0.9] * 8
     assert qn[8:] == pytest.approx([0.4 + 0.001 * u for u in range(9, 17)])
-    assert recipe_layout.series(records, "valid", "valid_loss")[0] == [4, 8, 12, 16]
+    assert logs.series(records, "valid", "valid_loss")[0] == [4, 8, 12, 16]
     assert [r["valid_num_updates"] for r in records["valid"]] == [4.0, 8.0, 12.0, 16.0]
 
 
@@ -155,7 +170,7 @@ def en_fi(tmp_path):
     for i, (variant, scores) in enumerate(MT_BLEU.items()):
         d = exp / variant
         for (subset, beam), bleu in scores.items():
-            write_json(d / recipe_layout.bleu_file(subset, beam),
+            write_json(d / layout.bleu_file(subset, beam),
                        {"bleu": bleu, "signature": SIGNATURE, "sentences": 1370})
         write(d / "train.log", train_log(12, skd=variant in ("skd", "noise_skd"),
                                          bleu=lambda u, i=i: 2.0 + 0.5 * u + i))
@@ -164,11 +179,11 @@ def en_fi(tmp_path):
 
 def test_mt_table_csv_and_figures(en_fi, tmp_path):
     out = tmp_path / "report"
-    _, rows, md = collect_results.run(en_fi, out)
+    results, rows, md = collect_results.run(en_fi, out)
     csv_rows = read_csv(out / "results.csv")
     for variant, scores in MT_BLEU.items():
         for beam in (1, 12):
-            test, dev = recipe_layout.PAPER_TABLE3["wmt15_en_fi"][variant][beam]
+            test, dev = paper.TABLE3["wmt15_en_fi"][variant][beam]
             assert float(csv_rows[variant][f"paper_test_bleu_beam{beam}"]) == test
             assert float(csv_rows[variant][f"paper_dev_bleu_beam{beam}"]) == dev
             for subset, column in (("test", "test"), ("valid", "dev")):
@@ -190,10 +205,16 @@ def test_mt_table_csv_and_figures(en_fi, tmp_path):
     for name in ("fig3_qn_alpha.png", "fig4_valid_bleu.png", "valid_loss.png"):
         assert_png(out / name)
         assert f"`{name}`" in md
+    # what each figure plots, read back from its matplotlib lines: every variant in Figs. 4 and
+    # valid_loss (the baseline and +Noise log no valid_nll_loss), the SKD variants in Fig. 3
+    curves = {drawn.file: drawn.curves for drawn in results["figures"]}
+    assert curves["valid_loss.png"] == {"Validation loss during training (wmt15_en_fi)": list(MT_BLEU)}
+    assert list(curves["fig4_valid_bleu.png"].values()) == [list(MT_BLEU)]
+    assert list(curves["fig3_qn_alpha.png"].values()) == [["skd", "noise_skd"]] * 2
 
 
 def test_mt_differing_signatures_and_sentence_counts_are_noted(en_fi, tmp_path):
-    write_json(en_fi / "skd" / recipe_layout.bleu_file("test", 1),
+    write_json(en_fi / "skd" / layout.bleu_file("test", 1),
                {"bleu": 8.5, "signature": SIGNATURE.replace("13a", "intl"), "sentences": 1000})
     _, _, md = collect_results.run(en_fi, tmp_path / "out", figures=False)
     assert "sacreBLEU signatures differ" in md and "tok:intl" in md
@@ -230,3 +251,143 @@ def test_clear_errors(tmp_path):
     with pytest.raises(SystemExit) as e:
         collect_results.main([str(tmp_path / "mystery")])
     assert "--task lm or --task mt" in str(e.value.code)
+
+
+# ---------------------------------------------------------------------------------------------
+# fairseq_skd.results: the log parser, the training summary and the table writer that the
+# collector and fairseq-skd-demo share
+
+
+def test_training_summary_of_a_run_that_finished_no_epoch():
+    records = logs.parse_log_text("\n".join(train_log(3)))  # killed before the first epoch ended
+    assert records["train"] == [] and records["valid"] == []
+    summary = logs.training_summary(records)
+    assert summary == {"updates": 3, "epochs": None, "best_valid_loss": None, "best_epoch": None,
+                       "qn": pytest.approx(0.33), "clip": 0.25, "alpha": pytest.approx(0.3)}
+    assert logs.training_summary(logs.parse_log_text("")) == dict.fromkeys(summary)
+
+
+def test_training_summary_best_valid_loss_and_its_epoch():
+    lines = train_log(12, skd=False)
+    # a worse validation at the end: the best stays at epoch 2
+    lines = [line.replace('"valid_loss": "3.4"', '"valid_loss": "3.7"') for line in lines]
+    summary = logs.training_summary(logs.parse_log_text("\n".join(lines)))
+    assert summary["best_valid_loss"] == pytest.approx(3.6) and summary["best_epoch"] == 2
+    assert (summary["epochs"], summary["updates"]) == (3, 12)
+    assert summary["qn"] is summary["clip"] is summary["alpha"] is None  # cross_entropy logs none
+
+
+def test_the_parser_serves_the_tests_json_log_helper():
+    """raw_records returns what tests/fairseq_cli_helpers.parse_json_logs returns, for fairseq's
+    own lines and hydra's [kind] form, with fairseq's other lines and a cut line around them."""
+    from fairseq_cli_helpers import parse_json_logs
+
+    text = "\n".join(train_log(8, bleu=lambda u: u / 2) + [
+        "2026-11-24 15:03:43 | INFO | fairseq.trainer | begin training epoch 3",
+        '[2026-11-24 15:03:44,001][train_inner][INFO] - {"epoch": 3, "loss": "2.5", "num_updates": "9"}',
+        '2026-11-24 15:03:45 | INFO | train_inner | {"epoch": 3, "loss": "2.4", "num_upd',
+    ])
+    for kind in logs.RECORD_KINDS:
+        assert logs.raw_records(text, kind) == parse_json_logs(text, kind) != []
+    assert logs.raw_records(text, "train_inner")[-1] == {"epoch": 3, "loss": "2.5", "num_updates": "9"}
+
+
+def test_markdown_and_csv_from_one_table():
+    columns = [tables.Column("Model", tables.text("model"), align="left"),
+               tables.Column("NLL", tables.number("nll")),
+               tables.Column("Updates", lambda row: tables.count(row.get("updates")))]
+    rows = [{"model": "+SKD", "nll": 1.234, "updates": 12.0}, {"model": "Baseline", "nll": None}]
+    assert tables.markdown_table(columns, rows) == [
+        "| Model | NLL | Updates |", "|---|---:|---:|", "| +SKD | 1.23 | 12 |", "| Baseline | - | - |"]
+
+
+def test_csv_writes_missing_values_as_empty_fields(tmp_path):
+    tables.write_results(tmp_path, "# table\n", [{"variant": "skd", "nll": 1.5},
+                                                {"variant": "baseline", "updates": 3, "nll": None}])
+    assert (tmp_path / "results.md").read_text() == "# table\n"
+    assert (tmp_path / "results.csv").read_text() == "variant,nll,updates\nskd,1.5,\nbaseline,,3\n"
+
+
+def test_noise_stays_visible_under_noise_skd_in_fig4(en_fi):
+    # +Noise and +Noise+SKD with the same validation BLEU: two curves on the same points
+    write(en_fi / "noise_skd" / "train.log", train_log(12, bleu=lambda u: 2.0 + 0.5 * u + 1))
+    fig = figures.validation_curves(collect_results.collect(en_fi), "valid_bleu", "BLEU", "Fig. 4")
+    lines = {line.get_gid(): line for line in fig.axes[0].get_lines()}
+    assert list(lines) == list(layout.VARIANTS)
+    assert list(lines["noise"].get_ydata()) == list(lines["noise_skd"].get_ydata())
+    styles = {(line.get_linestyle(), line.get_marker()) for line in lines.values()}
+    assert len(styles) == 4  # each variant its own line style and marker
+    assert all(line.get_markerfacecolor() == "none" for line in lines.values())  # hollow
+
+
+def test_fig3_labels_the_clip_and_ticks_whole_updates(tmp_path):
+    exp = tmp_path / "wmt15_en_fi"
+    write(exp / "skd" / "train.log", train_log(4, valid_every=2, epoch_size=2))  # 4 updates
+    results = collect_results.collect(exp)
+    fig = figures.qn_alpha(results)
+    ax_q = fig.axes[0]
+    clip = [line for line in ax_q.get_lines() if "clip" in line.get_label()]
+    assert len(clip) == 1 and list(clip[0].get_ydata()) == [0.5, 0.5]
+    assert "clip" in [text.get_text() for text in ax_q.get_legend().get_texts()][-1]
+    for fig in (fig, figures.validation_curves(results, "valid_loss", "NLL", "loss")):
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_an_experiment_that_is_not_the_papers_scored_on_test_only(ptb, en_fi, tmp_path):
+    """fairseq-skd-demo's seed folders: --subsets test --no-paper leave no recipe leftovers."""
+    seed = tmp_path / "seed1"
+    ptb.rename(seed)
+    collect_results.main([str(seed), "--task", "lm", "--subsets", "test", "--no-paper",
+                          "--experiment", "lm/seed1", "--no-figures"])
+    md = (seed / "results.md").read_text()
+    assert md.startswith("# lm/seed1: Table 2")
+    for leftover in ("Paper seed1", "Paper", "(paper)", "no paper numbers", "score_valid.json missing",
+                     "Valid NLL", "valid -"):
+        assert leftover not in md, leftover
+    assert "Sentences scored: test 3761." in md
+    rows = read_csv(seed / "results.csv")
+    assert float(rows["skd"]["test_nll_per_sentence"]) == 118.25
+    assert not [field for field in rows["skd"] if field.startswith(("paper_", "valid_"))]
+
+    _, rows, md = collect_results.run(en_fi, tmp_path / "mt", task="mt", subsets=("test",),
+                                      with_paper=False, figures=False)
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in md.splitlines() if line.startswith("| +") or line.startswith("| Baseline")}
+    assert table["Baseline"][:2] == ["7.50", "9.00"] and table["+Noise"][:2] == ["7.75", "9.25"]
+    assert "(dev)" not in md and "bleu_valid" not in md and "(paper)" not in md and "Paper" not in md
+    assert not [key for key in rows[0] if key.startswith(("paper_", "dev_"))]
+
+
+def test_validation_alpha_is_not_read(tmp_path):
+    """Validation applies alpha = 0; an older criterion logged the schedule's valid_skd_alpha
+    there. Tables (training summary), epoch lines and figures read the training records only."""
+    text = "\n".join(train_log(8))
+    assert '"valid_skd_alpha": "0.123"' in text
+    records = logs.parse_log_text(text)
+    assert logs.training_summary(records)["alpha"] == pytest.approx(0.8)
+    progress = logs.EpochProgress(epochs=2)
+    lines = [line for line in map(progress.feed, text.splitlines()) if line]
+    assert len(lines) == 2 and "alpha 0.80" in lines[1] and "0.12" not in lines[1]
+    assert logs.series(records, "train_inner", "skd_alpha")[1][-1] == pytest.approx(0.8)
+
+
+def test_one_line_per_epoch_with_a_time_estimate():
+    clock = iter([100.0, 130.0, 160.0, 190.0])
+    progress = logs.EpochProgress(epochs=3, clock=lambda: next(clock))
+    lines = [progress.feed(line) for line in train_log(12, bleu=lambda u: u / 2.0)]
+    printed = [line for line in lines if line]
+    assert printed == [
+        "epoch 1/3  train loss 4.500  nll 4.500  alpha 0.40  q_n 0.335  clip 0.200  valid loss 3.800"
+        "  valid BLEU 2.00  (30s, about 1m00s left)",
+        "epoch 2/3  train loss 4.500  nll 4.500  alpha 0.80  q_n 0.375  clip 0.200  valid loss 3.600"
+        "  valid BLEU 4.00  (1m00s, about 30s left)",
+        "epoch 3/3  train loss 4.500  nll 4.500  alpha 1.00  q_n 0.415  clip 0.200  valid loss 3.400"
+        "  valid BLEU 6.00  (1m30s)",
+    ]
+    # fairseq's other lines, a resumed run's first epoch and a run of unknown length
+    progress = logs.EpochProgress(clock=iter([0.0, 5.0]).__next__)
+    assert progress.feed("2026-11-24 15:03:41 | INFO | fairseq_cli.train | done training") is None
+    resumed = [line for line in map(progress.feed, train_log(12, start=9, skd=False)) if line]
+    assert resumed == ["epoch 3  train loss 4.500  nll 4.500  valid loss 3.400  (5s)"]

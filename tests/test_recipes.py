@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from fairseq_skd import variants as skd_variants
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 LM = REPO / "recipes" / "lm" / "run.sh"
@@ -278,3 +280,92 @@ def test_lm_resume_appends(runs):
     assert "Loaded checkpoint" in added
     assert f"(epoch 3 @ {updates['train_num_updates']} updates)" in added
     assert '"epoch": 3' in added and (run_dir / ".train.done").is_file()
+
+
+@pytest.mark.parametrize("variant", skd_variants.VARIANTS)
+def test_the_recipes_variants_are_those_of_fairseq_skd_variants(variant, tmp_path):
+    """The bash copy of the four variants (utils/common.sh) agrees with fairseq_skd/variants.py,
+    --skd-args reaching the SKD variants only."""
+    proc = bash(f"skd_sigma=0.3; skd_warmup=7; skd_eta=0.05; noise_std=0.2; "
+                f"skd_args='--skd-qn-max 0.4 --skd-lambda 0.9'; variant_criterion_flags {variant}; "
+                "printf '%s\\n' \"${variant_flags[@]}\"; echo \"default: $variants\"", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    *flags, default = proc.stdout.splitlines()
+    assert flags == skd_variants.criterion_flags(
+        variant, 0.3, 7, 0.05, 0.2, skd_args=["--skd-qn-max", "0.4", "--skd-lambda", "0.9"])
+    assert ("--skd-qn-max" in flags) == (variant in skd_variants.SKD_VARIANTS)
+    assert default == "default: " + " ".join(skd_variants.VARIANTS)
+
+
+def corpus_from_fixtures(root):
+    """The fixtures laid out as --corpus folders: PTB's three files as train/valid/test.txt, and
+    250 Europarl de-en pairs as train/valid/test.{en,de} (200 / 25 / 25)."""
+    lm, mt = root / "my_lm_corpus", root / "my_mt_corpus"
+    lm.mkdir(parents=True)
+    mt.mkdir()
+    for split in ("train", "valid", "test"):
+        shutil.copy(FIXTURES / "ptb" / f"ptb.{split}.txt", lm / f"{split}.txt")
+    for lang in ("en", "de"):
+        lines = (FIXTURES / "wmt15" / "training" / f"europarl-v7.de-en.{lang}").read_text(
+            encoding="utf-8").splitlines(keepends=True)
+        for split, part in (("train", lines[:200]), ("valid", lines[200:225]), ("test", lines[225:250])):
+            (mt / f"{split}.{lang}").write_text("".join(part), encoding="utf-8")
+    return lm, mt
+
+
+@pytest.fixture(scope="module")
+def corpus_runs(tmp_path_factory):
+    """Both recipes on corpora of one's own with fairseq's transformer, side by side:
+    {name: (tmp dir, stderr)}."""
+    root = tmp_path_factory.mktemp("corpus")
+    lm, mt = corpus_from_fixtures(root)
+    common = ["--smoke", "--model", "transformer", "--variants", "baseline skd",
+              "--skd-args", "--skd-lambda 0.9"]
+    cmds = {"lm": [LM, "--corpus", lm, "--vocab-size", 50, *common],
+            "mt": [MT, "--pair", "en-de", "--corpus", mt, "--bpe-size", 400, "--beams", "1 2", *common]}
+    procs = {name: subprocess.Popen(["bash", *map(str, cmd)], cwd=root, env=env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, cmd in cmds.items()}
+    out = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, f"{name} recipe exited {proc.returncode}\n{err[-4000:]}"
+        out[name] = (root, err)
+    return out
+
+
+@pytest.mark.parametrize("name,experiment", [("lm", "my_lm_corpus"), ("mt", "my_mt_corpus")])
+def test_a_corpus_of_ones_own_with_a_transformer(corpus_runs, name, experiment):
+    root, err = corpus_runs[name]
+    exp = root / "exp" / experiment  # named after the corpus folder, under the current folder
+    results = (exp / "results.md").read_text()
+    assert "| Baseline |" in results and "| +SKD |" in results
+    header = next(line for line in results.splitlines() if line.startswith("| Model"))
+    assert "paper" not in header.lower() and "no paper numbers" not in results  # ours only
+    assert (root / "data" / experiment / "MANIFEST.sha256").is_file()  # sha256 recorded
+    for variant in ("baseline", "skd"):
+        command = (exp / variant / "train.log").read_text().splitlines()[0]
+        arch = "transformer_lm" if name == "lm" else "transformer_iwslt_de_en"
+        assert f"--arch {arch}" in command
+        # --skd-args reaches the SKD variant only
+        assert ("--skd-lambda 0.9" in command) == (variant == "skd")
+    # the transformer's tied embedding is ~1.4 apart: sigma auto keeps q_n off the clip
+    skd_log = (exp / "skd" / "train.log").read_text()
+    assert "--skd-sigma auto" in skd_log.splitlines()[0]
+    clips = [float(r["skd_clip"]) for r in parse_log_records(skd_log) if "skd_clip" in r]
+    assert clips and max(clips) < 0.95, clips
+    assert "SKD: q_n was clipped" not in skd_log  # the saturation warning did not fire
+    if name == "lm":
+        # --vocab-size 50 of the fixture's 100 words: the rarer became <unk>
+        words = (root / "data" / experiment / "bin" / "dict.txt").read_text().splitlines()
+        # (fairseq pads the dictionary to a multiple of 8 with madeupwordNNNN entries)
+        assert len([w for w in words if not w.startswith("madeupword")]) == 50
+    else:
+        assert "Beam 2 (ours)" in results
+        assert "sacremoses has rules" in err
+
+
+def parse_log_records(text):
+    from fairseq_skd.results.logs import raw_records
+
+    return raw_records(text, "train_inner")

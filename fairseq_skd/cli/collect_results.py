@@ -4,56 +4,40 @@
     # writes exp/wmt15_en_fi/results.md, results.csv, fig3_qn_alpha.png, fig4_valid_bleu.png,
     # valid_loss.png and prints the table
 
-Reads the layout described in ``fairseq_skd.cli.recipe_layout`` (a folder per variant with
+Reads the layout described in ``fairseq_skd.results.layout`` (a folder per variant with
 ``train.log`` and the score files of ``fairseq-skd-score-lm`` / ``fairseq-skd-bleu``):
 
 - LM experiments (ptb, wiki2): Table 2, test NLL per sentence (and perplexity) per variant;
 - MT experiments (wmt15_*): Table 3, BLEU "test (dev)" for beam 1 and beam 12, with the
   sacreBLEU signature(s) under the table;
 - for every variant, the number of updates and, for the SKD variants, the mean q_n, the rate of
-  clipped q_n and alpha over the last epoch (``train`` record; the last ``train_inner`` record
-  if no epoch finished);
+  clipped q_n and alpha over the last epoch of training (``train`` record; the last
+  ``train_inner`` record if no epoch finished);
 - figures: q_n and alpha over updates (Fig. 3), validation BLEU over updates (Fig. 4, MT),
-  validation NLL per token over updates (both).
+  validation NLL per token over updates (both), a curve for every variant that logged it.
 
 A variant that was not run or a missing score file shows as "-" and is listed under Notes.
+``--subsets test`` reads the test scores only and ``--no-paper`` leaves the paper's columns out,
+for experiments that are not the paper's (``fairseq-skd-demo`` collects each seed so).
 """
 
 import argparse
-import csv
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
-from fairseq_skd.cli import recipe_layout as layout
 from fairseq_skd.cli.requirements import require_packages
-
-MISSING = "-"
+from fairseq_skd.results import layout, paper
+from fairseq_skd.results.figures import write_figures
+from fairseq_skd.results.logs import is_number, parse_log, training_summary
+from fairseq_skd.results.tables import (MISSING, Column, count, fmt, markdown_table, number, signed,
+                                        text, write_results)
 
 
 class CollectError(Exception):
     """A user-facing failure: no such folder, nothing to collect."""
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="fairseq-skd-collect",
-        description="Tables (markdown + CSV) and figures of one recipe run, in the format of "
-        "Hahn & Choi (2019) Tables 2-3 and Figs. 3-4, with the paper's numbers beside ours.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("exp_dir", metavar="EXP_DIR",
-                        help="experiment folder (ptb, wiki2, wmt15_en_fi, wmt15_fi_en, wmt15_en_de) "
-                        f"holding variant folders ({', '.join(layout.VARIANTS)})")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: EXP_DIR)")
-    parser.add_argument("--experiment", help="experiment name for the paper's numbers "
-                        "(default: the folder's name)")
-    parser.add_argument("--task", choices=["lm", "mt"],
-                        help="LM (Table 2) or MT (Table 3); default: from the experiment name, "
-                        "else from the score files found")
-    parser.add_argument("--no-figures", action="store_true", help="write the tables only")
-    return parser
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,30 +56,6 @@ def _read_json(path, notes, label):
         return None
 
 
-def _number(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def training_summary(records):
-    """Updates done, and the last epoch's mean q_n / clip rate / alpha (None where not logged)."""
-    inner, epochs = records["train_inner"], records["train"]
-    updates = None
-    if inner:
-        updates = inner[-1]["num_updates"]
-    if epochs:
-        updates = max(updates or 0, epochs[-1]["train_num_updates"])
-    summary = {"updates": None if updates is None else int(updates), "qn": None, "clip": None, "alpha": None}
-    for key in ("qn", "clip", "alpha"):
-        epoch = [r for r in epochs if _number(r.get(f"train_skd_{key}")) is not None]
-        inner_ = [r for r in inner if _number(r.get(f"skd_{key}")) is not None]
-        # the epoch mean, unless training went on after the last finished epoch
-        if epoch and (not inner_ or epoch[-1]["train_num_updates"] >= inner_[-1]["num_updates"]):
-            summary[key] = epoch[-1][f"train_skd_{key}"]
-        elif inner_:
-            summary[key] = inner_[-1][f"skd_{key}"]
-    return summary
-
-
 def infer_task(name, variant_dirs):
     if name in layout.LM_EXPERIMENTS:
         return "lm"
@@ -109,8 +69,9 @@ def infer_task(name, variant_dirs):
     return None
 
 
-def collect(exp_dir, experiment=None, task=None):
-    """Everything the tables and figures need, as plain data."""
+def collect(exp_dir, experiment=None, task=None, subsets=layout.SUBSETS, with_paper=True):
+    """Everything the tables and figures need, as plain data: the score files of ``subsets``,
+    the paper's numbers unless ``with_paper`` is false."""
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
         raise CollectError(f"experiment folder not found: {exp_dir}")
@@ -127,14 +88,14 @@ def collect(exp_dir, experiment=None, task=None):
     others = sorted(p.name for p in exp_dir.iterdir() if p.is_dir() and p.name not in layout.VARIANTS)
     if others:
         notes.append(f"folders ignored (not a variant): {', '.join(others)}")
-    known = layout.PAPER_TABLE2 if task == "lm" else layout.PAPER_TABLE3
-    if name not in known:
+    known = paper.table(task)
+    if with_paper and name not in known:
         notes.append(f"no paper numbers for experiment '{name}' "
                      f"(known: {', '.join(sorted(known))})")
 
+    beams = beams_decoded(variant_dirs.values()) if task == "mt" else ()
     variants = {}
     for variant in layout.VARIANTS:
-        label = variant
         entry = {"run": variant in variant_dirs, "logs": None, "training": None, "scores": {}}
         variants[variant] = entry
         if not entry["run"]:
@@ -143,33 +104,41 @@ def collect(exp_dir, experiment=None, task=None):
         d = variant_dirs[variant]
         log = d / layout.TRAIN_LOG
         if log.is_file():
-            entry["logs"] = layout.parse_log(log)
+            entry["logs"] = parse_log(log)
             entry["training"] = training_summary(entry["logs"])
             if not entry["logs"]["train_inner"] and not entry["logs"]["valid"]:
                 notes.append(f"{variant}: {layout.TRAIN_LOG} has no JSON train_inner/valid records "
                              "(was it run with --log-format json?)")
         else:
             notes.append(f"{variant}: {layout.TRAIN_LOG} missing (no curves, no q_n)")
-        if task == "lm":
-            for subset in ("test", "valid"):
-                data = _read_json(d / layout.lm_score_file(subset), notes, label)
+        for subset in subsets:
+            if task == "lm":
+                data = _read_json(d / layout.lm_score_file(subset), notes, variant)
                 if data is not None and data.get("subset", subset) != subset:
                     notes.append(f"{variant}: {layout.lm_score_file(subset)} is for subset "
                                  f"'{data['subset']}'")
                 entry["scores"][subset] = data
-        else:
-            for subset in ("test", "valid"):
-                for beam in layout.BEAMS:
-                    entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam), notes, label)
+            else:
+                for beam in beams:
+                    entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam),
+                                                                 notes, variant)
     _check_sentence_counts(variants, notes)
-    return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants, "notes": notes}
+    return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants,
+            "subsets": tuple(subsets), "beams": beams, "paper": with_paper, "notes": notes}
+
+
+def beams_decoded(variant_dirs):
+    """The beam widths of the BLEU files present (a recipe's --beams), else the paper's."""
+    found = {int(m.group(1)) for d in variant_dirs for p in d.glob("bleu_*_beam*.json")
+             if (m := re.search(r"_beam(\d+)\.json$", p.name))}
+    return tuple(sorted(found)) or layout.BEAMS
 
 
 def _check_sentence_counts(variants, notes):
     counts = {}
     for variant, entry in variants.items():
         for key, data in entry["scores"].items():
-            if data and _number(data.get("sentences")) is not None:
+            if data and is_number(data.get("sentences")):
                 counts.setdefault(key, {})[variant] = data["sentences"]
     for key, per_variant in counts.items():
         if len(set(per_variant.values())) > 1:
@@ -179,28 +148,36 @@ def _check_sentence_counts(variants, notes):
 
 
 # ---------------------------------------------------------------------------------------------
-# tables
-
-
-def _fmt(value, digits=2):
-    return MISSING if value is None else f"{value:.{digits}f}"
+# rows (results.csv) and tables (results.md)
 
 
 def _score(data, key):
-    return _number(data.get(key)) if data else None
+    value = data.get(key) if data else None
+    return value if is_number(value) else None
+
+
+def _training_columns(training):
+    return {"updates": training.get("updates"), "final_qn": training.get("qn"),
+            "final_clip": training.get("clip"), "final_alpha": training.get("alpha")}
+
+
+def _only(results, row):
+    """``row`` without the columns of subsets not scored and, without the paper, its columns."""
+    prefixes = {"test": ("test_",), "valid": ("valid_", "dev_")}  # MT calls valid "dev"
+    dropped = tuple(p for s in layout.SUBSETS if s not in results["subsets"] for p in prefixes[s])
+    dropped += () if results["paper"] else ("paper_",)
+    return {k: v for k, v in row.items() if not k.startswith(dropped)}
 
 
 def lm_rows(results):
     name = results["experiment"]
-    paper = layout.PAPER_TABLE2.get(name, {})
     base = results["variants"]["baseline"]["scores"].get("test")
-    base_ours, base_paper = _score(base, "nll_per_sentence"), paper.get("baseline")
+    base_ours, base_paper = _score(base, "nll_per_sentence"), paper.nll_per_sentence(name, "baseline")
     rows = []
     for variant, entry in results["variants"].items():
         test, valid = entry["scores"].get("test"), entry["scores"].get("valid")
-        training = entry["training"] or {}
-        ours = _score(test, "nll_per_sentence")
-        rows.append({
+        ours, theirs = _score(test, "nll_per_sentence"), paper.nll_per_sentence(name, variant)
+        rows.append(_only(results, {
             "experiment": name,
             "variant": variant,
             "model": layout.VARIANT_NAMES[variant],
@@ -210,38 +187,29 @@ def lm_rows(results):
             "valid_nll_per_sentence": _score(valid, "nll_per_sentence"),
             "valid_ppl": _score(valid, "ppl"),
             "delta_vs_baseline": None if ours is None or base_ours is None else ours - base_ours,
-            "paper_test_nll_per_sentence": paper.get(variant),
-            "paper_delta_vs_baseline": (None if variant not in paper or base_paper is None
-                                        else paper[variant] - base_paper),
-            "updates": training.get("updates"),
-            "final_qn": training.get("qn"),
-            "final_clip": training.get("clip"),
-            "final_alpha": training.get("alpha"),
-        })
+            "paper_test_nll_per_sentence": theirs,
+            "paper_delta_vs_baseline": None if theirs is None or base_paper is None else theirs - base_paper,
+            **_training_columns(entry["training"] or {}),
+        }))
     return rows
 
 
 def mt_rows(results):
     name = results["experiment"]
-    paper = layout.PAPER_TABLE3.get(name, {})
+    sigs = signatures(results)
     rows = []
     for variant, entry in results["variants"].items():
-        training = entry["training"] or {}
         row = {"experiment": name, "variant": variant, "model": layout.VARIANT_NAMES[variant]}
-        for beam in layout.BEAMS:
+        for beam in results["beams"]:
             row[f"test_bleu_beam{beam}"] = _score(entry["scores"].get(("test", beam)), "bleu")
             row[f"dev_bleu_beam{beam}"] = _score(entry["scores"].get(("valid", beam)), "bleu")
-        for beam in layout.BEAMS:
-            test, dev = paper.get(variant, {}).get(beam, (None, None))
-            row[f"paper_test_bleu_beam{beam}"] = test
-            row[f"paper_dev_bleu_beam{beam}"] = dev
-        row.update({
-            "updates": training.get("updates"),
-            "final_qn": training.get("qn"),
-            "final_clip": training.get("clip"),
-            "final_alpha": training.get("alpha"),
-        })
-        rows.append(row)
+        for beam in results["beams"]:
+            row[f"paper_test_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "test")
+            row[f"paper_dev_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "valid")
+        row.update(_training_columns(entry["training"] or {}))
+        row["signature"] = " ; ".join(s for s, files in sigs.items()
+                                      if any(x.startswith(variant + "/") for x in files))
+        rows.append(_only(results, row))
     return rows
 
 
@@ -255,63 +223,87 @@ def signatures(results):
     return found
 
 
-def _test_dev(test, dev):
-    if test is None and dev is None:
-        return MISSING
-    return f"{_fmt(test)} ({_fmt(dev)})"
+def _test_dev(test_key, dev_key):
+    """A "test (dev)" cell; "test" alone where the row has no ``dev_key`` column."""
+    def cell(row):
+        if dev_key not in row:
+            return fmt(row.get(test_key))
+        if row.get(test_key) is None and row.get(dev_key) is None:
+            return MISSING
+        return f"{fmt(row.get(test_key))} ({fmt(row.get(dev_key))})"
+    return cell
 
 
-def _updates(value):
-    return MISSING if value is None else str(int(value))
+# The training log's values (one meaning in every table: the last epoch of training).
+TRAINING_COLUMNS = [
+    Column("Updates", lambda row: count(row["updates"])),
+    Column("train q_n", number("final_qn", 4)),
+    Column("train clip rate", number("final_clip", 4)),
+    Column("final alpha", number("final_alpha", 4)),
+]
+TRAINING_LEGEND = (
+    "train q_n: the mean q_n (Eq. 8) over the training positions where the prediction is not "
+    "the target, as the criterion logs it, i.e. after clipping at --skd-qn-max (so it cannot "
+    "rise above that value as the paper's Fig. 3(a) does); train clip rate: the fraction of "
+    "those q_n clipped; final alpha: the SKD weight (Eq. 12). All three over the last epoch of "
+    "training (`train` record of train.log; the last `train_inner` record if no epoch "
+    f"finished). {MISSING}: not logged (the criterion is not self_kd_cross_entropy) or not run.")
+
+
+def lm_columns(results):
+    dataset = layout.LM_EXPERIMENTS.get(results["experiment"], results["experiment"])
+    columns = [
+        Column("Model", text("model"), align="left"),
+        Column("Test NLL/sent. (ours)", number("test_nll_per_sentence")),
+        Column("Δ (ours)", lambda row: signed(row["delta_vs_baseline"])),
+        Column("Test ppl (ours)", number("test_ppl")),
+    ]
+    if "valid" in results["subsets"]:
+        columns.append(Column("Valid NLL/sent. (ours)", number("valid_nll_per_sentence")))
+    if results["paper"]:
+        columns += [Column(f"Paper {dataset}", number("paper_test_nll_per_sentence")),
+                    Column("Δ (paper)", lambda row: signed(row["paper_delta_vs_baseline"]))]
+    return columns + TRAINING_COLUMNS
+
+
+def mt_columns(results):
+    columns = [Column("Model", text("model"), align="left")]
+    for beam in results["beams"]:
+        columns.append(Column(f"Beam {beam} (ours)",
+                              _test_dev(f"test_bleu_beam{beam}", f"dev_bleu_beam{beam}")))
+        if results["paper"]:
+            columns.append(Column(f"Beam {beam} (paper)", _test_dev(f"paper_test_bleu_beam{beam}",
+                                                                   f"paper_dev_bleu_beam{beam}")))
+    return columns + TRAINING_COLUMNS
 
 
 def markdown(results, rows, figures):
     name, task = results["experiment"], results["task"]
-    lines = []
     if task == "lm":
-        dataset = layout.LM_EXPERIMENTS.get(name, name)
-        lines += [
+        lines = [
             f"# {name}: Table 2 (language modelling), test NLL per sentence",
             "",
             "NLL per sentence: natural log, `</s>` included, mean over the test sentences "
             "(`fairseq-skd-score-lm`); lower is better. Δ: difference to the baseline of the same "
             "column. Perplexity: exp(total NLL / total tokens).",
             "",
-            f"| Model | Test NLL/sent. (ours) | Δ (ours) | Test ppl (ours) | Valid NLL/sent. (ours) "
-            f"| Paper {dataset} | Δ (paper) | Updates | q_n | clip rate | alpha |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *markdown_table(lm_columns(results), rows),
         ]
-        for r in rows:
-            lines.append(
-                f"| {r['model']} | {_fmt(r['test_nll_per_sentence'])} | {_signed(r['delta_vs_baseline'])} "
-                f"| {_fmt(r['test_ppl'])} | {_fmt(r['valid_nll_per_sentence'])} "
-                f"| {_fmt(r['paper_test_nll_per_sentence'])} | {_signed(r['paper_delta_vs_baseline'])} "
-                f"| {_updates(r['updates'])} | {_fmt(r['final_qn'], 4)} | {_fmt(r['final_clip'], 4)} "
-                f"| {_fmt(r['final_alpha'], 4)} |"
-            )
-        counts = [f"{subset} {_sentences(results, subset)}" for subset in ("test", "valid")]
+        counts = [f"{subset} {_sentences(results, subset)}" for subset in results["subsets"]]
         lines += ["", f"Sentences scored: {', '.join(counts)}."]
     else:
         pair = layout.MT_EXPERIMENTS.get(name, name)
-        lines += [
-            f"# {name}: Table 3 (translation), BLEU test (dev)",
+        dev = "valid" in results["subsets"]
+        lines = [
+            f"# {name}: Table 3 (translation), BLEU test{' (dev)' if dev else ''}",
             "",
-            "Detokenized sacreBLEU (`fairseq-skd-bleu`), test set with the development set in "
-            f"parentheses, as in the paper; paper: {pair} rows of Table 3.",
+            "Detokenized sacreBLEU (`fairseq-skd-bleu`), "
+            + ("test set with the development set in parentheses, as in the paper"
+               if dev else "test set")
+            + (f"; paper: {pair} rows of Table 3." if results["paper"] else "."),
             "",
-            "| Model | Beam 1 (ours) | Beam 1 (paper) | Beam 12 (ours) | Beam 12 (paper) "
-            "| Updates | q_n | clip rate | alpha |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *markdown_table(mt_columns(results), rows),
         ]
-        for r in rows:
-            lines.append(
-                f"| {r['model']} | {_test_dev(r['test_bleu_beam1'], r['dev_bleu_beam1'])} "
-                f"| {_test_dev(r['paper_test_bleu_beam1'], r['paper_dev_bleu_beam1'])} "
-                f"| {_test_dev(r['test_bleu_beam12'], r['dev_bleu_beam12'])} "
-                f"| {_test_dev(r['paper_test_bleu_beam12'], r['paper_dev_bleu_beam12'])} "
-                f"| {_updates(r['updates'])} | {_fmt(r['final_qn'], 4)} | {_fmt(r['final_clip'], 4)} "
-                f"| {_fmt(r['final_alpha'], 4)} |"
-            )
         sigs = signatures(results)
         lines.append("")
         if len(sigs) == 1:
@@ -321,18 +313,13 @@ def markdown(results, rows, figures):
             lines += [f"- `{sig}`: {', '.join(files)}" for sig, files in sigs.items()]
         else:
             lines.append(f"sacreBLEU signature: {MISSING} (no BLEU file found)")
-    lines += [
-        "",
-        "q_n: mean q_n (Eq. 8) over the positions where the prediction is not the target, as the "
-        "criterion logs it, i.e. after clipping at --skd-qn-max (so it cannot rise above that "
-        "value as the paper's Fig. 3(a) does); clip rate: the fraction of those q_n clipped; "
-        "alpha: the SKD weight (Eq. 12). Values over the last "
-        "epoch of training (`train` record of train.log; the last `train_inner` record if no epoch "
-        f"finished). {MISSING}: not logged (the criterion is not self_kd_cross_entropy) or not run.",
-    ]
+    lines += ["", TRAINING_LEGEND]
     if figures:
         lines += ["", "## Figures", ""]
-        lines += [f"- `{name}`: {caption}" for name, caption in figures]
+        for drawn in figures:
+            variants = dict.fromkeys(v for panel in drawn.curves.values() for v in panel)
+            lines.append(f"- `{drawn.file}`: {drawn.caption}; curves: "
+                         + ", ".join(layout.VARIANT_NAMES[v] for v in variants))
     lines += ["", "## Notes", ""]
     lines += [f"- {note}" for note in results["notes"]] or ["- none: every file was found"]
     return "\n".join(lines) + "\n"
@@ -344,120 +331,44 @@ def _sentences(results, subset):
     return MISSING if not found else "/".join(str(n) for n in sorted(found))
 
 
-def _signed(value):
-    return MISSING if value is None else f"{value:+.2f}"
-
-
-def write_csv(path, rows, results):
-    fields = list(rows[0])
-    if results["task"] == "mt":
-        fields.append("signature")
-        sigs = signatures(results)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            out = {k: ("" if v is None else v) for k, v in row.items()}
-            if results["task"] == "mt":
-                mine = [s for s, files in sigs.items() if any(x.startswith(row["variant"] + "/") for x in files)]
-                out["signature"] = " ; ".join(mine)
-            writer.writerow(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# figures
-
-
-def _figure(ncols=1):
-    from matplotlib.figure import Figure  # no pyplot: no global backend, Agg canvas for PNG
-
-    fig = Figure(figsize=(5.5 * ncols, 4), layout="tight")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, axes
-
-
-def _plot_curves(results, kind, key, variants):
-    curves = {}
-    for variant in variants:
-        logs = results["variants"][variant]["logs"]
-        if logs:
-            xs, ys = layout.series(logs, kind, key)
-            if xs:
-                curves[variant] = (xs, ys)
-    return curves
-
-
-def figure_qn_alpha(results, path):
-    qn = _plot_curves(results, "train_inner", "skd_qn", layout.SKD_VARIANTS)
-    alpha = _plot_curves(results, "train_inner", "skd_alpha", layout.SKD_VARIANTS)
-    if not qn and not alpha:
-        return False
-    fig, (ax_q, ax_a) = _figure(2)
-    for variant, (xs, ys) in qn.items():
-        ax_q.plot(xs, ys, label=layout.VARIANT_NAMES[variant], linewidth=1)
-    ax_q.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-    ax_q.set(title=f"(a) q_n during training ({results['experiment']})", xlabel="updates",
-             ylabel="mean q_n where prediction != target (as logged)")
-    for variant, (xs, ys) in alpha.items():
-        ax_a.plot(xs, ys, label=layout.VARIANT_NAMES[variant], linewidth=1)
-    ax_a.set(title="(b) alpha schedule", xlabel="updates", ylabel="alpha")
-    for ax in (ax_q, ax_a):
-        if ax.lines:
-            ax.legend()
-        ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    return True
-
-
-def figure_valid(results, path, key, ylabel, title):
-    curves = _plot_curves(results, "valid", key, layout.VARIANTS)
-    if not curves:
-        return False
-    fig, (ax,) = _figure(1)
-    for variant, (xs, ys) in curves.items():
-        ax.plot(xs, ys, marker="o", markersize=3, label=layout.VARIANT_NAMES[variant], linewidth=1)
-    ax.set(title=title, xlabel="updates", ylabel=ylabel)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    return True
-
-
-def write_figures(results, out):
-    name, written = results["experiment"], []
-    if figure_qn_alpha(results, out / "fig3_qn_alpha.png"):
-        written.append(("fig3_qn_alpha.png", "q_n and alpha over updates for the SKD variants (paper Fig. 3)"))
-    else:
-        results["notes"].append("fig3_qn_alpha.png not drawn: no skd_qn/skd_alpha in the SKD variants' logs")
-    if results["task"] == "mt":
-        if figure_valid(results, out / "fig4_valid_bleu.png", "valid_bleu", "validation BLEU",
-                        f"Validation BLEU during training ({name})"):
-            written.append(("fig4_valid_bleu.png", "validation BLEU over updates, all variants (paper Fig. 4)"))
-        else:
-            results["notes"].append("fig4_valid_bleu.png not drawn: no valid_bleu in the logs "
-                                    "(train with --eval-bleu)")
-    if figure_valid(results, out / "valid_loss.png", "valid_nll_loss",
-                    "validation NLL per token (bits)", f"Validation loss during training ({name})"):
-        written.append(("valid_loss.png", "validation NLL per token (base 2, cross-entropy part) over updates"))
-    else:
-        results["notes"].append("valid_loss.png not drawn: no valid records in the logs")
-    return written
-
-
 # ---------------------------------------------------------------------------------------------
 
 
-def run(exp_dir, out=None, experiment=None, task=None, figures=True):
-    """Collect, write results.md / results.csv (and figures); returns (results, rows, markdown)."""
-    results = collect(exp_dir, experiment, task)
+def run(exp_dir, out=None, experiment=None, task=None, figures=True, subsets=layout.SUBSETS,
+        with_paper=True):
+    """Collect, write results.md / results.csv (and figures); returns (results, rows, markdown),
+    with the figures drawn in ``results["figures"]`` (:class:`fairseq_skd.results.figures.Drawn`)."""
+    results = collect(exp_dir, experiment, task, subsets, with_paper)
     out = Path(out) if out else Path(exp_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = lm_rows(results) if results["task"] == "lm" else mt_rows(results)
-    written = write_figures(results, out) if figures else []
-    text = markdown(results, rows, written)
-    (out / "results.md").write_text(text)
-    write_csv(out / "results.csv", rows, results)
-    return results, rows, text
+    results["figures"] = write_figures(results, out) if figures else []
+    md = markdown(results, rows, results["figures"])
+    write_results(out, md, rows)
+    return results, rows, md
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fairseq-skd-collect", description=(
+        "Tables (markdown + CSV) and figures of one recipe run, in the format of Hahn & Choi "
+        "(2019) Tables 2-3 and Figs. 3-4, with the paper's numbers beside ours."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("exp_dir", metavar="EXP_DIR",
+                        help="experiment folder (ptb, wiki2, wmt15_en_fi, wmt15_fi_en, wmt15_en_de) "
+                        f"holding variant folders ({', '.join(layout.VARIANTS)})")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: EXP_DIR)")
+    parser.add_argument("--experiment", help="experiment name for the paper's numbers "
+                        "(default: the folder's name)")
+    parser.add_argument("--task", choices=layout.TASKS,
+                        help="LM (Table 2) or MT (Table 3); default: from the experiment name, "
+                        "else from the score files found")
+    parser.add_argument("--no-figures", action="store_true", help="write the tables only")
+    ours = parser.add_argument_group("an experiment that is not the paper's",
+                                     "fairseq-skd-demo collects each of its seeds with both")
+    ours.add_argument("--subsets", nargs="+", choices=layout.SUBSETS, default=list(layout.SUBSETS),
+                      help="the subsets scored: the tables show and expect their files only")
+    ours.add_argument("--no-paper", action="store_true", help="our numbers only, no paper columns")
+    return parser
 
 
 def main(argv=None):
@@ -465,10 +376,11 @@ def main(argv=None):
     require_packages("fairseq-skd-collect", [] if args.no_figures else ["matplotlib"])
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font search logs at DEBUG
     try:
-        _, _, text = run(args.exp_dir, args.out, args.experiment, args.task, not args.no_figures)
+        _, _, md = run(args.exp_dir, args.out, args.experiment, args.task, not args.no_figures,
+                       args.subsets, not args.no_paper)
     except CollectError as e:
         sys.exit(f"fairseq-skd-collect: error: {e}")
-    print(text, end="")
+    print(md, end="")
     print(f"written to {Path(args.out or args.exp_dir)}/ (results.md, results.csv"
           f"{'' if args.no_figures else ', figures'})", flush=True)
 

@@ -1,4 +1,5 @@
-"""The offline SKD study: the paper's four variants for an LM and an NMT model, one command.
+"""The offline SKD study: the paper's four variants for a language model and a translation
+model, one command.
 
     fairseq-skd-demo --out outputs/demo            # ~15 minutes on 2 CPU cores: both tasks,
                                                    # seeds 1 2 3, mean and spread over them
@@ -7,24 +8,28 @@
 
 For each task it trains Baseline, +Noise, +SKD and +Noise+SKD (paper Tables 2 and 3) with the
 same data, model, seeds and number of updates, on corpora generated offline by
-``fairseq_skd.data.synthetic`` (English-like sentences whose words have near-synonyms; for NMT
-a made-up target language with synonyms of its own). It scores the LM with
-``fairseq-skd-score-lm`` (test NLL per sentence) and the NMT model with ``fairseq-generate``
-(beam 1 and 12) and ``fairseq-skd-bleu``, measures each variant's median q_n and clip rate on
-the test set, and writes to the output folder:
+``fairseq_skd.data.synthetic`` (English-like sentences whose words have near-synonyms; for
+translation a made-up target language with synonyms of its own). It scores the LM with
+``fairseq-skd-score-lm`` (test NLL per sentence) and the translation model with
+``fairseq-generate`` (beam 1 and 12) and ``fairseq-skd-bleu``, measures each variant's median
+q_n and clip rate on the test set, and writes to the output folder:
 
     commands.sh                      every command as it was run, to re-run any row by hand
     results.md, results.csv          the tables (mean +- std over seeds), printed at the end
-    <task>/seed<N>/<variant>/        train.log (fairseq JSON log), checkpoints, score files
+    <task>/seed<N>/<variant>/        train.log (fairseq's full JSON log), checkpoints, scores
     <task>/seed<N>/results.md, *.png fairseq-skd-collect's tables and figures (alpha schedule
                                      and q_n trajectory, validation curves) for that seed
 
-It says plainly which variant did not beat the baseline. Uses the GPU when torch sees one.
+It says plainly which variant did not beat the baseline, except with --smoke, whose numbers are
+a plumbing check. The terminal shows which variant trains, a line per epoch with the time left,
+the tables and where the output is; a failing step ends the study with the last lines of its
+output. Uses the GPU when torch sees one.
 """
 
 import argparse
-import csv
+import collections
 import json
+import logging
 import os
 import shlex
 import statistics
@@ -35,44 +40,29 @@ from pathlib import Path
 
 import torch
 
-from fairseq_skd.cli import recipe_layout as layout
 from fairseq_skd.cli.requirements import require_packages
+from fairseq_skd.cli.train import fairseq_train_problems, option_value
 from fairseq_skd.data.synthetic import write_lm_corpus, write_parallel_corpus
+from fairseq_skd.evaluation.qn import measure_qn_on_test_set
+from fairseq_skd.results import layout, paper
+from fairseq_skd.results.logs import EpochProgress, parse_log, training_summary
+from fairseq_skd.results.tables import Column, markdown_table, text, write_results
+from fairseq_skd.variants import ABLATIONS, ALL_NAMES, VARIANTS, criterion_flags, uses_skd_criterion
 
 USER_DIR = str(Path(__file__).resolve().parents[1])
 BIN = Path(sys.executable).parent
+TAIL_LINES = 15  # of a failing command's output, printed with the error
+INDENT = " " * 11  # under the text of a "[HH:MM:SS] " line
+SMOKE_NOTE = ("tiny corpora and models, a plumbing check that every step runs; its numbers say "
+              "nothing about SKD, and no variant is compared with the baseline.")
 SIGMA = 0.1  # the paper's
 QN_MAX = 0.5
-NOISE_STD = "0.1"  # ours: the paper does not give its noise level
-VARIANT_FLAGS = {
-    "baseline": ["--criterion", "cross_entropy"],
-    # +Noise trains plain cross-entropy (alpha stays 0) with noisy decoder input embeddings.
-    "noise": ["--criterion", "self_kd_cross_entropy", "--skd-alpha-max", "0",
-              "--target-embed-noise", NOISE_STD],
-    "skd": ["--criterion", "self_kd_cross_entropy", "--skd-sigma", str(SIGMA)],
-    "noise_skd": ["--criterion", "self_kd_cross_entropy", "--skd-sigma", str(SIGMA),
-                  "--target-embed-noise", NOISE_STD],
-}
-
-# --ablation: the options beyond the paper, each one change from +SKD (or from the baseline).
-SKD = VARIANT_FLAGS["skd"]
-ABLATIONS = {
-    "skd_auto_sigma": ("+SKD (sigma auto)", SKD[:2] + ["--skd-sigma", "auto"]),
-    "skd_topk": ("+SKD (top-10 soft targets)", SKD + ["--skd-soft-targets", "topk"]),
-    "skd_full": ("+SKD (full soft targets)", SKD + ["--skd-soft-targets", "full"]),
-    "skd_cosine": ("+SKD (cosine, sigma auto)", SKD[:2] + ["--skd-distance", "cosine",
-                                                         "--skd-sigma", "auto"]),
-    "label_smoothing": ("Label smoothing 0.1", ["--criterion", "self_kd_cross_entropy",
-                                                "--skd-alpha-max", "0", "--label-smoothing", "0.1"]),
-    "skd_label_smoothing": ("+SKD (label smoothing 0.1)", SKD + ["--label-smoothing", "0.1"]),
-}
-VARIANT_NAMES = {**layout.VARIANT_NAMES, **{k: name for k, (name, _) in ABLATIONS.items()}}
-ALL_VARIANT_FLAGS = {**VARIANT_FLAGS, **{k: flags for k, (_, flags) in ABLATIONS.items()}}
+NOISE_STD = 0.1  # ours: the paper does not give its noise level
 
 # Sizes and budgets (ours; the paper's are in the recipes). The demo's budget is a few hundred
 # updates, not the paper's tens of thousands, so K and eta are scaled with it: SKD starts after
 # a quarter of the updates and alpha reaches 1 two thirds of the way from there to the end.
-TASKS = {
+TASK_SETTINGS = {
     "lm": {
         "corpus": (6000, 400, 400), "smoke_corpus": (600, 100, 100), "epochs": 6, "smoke_epochs": 2,
         # W's init std gives rows ~12.8 apart at word dim 128 (as the preset's 0.4 at dim 500),
@@ -85,7 +75,7 @@ TASKS = {
                   "--tokens-per-sample", "128", "--optimizer", "adam", "--lr", "0.002",
                   "--clip-norm", "1.0", "--dropout", "0.2", "--max-tokens", "2000"],
     },
-    "nmt": {
+    "mt": {
         "corpus": (3000, 200, 200), "smoke_corpus": (300, 40, 40), "epochs": 12, "smoke_epochs": 2,
         "arch": ["--arch", "skd_bahdanau", "--encoder-embed-dim", "64", "--encoder-hidden-size",
                  "64", "--decoder-embed-dim", "64", "--decoder-hidden-size", "96",
@@ -106,13 +96,23 @@ class Study:
         self.out = Path(args.out)
         self.commands = self.out / "commands.sh"
         self.device_flags = [] if torch.cuda.is_available() else ["--cpu"]
+        self.runs_done, self.runs_total = 0, len(args.tasks) * len(args.seeds) * len(args.variants)
 
-    def log(self, message):
-        print(f"[fairseq-skd-demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    def say(self, message):
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    def run(self, argv, log_file=None):
-        """Run a command and record it in commands.sh. With ``log_file``, its output is
-        appended there and each epoch's summary printed; otherwise it is returned."""
+    def show(self, path):
+        """``path`` as a person finds it: relative to the output folder."""
+        try:
+            return str(Path(path).relative_to(self.out))
+        except ValueError:
+            return str(path)
+
+    def run(self, argv, what, log_file=None, epochs=None):
+        """Run a command (``what`` it does, for an error) and record it in commands.sh. With
+        ``log_file``, its output is appended there and a line printed for each finished epoch
+        (``epochs``: the last one, for the time estimate); otherwise it is returned. A failing
+        command ends the study with its last lines of output."""
         argv = [str(a) for a in argv]
         with open(self.commands, "a") as f:
             if log_file is None:
@@ -124,45 +124,58 @@ class Study:
         if log_file is None:
             proc = subprocess.run(argv, capture_output=True, text=True)
             if proc.returncode != 0:
-                sys.exit(f"command failed ({proc.returncode}): {shlex.join(argv)}\n"
-                         f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+                self.fail(what, argv, proc.returncode, (proc.stdout + proc.stderr).splitlines())
             return proc.stdout
+        last_lines = collections.deque(maxlen=TAIL_LINES)
+        progress = EpochProgress(epochs)
         with open(log_file, "a") as log:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for line in proc.stdout:
                 log.write(line)
-                if "| valid |" in line or "| train |" in line:
-                    print("      " + summarize_log_line(line), flush=True)
-            if proc.wait() != 0:
-                sys.exit(f"command failed ({proc.returncode}): {shlex.join(argv)}; see {log_file}")
+                last_lines.append(line.rstrip("\n"))
+                epoch_line = progress.feed(line)
+                if epoch_line:
+                    print(f"{INDENT}{epoch_line}", flush=True)
+        if proc.wait() != 0:
+            self.fail(what, argv, proc.returncode, last_lines, log_file)
         return None
+
+    def fail(self, what, argv, status, output_lines, log_file=None):
+        lines = [line for line in output_lines if line.strip()][-TAIL_LINES:]
+        where = f" (all of it in {log_file})" if log_file else ""
+        sys.exit(f"fairseq-skd-demo: error: {what} failed: {Path(argv[0]).name} exited with "
+                 f"status {status}. The last lines of its output{where}:\n"
+                 + "".join(f"    {line}\n" for line in lines or ["(no output)"])
+                 + f"The command (also in {self.commands}):\n    {shlex.join(argv)}")
 
     # --- data ------------------------------------------------------------------------------
 
     def prepare(self, task):
-        spec = TASKS[task]
+        spec = TASK_SETTINGS[task]
         data, bin_dir = self.out / task / "data", self.out / task / "data-bin"
         if (bin_dir / ".done").exists():
             return data, bin_dir
         sizes = spec["smoke_corpus"] if self.args.smoke else spec["corpus"]
-        self.log(f"{task}: generating the synthetic corpus in {data} ({sizes[0]} training sentences)")
+        self.say(f"{task}: generating a synthetic corpus of {sizes[0]} training sentences in "
+                 f"{self.show(data)}")
         preprocess = [BIN / "fairseq-preprocess", "--destdir", bin_dir, "--workers", "1"]
         if task == "lm":
             write_lm_corpus(data, *sizes, seed=1)
             self.run(preprocess + ["--only-source", "--trainpref", data / "train.txt",
-                                   "--validpref", data / "valid.txt", "--testpref", data / "test.txt"])
+                                   "--validpref", data / "valid.txt", "--testpref", data / "test.txt"],
+                     f"{task}: binarizing the corpus")
         else:
             write_parallel_corpus(data, *sizes, seed=1)
             self.run(preprocess + ["--source-lang", "en", "--target-lang", "xx",
                                    "--trainpref", data / "train", "--validpref", data / "valid",
-                                   "--testpref", data / "test"])
+                                   "--testpref", data / "test"], f"{task}: binarizing the corpus")
         (bin_dir / ".done").touch()
         return data, bin_dir
 
     # --- training and scoring ----------------------------------------------------------------
 
     def train_flags(self, task, data):
-        spec = TASKS[task]
+        spec = TASK_SETTINGS[task]
         epochs = self.args.epochs or spec["smoke_epochs" if self.args.smoke else "epochs"]
         max_tokens = int(spec["train"][spec["train"].index("--max-tokens") + 1])
         train_file = data / ("train.txt" if task == "lm" else "train.xx")
@@ -177,21 +190,28 @@ class Study:
                  "--log-interval", max(1, per_epoch // 5),
                  "--no-progress-bar", "--num-workers", "0", "--keep-last-epochs", "2",
                  *self.device_flags]
-        schedule = ["--skd-warmup-updates", warmup, "--skd-alpha-step", f"{alpha_step:.6g}"]
-        return flags, schedule
+        return flags, (warmup, f"{alpha_step:.6g}")
+
+    def train_command(self, bin_dir, save_dir, variant, seed, flags, schedule):
+        """fairseq-train's command line (without the program) for one run."""
+        return [bin_dir, "--user-dir", USER_DIR, "--save-dir", save_dir, "--seed", seed, *flags,
+                *criterion_flags(variant, SIGMA, *schedule, NOISE_STD), *self.args.fairseq_args]
 
     def train(self, task, bin_dir, exp_dir, variant, seed, flags, schedule):
         save_dir = exp_dir / variant
         log_file = save_dir / layout.TRAIN_LOG
+        self.runs_done += 1
+        name = (f"{task}, seed {seed}: {ALL_NAMES[variant]} "
+                f"(run {self.runs_done} of {self.runs_total})")
         if (save_dir / ".trained").exists():
+            self.say(f"{name}: trained before, reused ({self.show(save_dir)})")
             return save_dir
         save_dir.mkdir(parents=True, exist_ok=True)
-        self.log(f"{task}: training {VARIANT_NAMES[variant]} (seed {seed})")
-        skd = schedule if "self_kd_cross_entropy" in ALL_VARIANT_FLAGS[variant] else []
-        self.run([BIN / "fairseq-skd-train", "--nproc", self.args.nproc, bin_dir,
-                  "--user-dir", USER_DIR, "--save-dir", save_dir,
-                  "--seed", seed, *flags, *ALL_VARIANT_FLAGS[variant], *skd, *self.args.fairseq_args],
-                 log_file)
+        argv = [BIN / "fairseq-skd-train", "--nproc", self.args.nproc,
+                *self.train_command(bin_dir, save_dir, variant, seed, flags, schedule)]
+        epochs = int(option_value([str(a) for a in argv], "--max-epoch"))
+        self.say(f"{name}: training {epochs} epochs, fairseq's log in {self.show(log_file)}")
+        self.run(argv, f"training {ALL_NAMES[variant]} ({task}, seed {seed})", log_file, epochs)
         (save_dir / ".trained").touch()
         return save_dir
 
@@ -199,11 +219,12 @@ class Study:
         result = save_dir / layout.lm_score_file("test")
         if not result.exists():
             self.run([BIN / "fairseq-skd-score-lm", bin_dir, "--path", save_dir / "checkpoint_best.pt",
-                      "--subset", "test", "--json", result, *self.device_flags])
+                      "--subset", "test", "--json", result, *self.device_flags],
+                     f"scoring {self.show(save_dir)} on the test set")
         score = json.loads(result.read_text())
         return {"test_nll_per_sentence": score["nll_per_sentence"], "test_ppl": score["ppl"]}
 
-    def score_nmt(self, data, bin_dir, save_dir):
+    def score_mt(self, data, bin_dir, save_dir):
         scores = {}
         for beam in layout.BEAMS:
             result = save_dir / layout.bleu_file("test", beam)
@@ -213,11 +234,13 @@ class Study:
                                    "--path", save_dir / "checkpoint_best.pt", "--gen-subset", "test",
                                    "--beam", beam, "--max-tokens", "4000",
                                    "--max-len-a", "1.2", "--max-len-b", "10",
-                                   "--required-batch-size-multiple", "1", *self.device_flags])
+                                   "--required-batch-size-multiple", "1", *self.device_flags],
+                                  f"translating the test set with {self.show(save_dir)}, beam {beam}")
                 generated.write_text(output)
                 self.run([BIN / "fairseq-skd-bleu", "--generate-output", generated,
                           "--reference", data / "test.xx", "--bpe", "none",
-                          "--detokenize-lang", "none", "--json", result])
+                          "--detokenize-lang", "none", "--json", result],
+                         f"BLEU of {self.show(generated)}")
             scores[f"test_bleu_beam{beam}"] = json.loads(result.read_text())["bleu"]
         return scores
 
@@ -233,11 +256,17 @@ class Study:
                 if task == "lm":
                     result.update(self.score_lm(bin_dir, save_dir))
                 else:
-                    result.update(self.score_nmt(data, bin_dir, save_dir))
-                result.update(test_set_qn(save_dir / "checkpoint_best.pt", bin_dir))
-                result.update(training_summary(save_dir / layout.TRAIN_LOG))
+                    result.update(self.score_mt(data, bin_dir, save_dir))
+                result.update(measure_qn_on_test_set(save_dir / "checkpoint_best.pt", bin_dir,
+                                                     SIGMA, QN_MAX))
+                result.update(training_columns(variant, save_dir / layout.TRAIN_LOG))
+                print(f"{INDENT}{test_line(result)}", flush=True)
                 results.append(result)
-            self.run([BIN / "fairseq-skd-collect", exp_dir, "--task", "mt" if task == "nmt" else "lm"])
+            self.run([BIN / "fairseq-skd-collect", exp_dir, "--task", task, "--experiment",
+                      f"{task}/seed{seed}", "--subsets", "test", "--no-paper"],
+                     f"collecting {self.show(exp_dir)}")
+            self.say(f"{task}, seed {seed}: tables and figures in {self.show(exp_dir)}/: "
+                     + ", ".join(p.name for p in per_seed_outputs(exp_dir)))
         return results
 
     def main(self):
@@ -246,80 +275,87 @@ class Study:
         self.commands.write_text("#!/usr/bin/env bash\n# Every command fairseq-skd-demo ran, "
                                  "in order.\nset -euo pipefail\n")
         device = "GPU " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-        self.log(f"output folder {self.out}; {device}; tasks {' '.join(a.tasks)}; "
-                 f"seeds {' '.join(map(str, a.seeds))}")
+        self.say(f"fairseq-skd-demo: the offline SKD study in {self.out.resolve()} ({device}; tasks "
+                 f"{' '.join(a.tasks)}; seeds {' '.join(map(str, a.seeds))}; variants "
+                 f"{', '.join(ALL_NAMES[v] for v in a.variants)})")
+        if a.smoke:
+            self.say(f"--smoke: {SMOKE_NOTE}")
         results = [r for task in a.tasks for r in self.run_task(task)]
-        write_tables(results, self.out)
-        print((self.out / "results.md").read_text())
+        write_tables(results, self.out, a.smoke)
+        print("\n" + (self.out / "results.md").read_text(), end="")
+        print(self.where(), flush=True)
+
+    def where(self):
+        """Where everything is, as the last thing the study prints."""
+        rows = [("results.md, results.csv", "the tables above")]
+        for task in self.args.tasks:
+            for seed in self.args.seeds:
+                exp_dir = self.out / task / f"seed{seed}"
+                rows.append((f"{self.show(exp_dir)}/", "this seed's table (results.md, .csv) and "
+                             "figures: " + ", ".join(p.name for p in per_seed_outputs(exp_dir)
+                                                     if p.suffix == ".png")))
+        rows += [("<task>/seed<N>/<variant>/", f"fairseq's full log ({layout.TRAIN_LOG}), "
+                  "checkpoints, score files"),
+                 ("commands.sh", "every command as it was run, to re-run any step by hand")]
+        width = max(len(name) for name, _ in rows)
+        return (f"\nThe study's output is in {self.out.resolve()}/:\n"
+                + "".join(f"  {name:<{width}}  {what}\n" for name, what in rows))
 
 
-@torch.no_grad()
-def test_set_qn(checkpoint, bin_dir, sigma=SIGMA, qn_max=QN_MAX):
-    """Median q_n and clip rate at sigma over the test positions where the model's prediction
-    differs from the target, for the trained model (so a reader can tell whether sigma suited
-    the embedding scale), plus the median distance d(W_t, W_n) there."""
-    from fairseq import checkpoint_utils
-
-    from fairseq_skd.modules.skd_losses import predicted_soft_targets
-    from fairseq_skd.modules.output_embedding import find_output_embedding
-
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides={"data": str(bin_dir)})
-    model = models[0].eval()
-    task.load_dataset("test")
-    itr = task.get_batch_iterator(task.dataset("test"), max_tokens=4000,
-                                  required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
-    distances = []
-    weight = find_output_embedding(model)
-    for sample in itr:
-        net_output = model(**sample["net_input"])
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        target = model.get_targets(sample, net_output).view(-1)
-        lprobs = lprobs.view(-1, lprobs.size(-1))
-        _, _, stats = predicted_soft_targets(lprobs, target, weight, sigma, qn_max,
-                                             target.ne(task.target_dictionary.pad()))
-        distances.append(stats["distance"][stats["mismatch_mask"]])
-    d = torch.cat(distances)
-    q = torch.exp(-sigma * d)
-    return {"median_qn": q.clamp(max=qn_max).median().item(),
-            "clip_rate": q.ge(qn_max).float().mean().item(), "median_distance": d.median().item()}
+def per_seed_outputs(exp_dir):
+    """fairseq-skd-collect's files in one seed's folder."""
+    return sorted(p for p in Path(exp_dir).iterdir() if p.is_file() and p.name.startswith(
+        ("results.", "fig", "valid_loss")))
 
 
-def training_summary(log_file):
-    records = layout.parse_log_text(Path(log_file).read_text())
-    valid = [r["valid_loss"] for r in records["valid"]]
-    last = records["train"][-1]
-    return {"best_valid_loss": min(valid), "updates": int(last["train_num_updates"]),
-            "final_alpha": last.get("train_skd_alpha", 0.0)}
+def test_line(result):
+    """A trained variant's test-set numbers, printed under its epochs."""
+    if result["task"] == "lm":
+        score = (f"test NLL/sentence {result['test_nll_per_sentence']:.2f} "
+                 f"(ppl {result['test_ppl']:.2f})")
+    else:
+        score = "test BLEU " + ", ".join(f"{result[f'test_bleu_beam{b}']:.2f} (beam {b})"
+                                         for b in layout.BEAMS)
+    return (f"{score}; on the test set: median q_n {result['median_qn']:.3f}, "
+            f"clip rate {result['clip_rate']:.3f}")
 
 
-def summarize_log_line(line):
-    record = json.loads(line[line.index("{"):])
-    keys = ["epoch", "valid_loss", "valid_bleu", "train_loss", "train_nll_loss",
-            "train_skd_alpha", "train_skd_qn", "train_skd_clip"]
-    return "  ".join(f"{k.replace('train_', '')}={record[k]}" for k in keys if k in record)
+def training_columns(variant, log_file):
+    """best_valid_loss, updates and final_alpha of a training (None where its log has none)."""
+    summary = training_summary(parse_log(log_file))
+    alpha = summary["alpha"]
+    if alpha is None and not uses_skd_criterion(variant):
+        alpha = 0.0  # fairseq's cross_entropy logs no alpha: it trains with none
+    return {"best_valid_loss": summary["best_valid_loss"], "updates": summary["updates"],
+            "final_alpha": alpha}
 
 
 METRICS = {
     "lm": [("test_nll_per_sentence", "test NLL/sentence", "{:.3f}", "lower"),
            ("test_ppl", "test ppl", "{:.3f}", None)],
-    "nmt": [("test_bleu_beam1", "test BLEU beam 1", "{:.2f}", "higher"),
-            ("test_bleu_beam12", "test BLEU beam 12", "{:.2f}", "higher")],
+    "mt": [("test_bleu_beam1", "test BLEU beam 1", "{:.2f}", "higher"),
+           ("test_bleu_beam12", "test BLEU beam 12", "{:.2f}", "higher")],
 }
 # The paper's numbers for the same rows, beside ours as a reference point (different data).
-PAPER_COLUMNS = {
-    "lm": ("paper: PTB NLL/sentence",
-           lambda v: f"{layout.PAPER_TABLE2['ptb'][v]:.2f}" if v in layout.PAPER_TABLE2["ptb"] else "-"),
-    "nmt": ("paper: En-Fi test BLEU beam 1 / 12",
-            lambda v: " / ".join(f"{layout.PAPER_TABLE3['wmt15_en_fi'][v][b][0]:.2f}" for b in (1, 12))
-            if v in layout.PAPER_TABLE3["wmt15_en_fi"] else "-"),
-}
+PAPER_COLUMNS = {"lm": "paper: PTB NLL/sentence", "mt": "paper: En-Fi test BLEU beam 1 / 12"}
+
+
+def paper_cell(task, variant):
+    if task == "lm":
+        values = [paper.nll_per_sentence("ptb", variant)]
+    else:
+        values = [paper.bleu("wmt15_en_fi", variant, beam) for beam in layout.BEAMS]
+    return "-" if None in values else " / ".join(f"{v:.2f}" for v in values)
+
+
 DIAGNOSTICS = [("best_valid_loss", "best valid loss (base 2)", "{:.4f}"),
                ("final_alpha", "final alpha", "{:.3f}"), ("median_qn", "median q_n", "{:.3f}"),
                ("clip_rate", "clip rate", "{:.3f}")]
 
 
 def mean_and_spread(values, fmt):
+    if None in values:
+        return "-"
     if len(values) == 1:
         return fmt.format(values[0])
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
@@ -338,67 +374,75 @@ def verdict(variant, values, baseline, metric, fmt, better):
         spread = max(statistics.stdev(values), statistics.stdev(baseline))
         if abs(value - base) <= spread:
             line += f", but by less than the spread over seeds ({fmt.format(spread)}): no clear difference"
+    else:
+        line += "; one seed, so no spread to tell a difference from noise"
     return line + "."
 
 
-def write_tables(results, out):
-    with open(out / "results.csv", "w", newline="") as f:
-        fields = ["task", "variant", "seed", "test_nll_per_sentence", "test_ppl", "test_bleu_beam1",
-                  "test_bleu_beam12", "best_valid_loss", "updates", "final_alpha", "median_qn",
-                  "clip_rate", "median_distance"]
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in results:
-            writer.writerow({k: r.get(k, "") for k in fields})
+CSV_FIELDS = ["task", "variant", "seed", "test_nll_per_sentence", "test_ppl", "test_bleu_beam1",
+              "test_bleu_beam12", "best_valid_loss", "updates", "final_alpha", "median_qn",
+              "clip_rate", "median_distance"]
 
+
+def write_tables(results, out, smoke=False):
+    """results.md and results.csv of the study: a table per task, a row per variant (mean ± std
+    over seeds), and a line per variant saying whether it beat the baseline; none with
+    ``smoke``, whose numbers are a plumbing check."""
     lines = []
     for task in dict.fromkeys(r["task"] for r in results):
         runs = [r for r in results if r["task"] == task]
         seeds = sorted({r["seed"] for r in runs})
-        title = "Language model (Table 2 style)" if task == "lm" else "Translation (Table 3 style)"
-        lines += [f"## {title}: {len(seeds)} seed(s), mean ± std over seeds", ""]
-        paper = PAPER_COLUMNS[task]
-        header = (["model"] + [m[1] for m in METRICS[task]] + [d[1] for d in DIAGNOSTICS]
-                  + [paper[0]])
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        means = {}
+        if smoke:
+            lines += [f"## {layout.TASK_TITLES[task]}: plumbing check (--smoke), not a result", "",
+                      f"A --smoke run: {SMOKE_NOTE}", ""]
+        elif len(seeds) == 1:
+            lines += [f"## {layout.TASK_TITLES[task]}: seed {seeds[0]} (one seed: no spread)", ""]
+        else:
+            lines += [f"## {layout.TASK_TITLES[task]}: {len(seeds)} seeds "
+                      f"({' '.join(map(str, seeds))}), mean ± std over seeds", ""]
+        columns = METRICS[task] + DIAGNOSTICS
+        rows, means = [], {}
         for variant in dict.fromkeys(r["variant"] for r in runs):
             vr = [r for r in runs if r["variant"] == variant]
-            cells = [VARIANT_NAMES[variant]]
-            for key, _, fmt, *_ in METRICS[task] + DIAGNOSTICS:
-                cells.append(mean_and_spread([r[key] for r in vr], fmt))
-            cells.append(paper[1](variant))
+            row = {key: mean_and_spread([r[key] for r in vr], fmt) for key, _, fmt, *_ in columns}
+            rows.append({**row, "model": ALL_NAMES[variant], "paper": paper_cell(task, variant)})
             means[variant] = [r[METRICS[task][0][0]] for r in vr]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += markdown_table([Column("model", text("model"), align="left")]
+                                + [Column(label, text(key)) for key, label, *_ in columns]
+                                + [Column(PAPER_COLUMNS[task], text("paper"))], rows)
         key, name, fmt, better = METRICS[task][0]
         lines.append("")
-        if "baseline" in means:
-            lines += [verdict(VARIANT_NAMES[v], values, means["baseline"], name, fmt, better)
-                      for v, values in means.items() if v != "baseline"]
-        lines.append("")
+        if "baseline" in means and not smoke:
+            lines += [verdict(ALL_NAMES[v], values, means["baseline"], name, fmt, better)
+                      for v, values in means.items() if v != "baseline" and None not in values]
+            lines.append("")
     lines.append(
         "LM: test NLL per sentence in nats (sum over each sentence's tokens incl. </s>, mean over "
-        "sentences, as in the paper's Table 2). NMT: detokenized sacreBLEU on the test set. "
-        f"median q_n / clip rate: q_n = min(exp(-{SIGMA} d(W_t, W_n)), {QN_MAX}) over the test "
-        "positions where the trained model's prediction n differs from the target t; a clip "
-        "rate near 1 means sigma did not suit the embedding scale. Same seeds, data and budget "
-        "for every variant; figures per seed in <task>/seed<N>/. The paper's numbers (PTB, "
-        "WMT'15 En-Fi) are beside ours for the row they correspond to, not as a target: "
-        "different data, sizes and budgets.")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+        "sentences, as in the paper's Table 2). MT: detokenized sacreBLEU on the test set. "
+        "best valid loss: the lowest validation NLL per token (base 2). final alpha: the SKD "
+        "weight over the last epoch of training (0 for the variants trained without SKD). "
+        f"median q_n / clip rate: q_n = min(exp(-{SIGMA} d(W_t, W_n)), {QN_MAX}) measured on "
+        "the test set after training, over the positions where the trained model's prediction "
+        "n differs from the target t (the per-seed tables' train q_n is another quantity: the "
+        "training log's mean over the last epoch); a clip rate near 1 means sigma did not suit "
+        "the embedding scale. Same seeds, data and budget for every variant; tables and figures "
+        "per seed in <task>/seed<N>/. The paper's numbers (PTB, WMT'15 En-Fi) are beside ours "
+        "for the row they correspond to, not as a target: different data, sizes and budgets.")
+    write_results(out, "\n".join(lines) + "\n", results, CSV_FIELDS)
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="fairseq-skd-demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--task", choices=["lm", "nmt", "both"], default="both")
+    p.add_argument("--task", choices=[*layout.TASKS, "both"], default="both",
+                   help="lm: language model (Table 2); mt: translation (Table 3)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="one run per seed per variant; tables give mean ± std "
                    "(default: 1 2 3; 1 with --smoke)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs per run (default: 6 LM / 12 NMT; 2 with --smoke)")
-    p.add_argument("--variants", nargs="+", choices=list(ALL_VARIANT_FLAGS),
-                   default=list(layout.VARIANTS), help="which rows to train (default: the paper's four)")
+                   help="training epochs per run (default: 6 LM / 12 MT; 2 with --smoke)")
+    p.add_argument("--variants", nargs="+", choices=list(ALL_NAMES),
+                   default=list(VARIANTS), help="which rows to train (default: the paper's four)")
     p.add_argument("--ablation", action="store_true",
                    help="also train the options beyond the paper, each one change from +SKD "
                    "(or from the baseline): " + "; ".join(name for name, _ in ABLATIONS.values()))
@@ -411,21 +455,58 @@ def build_parser():
     return p
 
 
+def argument_problem(args):
+    """What is wrong with the command line, checked before anything is written, or None."""
+    if args.nproc < 1:
+        return f"--nproc must be at least 1, got {args.nproc}"
+    if args.epochs is not None and args.epochs < 1:
+        return f"--epochs must be at least 1, got {args.epochs}"
+    bad_seeds = [seed for seed in args.seeds if not 0 <= seed < 2**32]
+    if bad_seeds:
+        return f"--seeds must be between 0 and 2**32 - 1 (fairseq's range), got {bad_seeds[0]}"
+    if len(set(args.seeds)) != len(args.seeds):
+        return f"--seeds {' '.join(map(str, args.seeds))}: each seed once (a repeated seed " \
+               "trains the same run twice and counts it as two)"
+    out = Path(args.out).absolute()
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {args.out}: {existing} is a file, not a folder"
+    # every run's fairseq-train command line, parsed as fairseq-train will (no data needed)
+    command_lines = []
+    for task in args.tasks:
+        spec = TASK_SETTINGS[task]
+        for variant in args.variants:
+            argv = ["DATA", "--user-dir", USER_DIR, *spec["smoke_arch" if args.smoke else "arch"],
+                    *spec["train"], *criterion_flags(variant, SIGMA, 1, 0.1, NOISE_STD),
+                    *args.fairseq_args]
+            command_lines.append((f"{task} {variant}", [str(a) for a in argv]))
+    refused = fairseq_train_problems(command_lines)
+    if refused:
+        label, message = refused[0]
+        return (f"the {label} run's fairseq-train would refuse its command line ({message}); "
+                "flags after -- go to every variant, the cross_entropy baseline's included")
+    return None
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.nproc < 1:
-        parser.error(f"--nproc must be at least 1, got {args.nproc}")
-    # fairseq-skd-collect and fairseq-skd-bleu, which it runs after training, need these
-    require_packages("fairseq-skd-demo", ["matplotlib", "sacrebleu", "sacremoses"])
     if args.fairseq_args and args.fairseq_args[0] == "--":
         args.fairseq_args = args.fairseq_args[1:]
-    args.tasks = ["lm", "nmt"] if args.task == "both" else [args.task]
+    args.tasks = list(layout.TASKS) if args.task == "both" else [args.task]
     if args.seeds is None:
         args.seeds = [1] if args.smoke else [1, 2, 3]
     if args.ablation:
         args.variants = list(args.variants) + [v for v in ABLATIONS if v not in args.variants]
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
+    # fairseq-skd-collect and fairseq-skd-bleu, which it runs after training, need these
+    require_packages("fairseq-skd-demo", ["matplotlib", "sacrebleu", "sacremoses"])
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # fairseq's INFO lines when the demo loads a checkpoint itself (measure_qn_on_test_set);
+    # the tools it runs write theirs into their logs
+    logging.getLogger("fairseq").setLevel(logging.WARNING)
     Study(args).main()
 
 

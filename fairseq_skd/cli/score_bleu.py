@@ -8,9 +8,10 @@
     # signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.4.3
 
 The hypotheses are the ``H-<id>`` lines, put back in corpus order by id. Their number must
-equal the number of reference lines and the ids must be exactly 0..N-1: fairseq-generate drops
-the last sentences unless ``--required-batch-size-multiple 1`` (ENVIRONMENT.md), and a BLEU
-over part of a test set must not be reported. BPE is removed (``"@@ "`` joins, as fairseq's
+equal the number of reference lines and the ids must be exactly 0..N-1: fairseq-generate
+silently drops the last batch when its size is not a multiple of
+``--required-batch-size-multiple`` (default 8; fairseq issue #5036), and a BLEU over part of a
+test set must not be reported. BPE is removed (``"@@ "`` joins, as fairseq's
 ``--post-process subword_nmt``), the text is detokenized with sacremoses, and sacreBLEU scores
 it against the untokenized reference text with its own tokenizer.
 """

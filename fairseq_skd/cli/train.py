@@ -2,6 +2,7 @@
 
     fairseq-skd-train --nproc 2 DATA_BIN --user-dir fairseq_skd --arch ... --criterion ...
     fairseq-skd-train DATA_BIN ...            # --nproc 1 (default): exactly fairseq-train
+    fairseq-skd-train --check baseline DATA_BIN ... --- skd DATA_BIN ...   # parse only
 
 Everything after ``--nproc N`` is fairseq-train's command line, unchanged. With N > 1:
 
@@ -21,6 +22,10 @@ Before training: a damaged checkpoint_last.pt (fairseq copies it non-atomically,
 the wrong moment leaves it empty or cut short) is set aside as checkpoint_last.pt.damaged and
 replaced by the newest intact checkpoint, so the run resumes instead of failing; the data's
 dictionaries are copied into --save-dir, where the scorers check data against them.
+
+``--check`` parses each labelled command line with fairseq-train's own parser and reports, by
+label, those it would refuse (an unknown flag, a value out of range): a recipe or the study runs
+it before any work, instead of failing at the training of the one variant that rejects a flag.
 
 Interrupting (Ctrl-C, SIGTERM, SIGHUP) stops every worker: the signal is passed to torchrun,
 which stops its workers. torchrun starts each worker in a session of its own, so a SIGKILL of
@@ -220,10 +225,56 @@ def worker_main(argv):
     cli_main()
 
 
+def fairseq_train_problems(command_lines):
+    """For each ``(label, fairseq-train argv)``, what fairseq-train's own parser says is wrong
+    with it (its usage error), or nothing: ``[(label, message), ...]``. Parsing needs no data,
+    so a recipe or the study can check every run's command line before any work starts."""
+    import contextlib
+    import io
+    import logging
+
+    from fairseq import options
+
+    logging.getLogger("fairseq").setLevel(logging.WARNING)  # not its INFO lines per parse
+
+    problems = []
+    for label, argv in command_lines:
+        message = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(message):
+                options.parse_args_and_arch(options.get_training_parser(), list(argv))
+        except SystemExit as e:
+            if e.code:
+                error = [line.split("error: ", 1)[1] for line in message.getvalue().splitlines()
+                         if "error: " in line]
+                problems.append((label, error[-1] if error else message.getvalue().strip()))
+    return problems
+
+
+def check_main(argv):
+    """``--check LABEL ARGV... [--- LABEL ARGV...]``: exit 2 naming each command line that
+    fairseq-train would refuse, 0 if it would take them all."""
+    command_lines, current = [], None
+    for arg in argv:
+        if arg == "---" or current is None:
+            current = None if arg == "---" else [arg, []]
+            if current is not None:
+                command_lines.append(current)
+        else:
+            current[1].append(arg)
+    problems = fairseq_train_problems(command_lines)
+    for label, message in problems:
+        print(f"{PROG}: the {label} run's fairseq-train command line is refused: {message}",
+              file=sys.stderr)
+    return 2 if problems else 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--as-cpu-worker"]:
         return worker_main(argv[1:])
+    if argv[:1] == ["--check"]:
+        sys.exit(check_main(argv[1:]))
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__.strip())
         return 0

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Language modelling with self-knowledge distillation: Table 2 of Hahn & Choi (2019), from the
-# raw PTB / WikiText-2 files to the per-sentence NLL table. Settings: recipes/conf/lm.sh.
+# raw PTB / WikiText-2 files (or your own corpus) to the per-sentence NLL table.
+# Settings: recipes/conf/lm.sh. What is shared with the MT recipe: recipes/utils/common.sh.
 #
 #   recipes/lm/run.sh --dataset ptb                    # all stages, the four variants
 #   recipes/lm/run.sh --dataset wiki2 --variants "baseline skd" --stage 3 -- --fp16
+#   recipes/lm/run.sh --corpus my_text/ --model transformer --skd-args "--skd-sigma auto"
 #   recipes/lm/run.sh --dataset ptb --smoke --data-dir tests/fixtures/ptb --exp-dir /tmp/exp
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
@@ -16,103 +18,79 @@ set -euo pipefail
 
 usage() {
     cat <<EOF
-Usage: $0 --dataset ptb|wiki2 [options] [-- extra fairseq-train flags]
+Usage: $0 (--dataset ptb|wiki2 | --corpus DIR) [options] [-- extra fairseq-train flags]
 
 Stages:
-  0  data: download (or take from --data-dir) and verify the raw files
-  1  text: one sentence per line (PTB as is; WikiText-2 split into sentences)
+  0  data: download (or take from --data-dir / --corpus) and verify the raw files
+  1  text: one sentence per line (PTB as is; WikiText-2 split into sentences; a corpus as is
+     or Moses-tokenized)
   2  binarize: fairseq-preprocess --only-source
   3  train: fairseq-train, one run per variant (resumes from checkpoint_last.pt)
-  4  score: fairseq-skd-score-lm, per-sentence NLL and perplexity on valid and test
+  4  score: fairseq-skd-score-lm, per-sentence NLL, perplexity and diagnostics on valid and test
   5  collect: fairseq-skd-collect EXP_DIR (results.md / results.csv / figures)
 
 Options:
-  --dataset ptb|wiki2     which corpus (required)
-  --stage N               first stage to run (default 0)
-  --stop-stage M          last stage to run (default 5)
-  --variants "LIST"       subset of: baseline noise skd noise_skd (default: all four)
-  --data-dir DIR          take the raw files from DIR instead of downloading them:
-                            ptb:   ptb.train.txt ptb.valid.txt ptb.test.txt (simple-examples/data)
-                            wiki2: wikitext-2-v1.zip, or wiki.{train,valid,test}.tokens
-                          (searched recursively under DIR)
-  --prep-dir DIR          where prepared data goes (default data/DATASET)
-  --exp-dir DIR           where runs and results go (default exp/DATASET)
+  --dataset ptb|wiki2     the paper's corpora
+  --corpus DIR            your own corpus instead: DIR/train.txt, valid.txt, test.txt, raw text,
+                          one sentence per line
+  --tokenize none|moses   --corpus only: the text as it is (default, as PTB) or Moses-tokenized
+  --lang CODE             --corpus only: the language for --tokenize moses (default en)
+  --vocab-size N          --corpus only: keep the N most frequent training words, the rarer
+                          become <unk> (default: every word of train)
   --wiki2-unit U          sentence (default) or line: what one WikiText-2 sample is
-  --nj N                  parallel jobs for data preparation (default: number of cores)
-  --nproc N               data-parallel training workers (default 1): N GPUs, or on CPU N
-                          workers sharing the cores (fairseq-skd-train --nproc)
-  --cpu                   train on CPU even when a GPU is available
-  --smoke                 tiny model and 2 epochs on local files (needs --data-dir): a test
-  -h, --help              this message
-Everything after '--' is appended to fairseq-train (e.g. -- --fp16).
+$(common_usage)
 EOF
 }
 
 dataset=
-stage=0
-stop_stage=5
-variants="baseline noise skd noise_skd"
-data_dir=
-prep_dir=
-exp_dir=
+tokenize=none
+lang=en
+vocab_size=
 wiki2_unit=sentence
-nj=$(nproc 2>/dev/null || echo 1)
-nproc=1
-force_cpu=0
-smoke=0
-extra=()
+stop_stage=5
+options="$common_options dataset tokenize lang vocab_size wiki2_unit"
+switches=$common_switches
+# shellcheck source=../utils/parse_options.sh
+. "$RECIPES_DIR/utils/parse_options.sh"
+use_repo_venv
 
-while (( $# )); do
-    case $1 in
-        --dataset) dataset=${2:?--dataset needs a value}; shift 2 ;;
-        --stage) stage=${2:?--stage needs a value}; shift 2 ;;
-        --stop-stage) stop_stage=${2:?--stop-stage needs a value}; shift 2 ;;
-        --variants) variants=${2?--variants needs a value}; shift 2 ;;
-        --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
-        --prep-dir) prep_dir=${2:?--prep-dir needs a value}; shift 2 ;;
-        --exp-dir) exp_dir=${2:?--exp-dir needs a value}; shift 2 ;;
-        --wiki2-unit) wiki2_unit=${2:?--wiki2-unit needs a value}; shift 2 ;;
-        --nj) nj=${2:?--nj needs a value}; shift 2 ;;
-        --nproc) nproc=${2:?--nproc needs a value}; shift 2 ;;
-        --cpu) force_cpu=1; shift ;;
-        --smoke) smoke=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        --) shift; extra=("$@"); break ;;
-        *) usage >&2; die "unknown option '$1'" ;;
+if [[ -n $corpus ]]; then
+    [[ -z $dataset ]] || die "--dataset and --corpus exclude each other: give one of them"
+    dataset=corpus
+    name=${name:-$(basename "$(cd "$corpus" && pwd)")}
+    check_corpus_files "$corpus" train.txt valid.txt test.txt
+    [[ $tokenize == none || $tokenize == moses ]] || die "--tokenize is none or moses, not '$tokenize'"
+    [[ -z $vocab_size || $vocab_size =~ ^[1-9][0-9]*$ ]] || die "--vocab-size takes a number of words, not '$vocab_size'"
+    if [[ $tokenize == moses ]]; then check_language "$lang" "--lang"; fi
+else
+    case $dataset in
+        ptb|wiki2) ;;
+        "") usage >&2; die "--dataset (ptb or wiki2) or --corpus DIR is required" ;;
+        *) usage >&2; die "unknown --dataset '$dataset' (ptb or wiki2; your own text: --corpus DIR)" ;;
     esac
-done
-
-case $dataset in
-    ptb|wiki2) ;;
-    "") usage >&2; die "--dataset is required (ptb or wiki2)" ;;
-    *) usage >&2; die "unknown --dataset '$dataset' (ptb or wiki2)" ;;
-esac
-[[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || die "--stage and --stop-stage take numbers"
-[[ $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc takes a number of workers >= 1, not '$nproc'"
+    [[ $tokenize == none && -z $vocab_size ]] || die "--tokenize and --vocab-size are for --corpus: the paper's corpora are used as published"
+    name=${name:-$dataset}
+    if [[ $dataset == wiki2 && $wiki2_unit == line && $name == wiki2 ]]; then name=wiki2_line; fi
+fi
 [[ $wiki2_unit == sentence || $wiki2_unit == line ]] || die "--wiki2-unit is sentence or line, not '$wiki2_unit'"
-if (( smoke )) && [[ -z $data_dir ]]; then
-    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/ptb)"
+if (( smoke )) && [[ -z $data_dir && -z $corpus ]]; then
+    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/ptb) or --corpus"
 fi
-if [[ -n $data_dir && ! -d $data_dir ]]; then
-    die "--data-dir $data_dir is not a folder"
-fi
-
-name=$dataset
-if [[ $dataset == wiki2 && $wiki2_unit == line ]]; then name=wiki2_line; fi
+check_common_options
 prep_dir=${prep_dir:-data/$name}
 exp_dir=${exp_dir:-exp/$name}
-use_repo_venv
 # shellcheck source=../conf/lm.sh
 . "$RECIPES_DIR/conf/lm.sh"
 check_variants
-detect_device "$force_cpu"
-log "lm recipe: dataset=$dataset variants='$variants' stages $stage..$stop_stage device=$device_name nproc=$nproc" \
-    "prep=$prep_dir exp=$exp_dir smoke=$smoke"
+detect_device
+log "lm recipe: $dataset ($name) model=$model variants='$variants' stages $stage..$stop_stage" \
+    "device=$device_name nproc=$nproc prep=$prep_dir exp=$exp_dir smoke=$smoke"
 
 raw=$prep_dir/raw
 text=$prep_dir/text
 bin=$prep_dir/bin
 manifest=$prep_dir/MANIFEST.sha256
+if stage_enabled 3; then check_train_commands "$bin"; fi
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 0; then
@@ -122,7 +100,13 @@ if stage_enabled 0; then
     else
         mkdir -p "$raw"
         : >"$manifest"
-        if [[ $dataset == ptb ]]; then
+        if [[ $dataset == corpus ]]; then
+            # your own files: no published checksum, their sha256 recorded for the record
+            for f in train.txt valid.txt test.txt; do
+                record_sha256 "$corpus/$f" "$manifest"
+                cp "$corpus/$f" "$raw/$f"
+            done
+        elif [[ $dataset == ptb ]]; then
             for f in ptb.train.txt ptb.valid.txt ptb.test.txt; do
                 if [[ -n $data_dir ]]; then
                     src=$(find_one "$data_dir" "$f")
@@ -178,14 +162,21 @@ if stage_enabled 1; then
         [[ -f $prep_dir/.data.done ]] || die "no raw data in $raw: run stage 0 first"
         mkdir -p "$text"
         for split in train valid test; do
-            if [[ $dataset == ptb ]]; then
+            case $dataset in
                 # PAPER: "We did not apply additional pre-processing for the PTB dataset."
                 # fairseq adds </s> after every line, Mikolov's <eos>.
-                cp "$raw/ptb.$split.txt" "$text/$split.txt"
-            else
-                python "$RECIPES_DIR/utils/text_tools.py" wikitext-sentences \
-                    "$raw/wiki.$split.tokens" "$text/$split.txt" --unit "$wiki2_unit"
-            fi
+                ptb) cp "$raw/ptb.$split.txt" "$text/$split.txt" ;;
+                wiki2) python "$RECIPES_DIR/utils/text_tools.py" wikitext-sentences \
+                           "$raw/wiki.$split.tokens" "$text/$split.txt" --unit "$wiki2_unit" ;;
+                corpus)
+                    if [[ $tokenize == moses ]]; then
+                        require_tool sacremoses "Install it: pip install sacremoses (./setup_env.sh does)."
+                        sacremoses -q -l "$lang" -j "$nj" normalize tokenize -a \
+                            <"$raw/$split.txt" >"$text/$split.txt"
+                    else
+                        cp "$raw/$split.txt" "$text/$split.txt"
+                    fi ;;
+            esac
             log "  $split: $(wc -l <"$text/$split.txt") sentences, $(wc -w <"$text/$split.txt") words"
         done
         touch "$prep_dir/.text.done"
@@ -202,8 +193,11 @@ if stage_enabled 2; then
         require_tool fairseq-preprocess "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
         rm -rf "$bin"
         # The vocabulary is every word of the training text (PTB: 10K; WikiText-2: 33K, both
-        # with <unk> already in the text), as in the paper.
-        fairseq-preprocess --only-source --task language_modeling \
+        # with <unk> already in the text), as in the paper; --vocab-size keeps the most frequent.
+        nwords=()
+        # fairseq's count includes its 4 special symbols (<s> <pad> </s> <unk>)
+        if [[ -n $vocab_size ]]; then nwords=(--nwordssrc "$((vocab_size + 4))"); fi
+        fairseq-preprocess --only-source --task language_modeling "${nwords[@]}" \
             --trainpref "$text/train.txt" --validpref "$text/valid.txt" --testpref "$text/test.txt" \
             --destdir "$bin" --workers "$nj" 2>&1 | tee "$prep_dir/preprocess.log" >&2
         log "  dictionary: $(wc -l <"$bin/dict.txt") words (+4 special symbols)"
@@ -215,23 +209,12 @@ fi
 if stage_enabled 3; then
     log "stage 3: train: $variants"
     [[ -f $prep_dir/.bin.done ]] || die "no binarized data in $bin: run stage 2 first"
-    require_tool fairseq-train "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
-    log_interval=100
-    if (( smoke )); then log_interval=5; fi
-    for v in $variants; do
-        variant_criterion_flags "$v"
-        log "  $v: ${variant_flags[*]}"
-        run_train "$exp_dir/$v" "$bin" --user-dir "$USER_DIR" --arch "$arch" \
-            "${train_flags[@]}" "${variant_flags[@]}" \
-            --update-epoch-batch-itr True --required-batch-size-multiple 1 \
-            --keep-last-epochs 2 --log-format json --log-interval "$log_interval" \
-            --no-progress-bar "${device_flags[@]}" "${extra[@]}"
-    done
+    train_stage "$bin"
 fi
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 4; then
-    log "stage 4: score: per-sentence NLL on valid and test"
+    log "stage 4: score: per-sentence NLL and diagnostics on valid and test"
     require_tool fairseq-skd-score-lm "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     for v in $variants; do
         ckpt=$exp_dir/$v/checkpoint_best.pt
@@ -253,15 +236,8 @@ fi
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 5; then
     log "stage 5: collect: fairseq-skd-collect $exp_dir"
-    require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
-    if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" \( -name '*.json' -o -name train.log \) \
-            -newer "$exp_dir/results.md") ]]; then
-        log "  $exp_dir/results.md is newer than every score file and log, skipped"
-    else
-        # the experiment's name selects the paper's numbers printed beside ours
-        fairseq-skd-collect "$exp_dir" --experiment "$dataset" --task lm
-        log "  wrote $exp_dir/results.md"
-    fi
+    # the experiment's name selects the paper's numbers printed beside ours (none for a corpus)
+    collect_stage lm "$( [[ $dataset == corpus ]] && echo "$name" || echo "$dataset" )"
 fi
 log "lm recipe: done"
 exit 0

@@ -17,100 +17,77 @@ set -euo pipefail
 
 usage() {
     cat <<EOF
-Usage: $0 --pair en-fi|fi-en|en-de [options] [-- extra fairseq-train flags]
+Usage: $0 --pair SRC-TGT [--corpus DIR] [options] [-- extra fairseq-train flags]
 
 Stages:
-  0  data: download (or take from --data-dir) and verify the WMT'15 corpora, dev and test sets
+  0  data: download (or take from --data-dir / --corpus) and verify the corpora, dev and test sets
   1  tokenize: sacremoses normalize + tokenize (-a); clean the training pairs
-  2  bpe: subword-nmt joint BPE (10K for en-fi/fi-en, 30K for en-de)
+  2  bpe: subword-nmt joint BPE
   3  binarize: fairseq-preprocess
   4  train: fairseq-train, one run per variant (resumes from checkpoint_last.pt)
-  5  decode: fairseq-generate, beams 1 and 12, dev and test; fairseq-skd-bleu (sacreBLEU)
+  5  decode: fairseq-generate with each of --beams on valid and test; fairseq-skd-bleu (sacreBLEU)
   6  collect: fairseq-skd-collect EXP_DIR (results.md / results.csv / figures)
 
 Options:
-  --pair P                en-fi, fi-en or en-de (required)
-  --stage N               first stage to run (default 0)
-  --stop-stage M          last stage to run (default 6)
-  --variants "LIST"       subset of: baseline noise skd noise_skd (default: all four)
-  --data-dir DIR          take the data from DIR instead of downloading it: the archives
-                          (e.g. europarl-v8.fi-en.tgz, test.tgz) or the files inside them
-                          (e.g. europarl-v8.fi-en.fi, newstest2015-enfi-src.en.sgm),
-                          searched recursively under DIR
-  --prep-dir DIR          where prepared data goes (default data/wmt15_SRC_TGT)
-  --exp-dir DIR           where runs and results go (default exp/wmt15_SRC_TGT)
-  --nj N                  parallel jobs for data preparation (default: number of cores)
-  --nproc N               data-parallel training workers (default 1): N GPUs, or on CPU N
-                          workers sharing the cores (fairseq-skd-train --nproc)
-  --cpu                   train and decode on CPU even when a GPU is available
-  --smoke                 tiny model and 2 epochs on local files (needs --data-dir): a test
-  -h, --help              this message
-Everything after '--' is appended to fairseq-train (e.g. -- --fp16).
+  --pair SRC-TGT          en-fi, fi-en or en-de: the paper's WMT'15 data; with --corpus any
+                          two language codes (e.g. en-tr)
+  --corpus DIR            your own parallel corpus: DIR/train.SRC train.TGT valid.SRC valid.TGT
+                          test.SRC test.TGT, raw untokenized text, one sentence a line
+  --bpe-size N            joint BPE merges and dictionary size (default: the paper's 10000 for
+                          en-fi/fi-en, 30000 for en-de; 10000 for a corpus)
+  --beams "LIST"          beam widths to decode with (default "1 12", the paper's)
+$(common_usage)
 EOF
 }
 
 pair=
-stage=0
+bpe_size=
+beams="1 12"
 stop_stage=6
-variants="baseline noise skd noise_skd"
-data_dir=
-prep_dir=
-exp_dir=
-nj=$(nproc 2>/dev/null || echo 1)
-nproc=1
-force_cpu=0
-smoke=0
-extra=()
+options="$common_options pair bpe_size beams"
+switches=$common_switches
+# shellcheck source=../utils/parse_options.sh
+. "$RECIPES_DIR/utils/parse_options.sh"
+use_repo_venv
 
-while (( $# )); do
-    case $1 in
-        --pair) pair=${2:?--pair needs a value}; shift 2 ;;
-        --stage) stage=${2:?--stage needs a value}; shift 2 ;;
-        --stop-stage) stop_stage=${2:?--stop-stage needs a value}; shift 2 ;;
-        --variants) variants=${2?--variants needs a value}; shift 2 ;;
-        --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
-        --prep-dir) prep_dir=${2:?--prep-dir needs a value}; shift 2 ;;
-        --exp-dir) exp_dir=${2:?--exp-dir needs a value}; shift 2 ;;
-        --nj) nj=${2:?--nj needs a value}; shift 2 ;;
-        --nproc) nproc=${2:?--nproc needs a value}; shift 2 ;;
-        --cpu) force_cpu=1; shift ;;
-        --smoke) smoke=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        --) shift; extra=("$@"); break ;;
-        *) usage >&2; die "unknown option '$1'" ;;
-    esac
-done
-
-case $pair in
-    en-fi|fi-en|en-de) ;;
-    "") usage >&2; die "--pair is required (en-fi, fi-en or en-de)" ;;
-    *) usage >&2; die "unknown --pair '$pair' (en-fi, fi-en or en-de)" ;;
-esac
-[[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || die "--stage and --stop-stage take numbers"
-[[ $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc takes a number of workers >= 1, not '$nproc'"
-if (( smoke )) && [[ -z $data_dir ]]; then
-    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/wmt15)"
-fi
-if [[ -n $data_dir && ! -d $data_dir ]]; then
-    die "--data-dir $data_dir is not a folder"
-fi
-
+[[ $pair =~ ^[a-z]{2,3}-[a-z]{2,3}$ ]] || { usage >&2; die "--pair SRC-TGT is required (en-fi, fi-en, en-de; with --corpus any two language codes), got '$pair'"; }
 src=${pair%-*}
 tgt=${pair#*-}
-prep_dir=${prep_dir:-data/wmt15_${src}_${tgt}}
-exp_dir=${exp_dir:-exp/wmt15_${src}_${tgt}}
-use_repo_venv
+[[ $src != "$tgt" ]] || die "--pair $pair: the source and target languages must differ"
+if [[ -n $corpus ]]; then
+    name=${name:-$(basename "$(cd "$corpus" && pwd)")}
+    check_corpus_files "$corpus" "train.$src" "train.$tgt" "valid.$src" "valid.$tgt" "test.$src" "test.$tgt"
+    for split in train valid test; do check_parallel "$corpus/$split.$src" "$corpus/$split.$tgt"; done
+    check_language "$src" "--pair $pair"
+    check_language "$tgt" "--pair $pair"
+else
+    case $pair in
+        en-fi|fi-en|en-de) ;;
+        *) usage >&2; die "unknown --pair '$pair' for the paper's data (en-fi, fi-en or en-de); your own corpus: --corpus DIR" ;;
+    esac
+    name=${name:-wmt15_${src}_${tgt}}
+fi
+[[ -z $bpe_size || $bpe_size =~ ^[1-9][0-9]*$ ]] || die "--bpe-size takes a number, not '$bpe_size'"
+for beam in $beams; do [[ $beam =~ ^[1-9][0-9]*$ ]] || die "--beams takes beam widths >= 1, not '$beams'"; done
+if (( smoke )) && [[ -z $data_dir && -z $corpus ]]; then
+    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/wmt15) or --corpus"
+fi
+check_common_options
+prep_dir=${prep_dir:-data/$name}
+exp_dir=${exp_dir:-exp/$name}
 # shellcheck source=../conf/mt.sh
 . "$RECIPES_DIR/conf/mt.sh"
 check_variants
-detect_device "$force_cpu"
-log "mt recipe: pair=$pair variants='$variants' stages $stage..$stop_stage device=$device_name nproc=$nproc" \
-    "prep=$prep_dir exp=$exp_dir smoke=$smoke"
+detect_device
+log "mt recipe: pair=$pair ($name) model=$model variants='$variants' stages $stage..$stop_stage" \
+    "device=$device_name nproc=$nproc prep=$prep_dir exp=$exp_dir smoke=$smoke"
 
 # ---- the WMT'15 data (http://www.statmt.org/wmt15/translation-task.html): for each part,
 # "ARCHIVE FILE_en FILE_x" with FILE the name of a file inside ARCHIVE (x = fi or de). The
 # archives' URLs and checksums are in recipes/utils/checksums.tsv.
-if [[ $src == de || $tgt == de ]]; then
+if [[ -n $corpus ]]; then
+    :  # your own corpus: no parts, no archives
+elif [[ $src == de || $tgt == de ]]; then
     x=de
     train_parts=(
         "training-parallel-europarl-v7.tgz europarl-v7.de-en.en europarl-v7.de-en.de"
@@ -187,16 +164,27 @@ locate() {
     done
 }
 
-# same_lines A B: A and B have the same number of lines.
-same_lines() {
-    local a b
-    a=$(wc -l <"$1")
-    b=$(wc -l <"$2")
-    [[ $a == "$b" ]] || die "$1 has $a lines but $2 has $b: not a parallel pair"
-}
+if stage_enabled 4; then check_train_commands "$bin"; fi
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 0; then
+if stage_enabled 0 && [[ -n $corpus ]]; then
+    log "stage 0: data: $pair corpus $corpus"
+    if [[ -f $prep_dir/.data.done ]]; then
+        log "  done already ($prep_dir/.data.done), skipped"
+    else
+        mkdir -p "$raw"
+        : >"$manifest"
+        # your own files: no published checksum, their sha256 recorded for the record
+        for split in train valid test; do
+            for l in "$src" "$tgt"; do
+                record_sha256 "$corpus/$split.$l" "$manifest"
+                cp "$corpus/$split.$l" "$raw/$split.$l"
+            done
+            log "  $split: $(wc -l <"$raw/$split.$src") sentence pairs"
+        done
+        touch "$prep_dir/.data.done"
+    fi
+elif stage_enabled 0; then
     log "stage 0: data: WMT'15 $pair training corpora, dev and test sets"
     if [[ -f $prep_dir/.data.done ]]; then
         log "  done already ($prep_dir/.data.done), skipped"
@@ -216,7 +204,7 @@ if stage_enabled 0; then
                 locate "$archive" "$f_en" "$f_x"
                 paths=("${located[@]}")
             fi
-            same_lines "${paths[0]}" "${paths[1]}"
+            check_parallel "${paths[0]}" "${paths[1]}"
             log "  $archive: $(wc -l <"${paths[0]}") pairs"
             cat "${paths[0]}" >>"$raw/train.en.part"
             cat "${paths[1]}" >>"$raw/train.$x.part"
@@ -236,7 +224,7 @@ if stage_enabled 0; then
             fi
             python "$RECIPES_DIR/utils/text_tools.py" sgm "${paths[0]}" >"$raw/$split.$src"
             python "$RECIPES_DIR/utils/text_tools.py" sgm "${paths[1]}" >"$raw/$split.$tgt"
-            same_lines "$raw/$split.$src" "$raw/$split.$tgt"
+            check_parallel "$raw/$split.$src" "$raw/$split.$tgt"
             log "  $split: $(wc -l <"$raw/$split.$src") sentences ($(basename "${paths[0]}"))"
         done
         # Cross-check the test references with sacrebleu's own copy when it can fetch it.
@@ -275,7 +263,7 @@ if stage_enabled 1; then
                 sacremoses -q -l "$l" -j "$nj" normalize tokenize -a \
                     <"$raw/$split.$l" >"$tok/$split.$l"
             done
-            same_lines "$tok/$split.$src" "$tok/$split.$tgt"
+            check_parallel "$tok/$split.$src" "$tok/$split.$tgt"
         done
         python "$RECIPES_DIR/utils/text_tools.py" clean "$tok/train.$src" "$tok/train.$tgt" \
             "$tok/train.clean.$src" "$tok/train.clean.$tgt" --max-len "$max_len" --ratio "$len_ratio"
@@ -331,18 +319,7 @@ fi
 if stage_enabled 4; then
     log "stage 4: train: $variants"
     [[ -f $prep_dir/.bin.done ]] || die "no binarized data in $bin: run stage 3 first"
-    require_tool fairseq-train "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
-    log_interval=100
-    if (( smoke )); then log_interval=5; fi
-    for v in $variants; do
-        variant_criterion_flags "$v"
-        log "  $v: ${variant_flags[*]}"
-        run_train "$exp_dir/$v" "$bin" --user-dir "$USER_DIR" --arch "$arch" \
-            "${train_flags[@]}" "${variant_flags[@]}" \
-            --update-epoch-batch-itr True --required-batch-size-multiple 1 \
-            --keep-last-epochs 2 --log-format json --log-interval "$log_interval" \
-            --no-progress-bar "${device_flags[@]}" "${extra[@]}"
-    done
+    train_stage "$bin"
 fi
 
 # ----------------------------------------------------------------------------------------------
@@ -378,15 +355,8 @@ fi
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 6; then
     log "stage 6: collect: fairseq-skd-collect $exp_dir"
-    require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
-    if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" \( -name '*.json' -o -name train.log \) \
-            -newer "$exp_dir/results.md") ]]; then
-        log "  $exp_dir/results.md is newer than every score file and log, skipped"
-    else
-        # the experiment's name selects the paper's numbers printed beside ours
-        fairseq-skd-collect "$exp_dir" --experiment "wmt15_${src}_${tgt}" --task mt
-        log "  wrote $exp_dir/results.md"
-    fi
+    # the experiment's name selects the paper's numbers printed beside ours (none for a corpus)
+    collect_stage mt "$( [[ -n $corpus ]] && echo "$name" || echo "wmt15_${src}_${tgt}" )"
 fi
 log "mt recipe: done"
 exit 0

@@ -1,5 +1,7 @@
 # shellcheck shell=bash disable=SC2034,SC2154  # variables shared with the sourcing recipe
-# Helpers shared by recipes/lm/run.sh and recipes/mt/run.sh (sourced, not run).
+# What recipes/lm/run.sh and recipes/mt/run.sh share (sourced, not run): logging, the options
+# every recipe has, stage selection, the device, checksums and downloads, checks of a user's own
+# corpus, and the train and collect stages. A recipe keeps its data stages and its settings.
 #
 # Every function fails loudly: a non-zero status and a message that says what to do.
 
@@ -25,16 +27,81 @@ require_tool() {
     command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH. $2"
 }
 
+# ------------------------------------------------------------------ options and stages
+# The options and switches every recipe has (for parse_options.sh), with their defaults.
+common_options="stage stop_stage variants data_dir corpus name prep_dir exp_dir model skd_args nj nproc"
+common_switches="cpu smoke"
+stage=0
+variants="baseline noise skd noise_skd"
+data_dir=
+corpus=
+name=
+prep_dir=
+exp_dir=
+model=lstm
+skd_args=
+nj=$(nproc 2>/dev/null || echo 1)
+nproc=1
+cpu=0
+smoke=0
+
+common_usage() {
+    cat <<EOF
+  --stage N               first stage to run (default 0)
+  --stop-stage M          last stage to run (default: the last)
+  --variants "LIST"       subset of: baseline noise skd noise_skd (default: all four)
+  --data-dir DIR          take the paper's raw files from DIR (searched recursively) instead
+                          of downloading them
+  --name NAME             the experiment's name: data/NAME and exp/NAME (default: the
+                          dataset or pair, or the --corpus folder's name)
+  --prep-dir DIR          where prepared data goes (default data/NAME)
+  --exp-dir DIR           where runs and results go (default exp/NAME)
+  --model lstm|transformer  the paper's LSTM model (default) or fairseq's transformer
+                          (settings in recipes/conf, marked OURS)
+  --skd-args "FLAGS"      fairseq-train flags for the SKD variants only (skd, noise_skd),
+                          e.g. --skd-args "--skd-sigma auto"; flags after -- go to every variant
+  --nj N                  parallel jobs for data preparation (default: number of cores)
+  --nproc N               data-parallel training workers (default 1): N GPUs, or on CPU N
+                          workers sharing the cores (fairseq-skd-train --nproc)
+  --cpu                   train on CPU even when a GPU is available
+  --smoke                 tiny model and 2 epochs: a check of the plumbing in minutes on a CPU
+                          (with --data-dir or --corpus)
+  -h, --help              this message
+Everything after '--' is appended to fairseq-train for every variant (e.g. -- --fp16).
+EOF
+}
+
+# check_common_options: the values every recipe takes, checked before any work.
+check_common_options() {
+    [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || die "--stage and --stop-stage take numbers"
+    (( stage <= stop_stage )) || die "--stage $stage --stop-stage $stop_stage selects no stage (the first comes after the last)"
+    [[ $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc takes a number of workers >= 1, not '$nproc'"
+    [[ $nj =~ ^[1-9][0-9]*$ ]] || die "--nj takes a number of jobs >= 1, not '$nj'"
+    [[ $model == lstm || $model == transformer ]] || die "--model is lstm or transformer, not '$model'"
+    if [[ -n $data_dir && -n $corpus ]]; then
+        die "--data-dir is for the paper's datasets and --corpus for your own: give one of them"
+    fi
+    if [[ -n $data_dir && ! -d $data_dir ]]; then die "--data-dir $data_dir is not a folder"; fi
+    if [[ -n $corpus && ! -d $corpus ]]; then die "--corpus $corpus is not a folder"; fi
+    local flag
+    for flag in "${extra[@]}"; do
+        case $flag in
+            --skd-*|--target-embed-noise*|--label-smoothing*)
+                die "$flag after -- would go to every variant, and the baseline's criterion" \
+                    "(cross_entropy) does not take it: give SKD flags with --skd-args \"...\"" ;;
+        esac
+    done
+}
+
 # stage_enabled N: is stage N inside [--stage, --stop-stage]?
 stage_enabled() { (( stage <= $1 && $1 <= stop_stage )); }
 
 # Device: the GPU when nvidia-smi sees one and torch can use it, else --cpu.
 # Sets the array device_flags (empty or (--cpu)) and the string device_name.
 detect_device() {
-    local force_cpu=$1
     device_flags=()
     device_name=cpu
-    if (( force_cpu )); then
+    if (( cpu )); then
         device_flags=(--cpu)
     elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
         && python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -126,19 +193,49 @@ find_one() {
     find -L "$1" -type f -name "$2" 2>/dev/null | LC_ALL=C sort | head -n 1
 }
 
+# ------------------------------------------------------------------ your own corpus
+# check_corpus_files DIR FILE...: each FILE exists in DIR and holds some text.
+check_corpus_files() {
+    local dir=$1 f
+    shift
+    for f in "$@"; do
+        [[ -f $dir/$f ]] || die "$dir/$f not found: --corpus $dir must hold $*"
+        grep -q '[^[:space:]]' "$dir/$f" || die "$dir/$f is empty: --corpus $dir must hold text in $*"
+    done
+}
+
+# check_parallel A B: A and B have the same number of lines.
+check_parallel() {
+    local a b
+    a=$(wc -l <"$1")
+    b=$(wc -l <"$2")
+    [[ $a == "$b" ]] || die "$1 has $a lines but $2 has $b: not a parallel pair (one sentence a line on both sides)"
+}
+
+# check_language CODE WHAT: CODE is a language code sacremoses can be given; logs what it does
+# with it (its rules for that language, or its generic ones).
+check_language() {
+    local said
+    said=$(python "$RECIPES_DIR/utils/text_tools.py" language "$1" 2>&1) || die "$2: $said"
+    log "  $said"
+}
+
 # ------------------------------------------------------------------ fairseq
-# Variant -> criterion flags. Needs: skd_sigma skd_warmup skd_eta noise_std.
-# Sets the array variant_flags.
+# Variant -> criterion flags, as fairseq_skd/variants.py says (tests/test_recipes.py checks that
+# both agree). Needs: skd_sigma skd_warmup skd_eta noise_std, and skd_args (flags for the SKD
+# variants only, split on spaces). Sets the array variant_flags.
 variant_criterion_flags() {
     local skd=(--criterion self_kd_cross_entropy --skd-sigma "$skd_sigma"
                --skd-warmup-updates "$skd_warmup" --skd-alpha-step "$skd_eta")
+    local only_skd=()
+    read -r -a only_skd <<<"${skd_args:-}"
     case $1 in
         baseline)  variant_flags=(--criterion cross_entropy) ;;
         # +Noise: plain cross-entropy (alpha stays 0) with noisy decoder input embeddings
         noise)     variant_flags=(--criterion self_kd_cross_entropy --skd-alpha-max 0
                                   --target-embed-noise "$noise_std") ;;
-        skd)       variant_flags=("${skd[@]}") ;;
-        noise_skd) variant_flags=("${skd[@]}" --target-embed-noise "$noise_std") ;;
+        skd)       variant_flags=("${skd[@]}" "${only_skd[@]}") ;;
+        noise_skd) variant_flags=("${skd[@]}" --target-embed-noise "$noise_std" "${only_skd[@]}") ;;
         *) die "unknown variant '$1' (known: baseline noise skd noise_skd)" ;;
     esac
 }
@@ -147,6 +244,57 @@ check_variants() {
     local v
     [[ -n ${variants// /} ]] || die "--variants is empty (known: baseline noise skd noise_skd)"
     for v in $variants; do variant_criterion_flags "$v"; done
+}
+
+# train_command VARIANT DATA_BIN: VARIANT's fairseq-train flags, in the array train_args. Needs
+# the settings (arch, train_flags, log_interval), device_flags and extra.
+train_command() {
+    variant_criterion_flags "$1"
+    train_args=("$2" --user-dir "$USER_DIR" --arch "$arch" "${train_flags[@]}" "${variant_flags[@]}"
+                --update-epoch-batch-itr True --required-batch-size-multiple 1
+                --keep-last-epochs 2 --log-format json --log-interval "$log_interval"
+                --no-progress-bar "${device_flags[@]}" "${extra[@]}")
+}
+
+# check_train_commands DATA_BIN: fairseq-train's own parser must take every variant's command
+# line (the flags after -- and in --skd-args included), checked before any stage runs rather
+# than when that variant's training starts.
+check_train_commands() {
+    local v check=()
+    require_tool fairseq-skd-train "Install this repository's package: ./setup_env.sh (or pip install -e .)."
+    for v in $variants; do
+        train_command "$v" "$1"
+        check+=("$v" "${train_args[@]}" ---)
+    done
+    fairseq-skd-train --check "${check[@]}" \
+        || die "fix the flags named above (after -- or in --skd-args); nothing was run"
+}
+
+# train_stage DATA_BIN: every variant's training (resumed where it stopped, skipped when done).
+train_stage() {
+    local v
+    require_tool fairseq-skd-train "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
+    for v in $variants; do
+        train_command "$v" "$1"
+        log "  $v: ${variant_flags[*]}"
+        run_train "$exp_dir/$v" "${train_args[@]}"
+    done
+}
+
+# collect_stage TASK EXPERIMENT: fairseq-skd-collect EXP_DIR (tables and figures), unless its
+# results are newer than every score file and log. EXPERIMENT selects the paper's numbers;
+# a --corpus run has none to show.
+collect_stage() {
+    local ours=()
+    if [[ -n $corpus ]]; then ours=(--no-paper); fi
+    require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
+    if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" \( -name '*.json' -o -name train.log \) \
+            -newer "$exp_dir/results.md") ]]; then
+        log "  $exp_dir/results.md is newer than every score file and log, skipped"
+    else
+        fairseq-skd-collect "$exp_dir" --experiment "$2" --task "$1" "${ours[@]}"
+        log "  wrote $exp_dir/results.md"
+    fi
 }
 
 # run_train SAVE_DIR ARGS...: fairseq-train with $nproc data-parallel workers

@@ -12,11 +12,18 @@
     text_tools.py wikitext-sentences IN OUT [--unit sentence|line]
         WikiText-2 to one sentence per line; see recipes/README.md ("What is a sentence in
         WikiText-2"). Empty lines are dropped; every other token is kept as it is.
+    text_tools.py language CODE
+        Whether sacremoses can be given the language CODE, and which of its rules it applies
+        (fairseq_skd/evaluation/languages.py); fails for a code that is likely a typo.
+
+Every step reads and writes a line at a time: none holds a corpus in memory.
 """
 
 import argparse
+import importlib.util
 import re
 import sys
+from pathlib import Path
 
 SEG = re.compile(r"<seg.*?>(.*)</seg>.*?")
 # WikiText is tokenized: a sentence ends with a separate ".", "?" or "!" token. (Decimal points
@@ -94,6 +101,28 @@ def wikitext_sentences(path, out_path, unit):
           file=sys.stderr)
 
 
+def languages_module():
+    """fairseq_skd/evaluation/languages.py, loaded by path: importing the fairseq_skd package
+    would import fairseq and torch, seconds for a check of two letters."""
+    path = Path(__file__).resolve().parents[2] / "fairseq_skd" / "evaluation" / "languages.py"
+    spec = importlib.util.spec_from_file_location("skd_languages", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def describe_language(code):
+    languages = languages_module()
+    problem = languages.language_code_problem(code)
+    if problem is not None:
+        raise SystemExit(f"{problem}")
+    if languages.moses_rules(code) == "specific":
+        print(f"{code}: sacremoses has rules and non-breaking prefixes for this language")
+    else:
+        print(f"{code}: sacremoses has no rules for this language: it applies its generic ones "
+              "(punctuation split off and joined back, no non-breaking prefixes)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -114,6 +143,8 @@ def main():
     a.add_argument("path")
     a.add_argument("out")
     a.add_argument("--unit", choices=["sentence", "line"], default="sentence")
+    a = sub.add_parser("language")
+    a.add_argument("code")
     args = p.parse_args()
     if args.cmd == "sgm":
         sgm_to_text(args.path, sys.stdout)
@@ -121,6 +152,8 @@ def main():
         split_titles(args.path, args.src_out, args.tgt_out)
     elif args.cmd == "clean":
         clean_parallel(args.src, args.tgt, args.src_out, args.tgt_out, args.max_len, args.ratio)
+    elif args.cmd == "language":
+        describe_language(args.code)
     else:
         wikitext_sentences(args.path, args.out, args.unit)
 

@@ -1,0 +1,134 @@
+"""The figures of one experiment folder, from the variants' parsed training logs.
+
+``results`` is what ``fairseq-skd-collect`` collects: ``{"experiment": name, "task": "lm" | "mt",
+"variants": {variant: {"logs": parse_log(...) or None, ...}}, "notes": [...]}``. Each figure
+is drawn with matplotlib's object API (no pyplot, no global backend) and saved as PNG; each
+variant's curve keeps one colour, line style and marker in every figure, so that curves that
+lie on each other stay visible, and its line's ``gid`` is the variant's name.
+"""
+
+from dataclasses import dataclass, field
+
+from .layout import SKD_VARIANTS, VARIANT_NAMES, VARIANTS
+from .logs import series
+
+# colour, line style, hollow marker: a curve drawn over another leaves it visible
+STYLES = {
+    "baseline": {"color": "C0", "linestyle": "-", "marker": "o"},
+    "noise": {"color": "C1", "linestyle": "--", "marker": "s"},
+    "skd": {"color": "C2", "linestyle": "-.", "marker": "^"},
+    "noise_skd": {"color": "C3", "linestyle": ":", "marker": "v"},
+}
+QN_CLIP = 0.5  # --skd-qn-max's default, the paper's clip (Eq. 8)
+
+
+@dataclass
+class Drawn:
+    """A figure that was written: its file name, its caption and, per panel (the axes'
+    title), the variants that have a curve in it, read back from the figure's lines."""
+    file: str
+    caption: str
+    curves: dict = field(default_factory=dict)
+
+
+def _figure(ncols=1):
+    from matplotlib.figure import Figure  # no pyplot: no global backend, Agg canvas for PNG
+
+    fig = Figure(figsize=(5.5 * ncols, 4), layout="tight")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _curves(results, kind, key, variants):
+    curves = {}
+    for variant in variants:
+        logs = results["variants"][variant]["logs"]
+        if logs:
+            xs, ys = series(logs, kind, key)
+            if xs:
+                curves[variant] = (xs, ys)
+    return curves
+
+
+def _plot(ax, curves, markevery=None):
+    for variant, (xs, ys) in curves.items():
+        ax.plot(xs, ys, label=VARIANT_NAMES[variant], gid=variant, linewidth=1.2, markersize=5,
+                markerfacecolor="none", markevery=markevery, **STYLES[variant])
+
+
+def _finish(ax, title, ylabel):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set(title=title, xlabel="updates", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # updates are whole numbers
+    if ax.lines:
+        ax.legend()
+    ax.grid(alpha=0.3)
+
+
+def plotted_variants(fig):
+    """{panel title: [variants with a curve]} of a figure drawn here."""
+    return {ax.get_title(): [line.get_gid() for line in ax.get_lines() if line.get_gid() in STYLES]
+            for ax in fig.axes}
+
+
+def qn_alpha(results):
+    """Fig. 3: (a) the logged mean q_n (b) alpha, over updates, for the SKD variants; None if
+    no SKD variant logged them."""
+    qn = _curves(results, "train_inner", "skd_qn", SKD_VARIANTS)
+    alpha = _curves(results, "train_inner", "skd_alpha", SKD_VARIANTS)
+    if not qn and not alpha:
+        return None
+    fig, (ax_q, ax_a) = _figure(2)
+    every = max(1, max((len(xs) for xs, _ in qn.values()), default=0) // 20)
+    _plot(ax_q, qn, markevery=every)
+    ax_q.axhline(QN_CLIP, color="grey", linestyle=":", linewidth=1,
+                 label=f"clip: q_n <= {QN_CLIP} (--skd-qn-max)")
+    _finish(ax_q, f"(a) q_n during training ({results['experiment']})",
+            "mean q_n where prediction != target (as logged)")
+    _plot(ax_a, alpha, markevery=every)
+    _finish(ax_a, "(b) alpha schedule", "alpha")
+    return fig
+
+
+def validation_curves(results, key, ylabel, title):
+    """``key`` of the valid records over updates, one curve per variant that logged it; None
+    if none did."""
+    curves = _curves(results, "valid", key, VARIANTS)
+    if not curves:
+        return None
+    fig, (ax,) = _figure(1)
+    _plot(ax, curves)
+    _finish(ax, title, ylabel)
+    return fig
+
+
+def write_figures(results, out):
+    """Draw the experiment's figures into ``out``; returns the :class:`Drawn` ones, and adds a
+    note to ``results["notes"]`` for each one that could not be drawn."""
+    name, figures = results["experiment"], []
+    figures.append(("fig3_qn_alpha.png", qn_alpha(results),
+                    "q_n and alpha over updates for the SKD variants (paper Fig. 3); the dotted "
+                    "line is the clip at 0.5",
+                    "no skd_qn/skd_alpha in the SKD variants' logs"))
+    if results["task"] == "mt":
+        figures.append(("fig4_valid_bleu.png",
+                        validation_curves(results, "valid_bleu", "validation BLEU",
+                                          f"Validation BLEU during training ({name})"),
+                        "validation BLEU over updates, all variants (paper Fig. 4)",
+                        "no valid_bleu in the logs (train with --eval-bleu)"))
+    figures.append(("valid_loss.png",
+                    validation_curves(results, "valid_loss", "validation NLL per token (bits)",
+                                      f"Validation loss during training ({name})"),
+                    "validation NLL per token (base 2) over updates, all variants: `valid_loss`, "
+                    "which is the plain NLL for every variant (fairseq's cross_entropy logs the "
+                    "NLL as its loss; self_kd_cross_entropy reports the NLL as loss in validation)",
+                    "no valid_loss in the logs"))
+    drawn = []
+    for file, fig, caption, why_not in figures:
+        if fig is None:
+            results["notes"].append(f"{file} not drawn: {why_not}")
+            continue
+        fig.savefig(out / file, dpi=120)
+        drawn.append(Drawn(file, caption, plotted_variants(fig)))
+    return drawn
