@@ -85,7 +85,6 @@ Usage (from the repository root; with the defaults about 1.5 minutes on an idle 
     python bench/bench_criterion.py --device cuda --amp bf16 --threads 4 --modes predicted topk full
 """
 
-import argparse
 import copy
 import json
 import platform
@@ -96,12 +95,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+# the plugin of this checkout, and the tests' helpers (tests/helpers.py)
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion  # noqa: E402
-from fairseq.data import Dictionary  # noqa: E402
-from fairseq.models import ARCH_CONFIG_REGISTRY  # noqa: E402
-from fairseq.models.lstm_lm import LSTMLanguageModel  # noqa: E402
 
 import fairseq_skd  # noqa: E402,F401
 from fairseq_skd.criterions.self_kd_cross_entropy import (  # noqa: E402
@@ -115,39 +113,23 @@ from fairseq_skd.modules.embedding_distance import (  # noqa: E402
 )
 from fairseq_skd.modules.output_embedding import find_output_embedding  # noqa: E402
 from fairseq_skd.modules.update_counter import attach_update_counter  # noqa: E402
+from bench_utils import add_lm_size_options, benchmark_parser, parse_options  # noqa: E402
+from helpers import SPECIAL_SYMBOLS, Task, build_model, make_dictionary  # noqa: E402
 
 SKD, CE = "self_kd_cross_entropy", "cross_entropy"
 END_OF_FORWARD = "bench_criterion::end_of_forward"
 
 
-class _Task:
-    """What LSTMLanguageModel.build_model and FairseqCriterion need of a task."""
-
-    def __init__(self, dictionary):
-        self.source_dictionary = self.target_dictionary = dictionary
-        self.dictionary = dictionary
-
-
-def make_dictionary(size):
-    """A fairseq Dictionary of exactly ``size`` symbols (the 4 special ones included)."""
-    d = Dictionary()
-    for i in range(size - len(d)):
-        d.add_symbol(f"w{i}")
-    assert len(d) == size
-    return d
-
-
-def build_model(opts, task):
-    args = argparse.Namespace(
+def build_lstm_lm(opts, dictionary):
+    """fairseq's lstm_lm, one layer, full softmax."""
+    model = build_model(
+        "lstm_lm", dictionary, opts.seed,
         arch="lstm_lm", criterion="cross_entropy", dropout=opts.dropout,
         decoder_embed_dim=opts.embed, decoder_hidden_size=opts.hidden,
         decoder_out_embed_dim=opts.out_embed, decoder_layers=1,
         share_decoder_input_output_embed=False, adaptive_softmax_cutoff=None,
         tokens_per_sample=opts.tokens,
     )
-    ARCH_CONFIG_REGISTRY["lstm_lm"](args)
-    torch.manual_seed(opts.seed)
-    model = LSTMLanguageModel.build_model(args, task)
     assert model.decoder.adaptive_softmax is None
     return model
 
@@ -409,17 +391,11 @@ def fmt_ratio(r, clock):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none",
                         help="torch.autocast dtype for forward and criterion (fp16: with a "
                         "GradScaler on CUDA)")
-    parser.add_argument("--vocab", type=int, default=10000, help="dictionary size (specials included)")
-    parser.add_argument("--embed", type=int, default=500, help="input embedding dim")
-    parser.add_argument("--hidden", type=int, default=400, help="LSTM size")
-    parser.add_argument("--out-embed", type=int, default=500, help="output embedding dim (rows of W)")
-    parser.add_argument("--dropout", type=float, default=0.1)
+    add_lm_size_options(parser, dropout=0.1)
     parser.add_argument("--bsz", type=int, default=32, help="sentences per batch")
     parser.add_argument("--tokens", type=int, default=35, help="tokens per sentence")
     parser.add_argument("--batches", type=int, default=8, help="distinct random batches (cycled)")
@@ -450,9 +426,7 @@ def main(argv=None):
                         help="also print torch.profiler's top operators for one update of each")
     parser.add_argument("--profile-rows", type=int, default=15)
     parser.add_argument("--json", metavar="OUT", help="write the figures to this JSON file")
-    opts = parser.parse_args(argv)
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
+    opts = parse_options(parser, argv)
     if opts.steps < 2:
         parser.error("--steps must be at least 2 (quartiles)")
     if opts.skd_alpha <= 0:
@@ -461,11 +435,10 @@ def main(argv=None):
         parser.error(f"--modes: an entry is repeated: {opts.modes}")
     if CE in opts.modes:
         parser.error(f"--modes: {CE} is always measured, as the baseline")
-    torch.set_num_threads(opts.threads)
 
-    dictionary = make_dictionary(opts.vocab)
-    task = _Task(dictionary)
-    model = build_model(opts, task).to(opts.device).train()
+    dictionary = make_dictionary(opts.vocab - SPECIAL_SYMBOLS)
+    task = Task(dictionary)
+    model = build_lstm_lm(opts, dictionary).to(opts.device).train()
     configs, runners = {}, {}
     for spec in opts.modes:
         try:

@@ -23,76 +23,44 @@ bench/gpu_check.sh's report.
 """
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+# the plugin of this checkout, and the tests' helpers (tests/helpers.py)
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from fairseq.data import Dictionary, data_utils  # noqa: E402
+from fairseq.data import data_utils  # noqa: E402
 from fairseq.models import ARCH_CONFIG_REGISTRY  # noqa: E402
 from fairseq.models.lstm import LSTMModel  # noqa: E402
 from fairseq.sequence_generator import SequenceGenerator  # noqa: E402
 
 import fairseq_skd  # noqa: E402,F401
-from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel  # noqa: E402
+from bench_utils import (add_run_options, benchmark_parser, device_clock, goal,  # noqa: E402
+                         parse_options, print_header, take_turns, to_device, tokens_per_second,
+                         write_json)
+from helpers import Task, build_model, make_dictionary  # noqa: E402
 
 
-# Process CPU time by default: with one thread it is what the model costs, and other jobs on a
-# shared machine disturb it much less than wall-clock time (--clock wall for the latter).
-CLOCK = time.process_time
-DEVICE = "cpu"
 # the issue's goals, skd_bahdanau / lstm, per device (None: none stated)
 GOALS = {"training": {"cpu": 0.8, "cuda": 1.0}, "generation": {"cpu": 0.8, "cuda": None}}
-
-
-def now():
-    """CLOCK, read after the device has finished its queued work."""
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-    return CLOCK()
-
-
-def to_device(batch):
-    def move(x):
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        return x.to(DEVICE) if torch.is_tensor(x) else x
-
-    return move(batch)
-
-
-class _Task:
-    def __init__(self, dictionary):
-        self.source_dictionary = self.target_dictionary = dictionary
-
-
-def make_dictionary(n_words):
-    d = Dictionary()
-    for i in range(n_words):
-        d.add_symbol(f"w{i}")
-    return d
 
 
 def build_models(opts, dictionary):
     common = dict(dropout=opts.dropout, encoder_embed_dim=opts.embed, decoder_embed_dim=opts.embed,
                   encoder_hidden_size=opts.hidden, decoder_hidden_size=opts.hidden,
                   decoder_out_embed_dim=opts.readout)
-    task = _Task(dictionary)
-    torch.manual_seed(opts.seed)
-    args = argparse.Namespace(**common)
-    ARCH_CONFIG_REGISTRY["skd_bahdanau"](args)
-    skd = SKDBahdanauModel.build_model(args, task)
+    skd = build_model("skd_bahdanau", dictionary, opts.seed, **common)
+    # its weights drawn next
     args = argparse.Namespace(**common, encoder_layers=1, decoder_layers=1,
                               encoder_bidirectional=True, decoder_attention="1",
                               criterion="cross_entropy")
     ARCH_CONFIG_REGISTRY["lstm"](args)
-    lstm = LSTMModel.build_model(args, task)
+    lstm = LSTMModel.build_model(args, Task(dictionary))
     return {"skd_bahdanau": skd, "lstm": lstm}
 
 
@@ -123,7 +91,7 @@ def random_batch(dictionary, bsz, min_len, max_len, generator):
     }
 
 
-def bench_training(model, batches, pad, warmup):
+def bench_training(model, batches, pad, warmup, clock):
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -135,15 +103,10 @@ def bench_training(model, batches, pad, warmup):
         loss.backward()
         optimizer.step()
 
-    for batch in batches[:warmup]:
-        step(batch)
-    start = now()
-    for batch in batches:
-        step(batch)
-    return sum(b["ntokens"] for b in batches) / (now() - start)
+    return tokens_per_second(step, batches, warmup, clock)
 
 
-def bench_generation(model, dictionary, batches, beam, out_len, repeats=1):
+def bench_generation(model, dictionary, batches, beam, out_len, clock, repeats=1):
     """Seconds per sentence (median over repeats) with exactly ``out_len`` words + </s>."""
     model.eval()
     generator = SequenceGenerator([model], dictionary, beam_size=beam, max_len_a=0,
@@ -154,20 +117,18 @@ def bench_generation(model, dictionary, batches, beam, out_len, repeats=1):
         generator.generate([model], sample(batches[0]))  # warm-up
         times = []
         for _ in range(repeats):
-            start = now()
+            start = clock()
             n = 0
             for batch in batches:
                 hypos = generator.generate([model], sample(batch))
                 assert all(len(h[0]["tokens"]) == out_len + 1 for h in hypos)
                 n += len(hypos)
-            times.append((now() - start) / n)
+            times.append((clock() - start) / n)
     return statistics.median(times)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--vocab", type=int, default=8000, help="words in the (joined) dictionary")
     parser.add_argument("--embed", type=int, default=256, help="source and target embedding dim")
     parser.add_argument("--hidden", type=int, default=256,
@@ -185,58 +146,42 @@ def main(argv=None):
     parser.add_argument("--lengths", type=int, nargs="+", default=[10, 20, 40],
                         help="output lengths for the scaling table")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median kept)")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
-                        help="process CPU time (right for --threads 1 on a shared machine) "
-                             "or wall-clock time; default: cpu on CPU, wall with --device cuda")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--json", metavar="OUT", help="write the figures to this JSON file")
-    opts = parser.parse_args(argv)
-    if opts.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
-    if opts.device == "cuda" and opts.clock == "cpu":
-        parser.error("--clock cpu measures nothing of the GPU's work: use wall time")
-    opts.clock = opts.clock or ("wall" if opts.device == "cuda" else "cpu")
-    torch.set_num_threads(opts.threads)
-    global CLOCK, DEVICE
-    CLOCK = time.process_time if opts.clock == "cpu" else time.perf_counter
-    DEVICE = opts.device
+    # process CPU time by default on CPU: with one thread it is what the model costs, and other
+    # jobs on a shared machine disturb it much less than wall-clock time
+    add_run_options(parser, None, "process CPU time (right for --threads 1 on a shared machine) "
+                    "or wall-clock time; default: cpu on CPU, wall with --device cuda")
+    opts = parse_options(parser, argv)
+    clock = device_clock(opts)
 
     dictionary = make_dictionary(opts.vocab)
     models = {name: model.to(opts.device) for name, model in build_models(opts, dictionary).items()}
     g = torch.Generator().manual_seed(opts.seed)
-    train_batches = [to_device(random_batch(dictionary, opts.train_bsz, opts.min_len,
-                                            opts.max_len, g)) for _ in range(opts.train_batches)]
-    gen_batches = [to_device(random_batch(dictionary, opts.gen_bsz, opts.min_len, opts.max_len, g))
+    train_batches = [random_batch(dictionary, opts.train_bsz, opts.min_len, opts.max_len, g)
+                     for _ in range(opts.train_batches)]
+    gen_batches = [random_batch(dictionary, opts.gen_bsz, opts.min_len, opts.max_len, g)
                    for _ in range(opts.gen_batches)]
+    train_batches, gen_batches = to_device((train_batches, gen_batches), opts.device)
 
-    where = f" on {torch.cuda.get_device_name()}" if opts.device == "cuda" else ""
-    print(f"torch {torch.__version__}{where}, {opts.threads} thread(s); vocab {len(dictionary)}, "
-          f"embed {opts.embed}, hidden {opts.hidden} (encoder: per direction), readout "
-          f"{opts.readout}, dropout {opts.dropout}; source/target {opts.min_len}-{opts.max_len} "
-          f"words, source left-padded; {opts.clock} time")
-    for name, model in models.items():
-        n = sum(p.numel() for p in model.parameters())
-        print(f"  {name}: {n / 1e6:.2f}M parameters")
+    print_header(opts, models, f"vocab {len(dictionary)}, embed {opts.embed}, hidden "
+                 f"{opts.hidden} (encoder: per direction), readout {opts.readout}, dropout "
+                 f"{opts.dropout}; source/target {opts.min_len}-{opts.max_len} words, source "
+                 f"left-padded; {opts.clock} time")
 
-    # 1 and 2: the models take turns, repeated, so drift of the machine hits both alike
-    train_tps = {name: [] for name in models}
-    gen_sps = {name: [] for name in models}
-    for _ in range(opts.repeats):
-        for name, model in models.items():
-            train_tps[name].append(bench_training(model, train_batches, dictionary.pad(), warmup=1))
-            gen_sps[name].append(1.0 / bench_generation(model, dictionary, gen_batches, opts.beam,
-                                                         opts.gen_len))
-    train_tps = {k: statistics.median(v) for k, v in train_tps.items()}
-    gen_sps = {k: statistics.median(v) for k, v in gen_sps.items()}
+    # 1 and 2
+    medians = take_turns(models, opts.repeats, {
+        "training": lambda name, model: bench_training(model, train_batches, dictionary.pad(),
+                                                       1, clock),
+        "generation": lambda name, model: 1.0 / bench_generation(
+            model, dictionary, gen_batches, opts.beam, opts.gen_len, clock)})
+    train_tps, gen_sps = medians["training"], medians["generation"]
 
     print()
     print(f"| measure (median of {opts.repeats}) | skd_bahdanau | lstm | ratio skd/lstm | goal |")
     print("|---|---|---|---|---|")
     ratios = {"training": train_tps["skd_bahdanau"] / train_tps["lstm"],
               "generation": gen_sps["skd_bahdanau"] / gen_sps["lstm"]}
-    goal = {what: GOALS[what][opts.device] for what in GOALS}
-    goal_text = {what: "" if g is None else f">= {g}" for what, g in goal.items()}
+    limit = {what: GOALS[what][opts.device] for what in GOALS}
+    goal_text = {what: "" if g is None else f">= {g}" for what, g in limit.items()}
     print(f"| training target tokens/s (bsz {opts.train_bsz}) | {train_tps['skd_bahdanau']:.0f} "
           f"| {train_tps['lstm']:.0f} | {ratios['training']:.2f} | {goal_text['training']} |")
     print(f"| beam {opts.beam} sentences/s ({opts.gen_len} words out, bsz {opts.gen_bsz}) "
@@ -245,12 +190,12 @@ def main(argv=None):
 
     # 3: time per sentence against output length
     print()
-    print(f"| output words | skd_bahdanau s/sentence | per output token (ms) | lstm s/sentence |")
+    print("| output words | skd_bahdanau s/sentence | per output token (ms) | lstm s/sentence |")
     print("|---|---|---|---|")
     scaling = {}
     for length in opts.lengths:
         per_sentence = {name: bench_generation(model, dictionary, gen_batches, opts.beam, length,
-                                               repeats=opts.repeats)
+                                               clock, repeats=opts.repeats)
                         for name, model in models.items()}
         scaling[length] = per_sentence
         print(f"| {length} | {per_sentence['skd_bahdanau']:.4f} "
@@ -260,16 +205,9 @@ def main(argv=None):
     if opts.json:
         names = {"training": "training target tokens/s, skd_bahdanau / lstm",
                  "generation": f"beam {opts.beam} sentences/s, skd_bahdanau / lstm"}
-        out = {"config": vars(opts), "torch": torch.__version__,
-               "device_name": torch.cuda.get_device_name() if opts.device == "cuda" else None,
-               "training_tokens_per_s": train_tps, "generation_sentences_per_s": gen_sps,
-               "seconds_per_sentence_by_length": scaling,
-               "goals": [{"what": names[what], "value": ratios[what], "op": ">=",
-                          "limit": goal[what], "stated_for": opts.device,
-                          "met": None if goal[what] is None else ratios[what] >= goal[what]}
-                         for what in GOALS]}
-        Path(opts.json).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"\nwrote {opts.json}")
+        write_json(opts, {"training_tokens_per_s": train_tps, "generation_sentences_per_s": gen_sps,
+                          "seconds_per_sentence_by_length": scaling},
+                   [goal(names[what], ratios[what], limit[what], opts.device) for what in GOALS])
 
 
 if __name__ == "__main__":

@@ -3,14 +3,8 @@ trained once per session through fairseq-skd-train (so their dictionaries sit be
 
 import pytest
 
-from fairseq_cli_helpers import (
-    make_lm_data,
-    make_reverse_translation_data,
-    preprocess_lm,
-    preprocess_translation,
-    run,
-    USER_DIR,
-)
+from helpers import (LM_TASK, USER_DIR, make_lm_data, make_reverse_translation_data, preprocess_lm,
+                     preprocess_translation, run)
 
 TINY_TRAINING = ["--optimizer", "adam", "--lr", 0.005, "--max-tokens", 600, "--max-epoch", 2,
                  "--required-batch-size-multiple", 1, "--criterion", "self_kd_cross_entropy",
@@ -26,8 +20,7 @@ def tiny_lm(tmp_path_factory):
     data_bin = preprocess_lm(make_lm_data(root / "text", n_train=200))
     save_dir = root / "checkpoints"
     run("fairseq-skd-train", data_bin, "--user-dir", USER_DIR, "--save-dir", save_dir,
-        "--task", "language_modeling", "--sample-break-mode", "eos", "--tokens-per-sample", 64,
-        "--arch", "skd_lstm_lm_tiny", "--tensorboard-logdir", root / "tensorboard",
+        *LM_TASK, "--arch", "skd_lstm_lm_tiny", "--tensorboard-logdir", root / "tensorboard",
         *TINY_TRAINING)
     return root / "text", data_bin, save_dir / "checkpoint_best.pt"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fairseq_cli_helpers import BIN
+from helpers import BIN
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -280,7 +280,7 @@ def test_training_summary_best_valid_loss_and_its_epoch():
 def test_the_parser_serves_the_tests_json_log_helper():
     """raw_records returns what tests/fairseq_cli_helpers.parse_json_logs returns, for fairseq's
     own lines and hydra's [kind] form, with fairseq's other lines and a cut line around them."""
-    from fairseq_cli_helpers import parse_json_logs
+    from helpers import parse_json_logs
 
     text = "\n".join(train_log(8, bleu=lambda u: u / 2) + [
         "2026-11-24 15:03:43 | INFO | fairseq.trainer | begin training epoch 3",

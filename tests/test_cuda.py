@@ -7,7 +7,6 @@ the CPU, compared against the CPU (trivially equal where a test compares devices
 this file on a machine without a GPU. bench/gpu_check.sh runs it on a GPU machine.
 """
 
-import argparse
 import copy
 import math
 import os
@@ -19,9 +18,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from fairseq.data import Dictionary, data_utils
-from fairseq.models import ARCH_CONFIG_REGISTRY
-from torch import nn
+from fairseq.data import data_utils
+from fairseq.utils import apply_to_sample
 
 # --- the code under test, imported in one place (a refactor that moves these only changes this)
 import fairseq_skd  # noqa: F401  (registers the criterion and the models)
@@ -34,23 +32,14 @@ from fairseq_skd.modules.skd_losses import (
     row_argmax,
     topk_skd_loss,
 )
-from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel
-from fairseq_skd.models.skd_lstm_lm import SKDLSTMLanguageModel
 from fairseq_skd.modules.embedding_distance import nearest_neighbours
 from fairseq_skd.modules.soft_target_losses import full_soft_target_loss, topk_soft_target_loss
 # ---
 
-from fairseq_cli_helpers import (
-    USER_DIR,
-    at_update,
-    make_lm_data,
-    make_reverse_translation_data,
-    parse_json_logs,
-    preprocess_lm,
-    preprocess_translation,
-    run,
-    train,
-)
+from helpers import (LM_TASK, PAD, USER_DIR, Task, TinyDecoderModel, at_update, build_model,
+                     incremental_lprobs, make_criterion, make_dictionary, make_lm_data,
+                     make_reverse_translation_data, make_sample, parse_json_logs,
+                     preprocess_lm, preprocess_translation, random_sentences, run, train)
 
 DEVICE = os.environ.get("SKD_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(
@@ -67,7 +56,6 @@ def skd_loss(lprobs, target, w, soft_targets, neighbours=None, **kwargs):
     return {"predicted": predicted_skd_loss, "full": full_skd_loss}[soft_targets](
         lprobs, target, w, **kwargs)
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
-PAD = 1  # fairseq's Dictionary puts <pad> at index 1
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +81,6 @@ def autocast_dtype_or_skip(device, dtype):
         pytest.skip(f"torch.autocast({device.type!r}, {dtype}) is not supported here: {e}")
     if out.dtype != dtype:
         pytest.skip(f"torch.autocast({device.type!r}) does not run in {dtype} here")
-
-
-def make_dictionary(n_words):
-    d = Dictionary()
-    for i in range(n_words):
-        d.add_symbol(f"w{i}")
-    return d
-
-
-class _Task:
-    def __init__(self, src_dict, tgt_dict=None):
-        self.source_dictionary = src_dict
-        self.target_dictionary = self.dictionary = tgt_dict if tgt_dict is not None else src_dict
 
 
 # ---------------------------------------------------------------- the criterion: device == CPU
@@ -159,48 +134,18 @@ def test_skd_loss_and_gradients_equal_cpu_float32(mode, device):
         assert 0 < int(ref[2]["clipped"]) < int(ref[2]["qn_count"])
 
 
-class TinyDecoderModel(nn.Module):
-    """Embedding -> tanh -> output embedding W: what a criterion touches of a fairseq model."""
-
-    def __init__(self, vocab=1000, dim=16, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed_tokens = nn.Embedding(vocab, dim)
-        self.out = nn.Linear(dim, vocab)
-        nn.init.normal_(self.out.weight, std=0.6)
-
-    def forward(self, src_tokens, src_lengths=None):
-        return self.out(torch.tanh(self.embed_tokens(src_tokens))), None
-
-    def get_normalized_probs(self, net_output, log_probs):
-        return F.log_softmax(net_output[0].float(), dim=-1)  # as fairseq's models: in float32
-
-    def get_targets(self, sample, net_output):
-        return sample["target"]
-
-    def get_output_embedding_matrix(self):
-        return self.out.weight
-
-
-def make_sample(vocab=1000, bsz=6, tgt_len=40, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, vocab, (bsz, tgt_len), generator=g)
-    target = torch.randint(4, vocab, (bsz, tgt_len), generator=g)
-    target[-1, tgt_len - 9 :] = PAD
-    return {"net_input": {"src_tokens": src.to(device)}, "target": target.to(device),
-            "ntokens": int(target.ne(PAD).sum()), "nsentences": bsz}
-
-
-def make_criterion(mode, vocab=1000):
-    criterion = SelfKDCrossEntropyCriterion(
-        _Task(make_dictionary(vocab - 4)), sentence_avg=False, skd_sigma=0.2,
-        skd_warmup_updates=2, skd_alpha_step=0.06, skd_soft_targets=mode)
-    return criterion
+def criterion_sample(device):
+    """6 sentences of 40 random words of a 1000-symbol vocabulary (TinyDecoderModel(vocab=1000)'s),
+    the last ending in 9 pads, on ``device``."""
+    sample = make_sample(vocab=1000, bsz=6, tgt_len=40, pad_last=9, seed=0)
+    return apply_to_sample(lambda t: t.to(device), sample)
 
 
 def criterion_step(mode, model, sample):
     at_update(model, 10).train()  # alpha = 0.54
-    loss, sample_size, log = make_criterion(mode)(model, sample)
+    criterion = make_criterion(vocab=1000, skd_sigma=0.2, skd_warmup_updates=2,
+                               skd_alpha_step=0.06, skd_soft_targets=mode)
+    loss, sample_size, log = criterion(model, sample)
     (loss / sample_size).backward()
     grads = {name: p.grad.detach().cpu() for name, p in model.named_parameters()}
     return loss.detach().cpu(), log, grads
@@ -208,9 +153,10 @@ def criterion_step(mode, model, sample):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_criterion_forward_logs_and_gradients_equal_cpu_float32(mode, device):
-    model = TinyDecoderModel()
-    ref_loss, ref_log, ref_grads = criterion_step(mode, copy.deepcopy(model), make_sample())
-    loss, log, grads = criterion_step(mode, model.to(device), make_sample(device=device))
+    model = TinyDecoderModel(vocab=1000, dim=16, seed=0)
+    ref_loss, ref_log, ref_grads = criterion_step(mode, copy.deepcopy(model),
+                                                  criterion_sample("cpu"))
+    loss, log, grads = criterion_step(mode, model.to(device), criterion_sample(device))
     # float32 on both sides: 1e-5 relative on summed losses, 1e-5 absolute on gradients
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     assert log["skd_alpha"] == ref_log["skd_alpha"] > 0
@@ -262,18 +208,9 @@ def test_soft_targets_and_distances_stay_float32_in_half_precision(mode, precisi
     assert float(loss_half) == pytest.approx(float(loss32), rel=rel)
 
 
-def build_lm(dictionary, seed=1, arch="skd_lstm_lm_tiny", **overrides):
-    args = argparse.Namespace(**overrides)
-    ARCH_CONFIG_REGISTRY[arch](args)
-    torch.manual_seed(seed)
-    return SKDLSTMLanguageModel.build_model(args, _Task(dictionary))
-
-
 def lm_sample(dictionary, lengths=(12, 7, 15, 3, 9, 11, 14, 5), seed=2, device="cpu"):
     """A batch as language_modeling --sample-break-mode eos gives it: right-padded."""
-    g = torch.Generator().manual_seed(seed)
-    sents = [torch.cat([torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g),
-                        torch.tensor([dictionary.eos()])]) for n in lengths]
+    sents = random_sentences(dictionary, lengths, torch.Generator().manual_seed(seed))
     pad, eos = dictionary.pad(), dictionary.eos()
     src = data_utils.collate_tokens(sents, pad, eos, left_pad=False, move_eos_to_beginning=True)
     tgt = data_utils.collate_tokens(sents, pad, eos, left_pad=False)
@@ -306,10 +243,10 @@ def test_criterion_loss_in_half_precision_matches_float32(mode, precision, how, 
     if how == "autocast":
         autocast_dtype_or_skip(device, dtype)
     dictionary = make_dictionary(200)
-    model = build_lm(dictionary, dropout=0.0).to(device)
+    model = build_model("skd_lstm_lm_tiny", dictionary, seed=1, dropout=0.0).to(device)
     sample = lm_sample(dictionary, device=device)
     fit(model, sample)  # logits of a trained model, not the near-uniform ones of the init
-    criterion = SelfKDCrossEntropyCriterion(_Task(dictionary), sentence_avg=False, skd_sigma=0.1,
+    criterion = SelfKDCrossEntropyCriterion(Task(dictionary), sentence_avg=False, skd_sigma=0.1,
                                             skd_warmup_updates=0, skd_alpha_step=0.5,
                                             skd_soft_targets=mode)
     at_update(model, 0).train()  # alpha = 0.5; the SKD term is training only
@@ -377,18 +314,14 @@ def test_row_argmax_equals_torch_argmax(name, device):
 def lm_lprobs(model, tokens, incremental):
     if not incremental:
         return F.log_softmax(model(tokens)[0].float(), dim=-1)
-    state, steps = {}, []
-    for t in range(tokens.size(1)):
-        logits, _ = model.decoder(tokens[:, : t + 1], incremental_state=state)
-        steps.append(F.log_softmax(logits.float(), dim=-1))
-    return torch.cat(steps, dim=1)
+    return incremental_lprobs(model, tokens)[0]
 
 
 @pytest.mark.parametrize("arch", ["skd_lstm_lm_tiny", "skd_lstm_lm"])
 @pytest.mark.parametrize("tied", [False, True], ids=["separate", "tied"])
 def test_lm_incremental_equals_full_decoding(arch, tied, device):
     dictionary = make_dictionary(50)
-    model = build_lm(dictionary, arch=arch, share_decoder_input_output_embed=tied).eval()
+    model = build_model(arch, dictionary, seed=1, share_decoder_input_output_embed=tied).eval()
     tokens = lm_sample(dictionary)["net_input"]["src_tokens"]
     words = tokens.ne(dictionary.pad())
     with torch.no_grad():
@@ -402,45 +335,27 @@ def test_lm_incremental_equals_full_decoding(arch, tied, device):
     torch.testing.assert_close(full[words], cpu_full[words], atol=1e-5, rtol=0)
 
 
-def build_nmt(dictionary, arch, seed=1):
-    args = argparse.Namespace()
-    ARCH_CONFIG_REGISTRY[arch](args)
-    torch.manual_seed(seed)
-    return SKDBahdanauModel.build_model(args, _Task(dictionary))
-
-
 def nmt_batch(dictionary, src_lengths=(9, 6, 3, 8, 1), tgt_lengths=(4, 7, 2, 5, 8), seed=2):
     g = torch.Generator().manual_seed(seed)
-
-    def sentences(lengths):
-        return [torch.cat([torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g),
-                           torch.tensor([dictionary.eos()])]) for n in lengths]
-
     pad, eos = dictionary.pad(), dictionary.eos()
-    src = sentences(src_lengths)
+    src = random_sentences(dictionary, src_lengths, g)
     return (data_utils.collate_tokens(src, pad, eos, left_pad=True),
             torch.tensor([len(s) for s in src]),
-            data_utils.collate_tokens(sentences(tgt_lengths), pad, eos, left_pad=False,
-                                      move_eos_to_beginning=True))
+            data_utils.collate_tokens(random_sentences(dictionary, tgt_lengths, g), pad, eos,
+                                      left_pad=False, move_eos_to_beginning=True))
 
 
 def nmt_lprobs(model, src, lengths, prev, incremental):
     if not incremental:
         logits, extra = model(src, lengths, prev)
         return F.log_softmax(logits.float(), dim=-1), extra["attn"][0]
-    encoder_out = model.encoder(src, lengths)
-    state, steps, attns = {}, [], []
-    for t in range(prev.size(1)):
-        logits, extra = model.decoder(prev[:, : t + 1], encoder_out, state)
-        steps.append(F.log_softmax(logits.float(), dim=-1))
-        attns.append(extra["attn"][0])
-    return torch.cat(steps, dim=1), torch.cat(attns, dim=1)
+    return incremental_lprobs(model, prev, model.encoder(src, lengths))
 
 
 @pytest.mark.parametrize("arch", ["skd_bahdanau_tiny", "skd_bahdanau_small"])
 def test_nmt_incremental_equals_full_decoding(arch, device):
     dictionary = make_dictionary(60)
-    model = build_nmt(dictionary, arch).eval()
+    model = build_model(arch, dictionary, seed=1).eval()
     batch = nmt_batch(dictionary)
     with torch.no_grad():
         cpu_full, cpu_attn = nmt_lprobs(model, *batch, incremental=False)
@@ -480,8 +395,7 @@ COMMON = ["--optimizer", "adam", "--lr", 0.005, "--required-batch-size-multiple"
           "--max-update", UPDATES, "--log-interval", 10, "--disable-validation",
           "--no-epoch-checkpoints", "--dropout", 0.1]
 TASKS = {
-    "lm": ["--task", "language_modeling", "--sample-break-mode", "eos", "--tokens-per-sample",
-           64, "--arch", "skd_lstm_lm_tiny", "--max-tokens", 400],
+    "lm": [*LM_TASK, "--arch", "skd_lstm_lm_tiny", "--max-tokens", 400],
     "nmt": ["--task", "translation", "--arch", "skd_bahdanau_tiny", "--max-tokens", 500],
 }
 # (task, precision) runs; --amp is fairseq's autocast in fp16 with fp32 weights

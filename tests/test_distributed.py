@@ -19,7 +19,7 @@ import torch
 
 import fairseq_skd  # noqa: F401  (safe-loader globals for the checkpoints)
 
-from fairseq_cli_helpers import BIN, USER_DIR, make_lm_data, parse_json_logs, preprocess_lm
+from helpers import BIN, USER_DIR, make_lm_data, parse_json_logs, preprocess_lm
 
 EPOCHS = 12
 # ~7 updates per epoch with 2 workers x 300 tokens: alpha is 0 for 3 updates, then reaches 1

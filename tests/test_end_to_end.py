@@ -13,39 +13,16 @@ from fairseq import checkpoint_utils, options, tasks
 import fairseq_skd  # noqa: F401
 from fairseq_skd.modules.output_embedding import OutputEmbeddingNotFound, find_output_embedding
 
-from fairseq_cli_helpers import (
-    USER_DIR,
-    make_lm_data,
-    make_reverse_translation_data,
-    parse_json_logs,
-    preprocess_lm,
-    preprocess_translation,
-    run,
-    train,
-)
+from helpers import (FAIRSEQ_ARCHS, LM_TASK, USER_DIR, make_lm_data,
+                     make_reverse_translation_data, parse_json_logs, preprocess_lm,
+                     preprocess_translation, run, train)
 
 SKD = ["--criterion", "self_kd_cross_entropy", "--skd-warmup-updates", 3, "--skd-alpha-step", 0.2,
        "--skd-sigma", 0.1]
 OPTIM = ["--optimizer", "adam", "--lr", 0.003, "--max-tokens", 600,
          "--required-batch-size-multiple", 1]
 
-ARCHS = {
-    "lstm": ["--arch", "lstm", "--encoder-layers", 1, "--decoder-layers", 1,
-             "--encoder-embed-dim", 32, "--decoder-embed-dim", 32, "--encoder-hidden-size", 32,
-             "--decoder-hidden-size", 32, "--decoder-out-embed-dim", 32],
-    "transformer": ["--arch", "transformer", "--encoder-layers", 1, "--decoder-layers", 1,
-                    "--encoder-embed-dim", 32, "--decoder-embed-dim", 32,
-                    "--encoder-ffn-embed-dim", 64, "--decoder-ffn-embed-dim", 64,
-                    "--encoder-attention-heads", 2, "--decoder-attention-heads", 2],
-    "lstm_lm": ["--arch", "lstm_lm", "--decoder-layers", 1, "--decoder-embed-dim", 32,
-                "--decoder-hidden-size", 32, "--decoder-out-embed-dim", 32],
-    "transformer_lm": ["--arch", "transformer_lm", "--decoder-layers", 1,
-                       "--decoder-embed-dim", 32, "--decoder-ffn-embed-dim", 64,
-                       "--decoder-attention-heads", 2, "--decoder-output-dim", 32,
-                       "--decoder-input-dim", 32],
-}
 SHARED = ["--share-decoder-input-output-embed"]
-LM_TASK = ["--task", "language_modeling", "--sample-break-mode", "eos", "--tokens-per-sample", 64]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +35,7 @@ def lm_bin(tmp_path_factory):
     return preprocess_lm(make_lm_data(tmp_path_factory.mktemp("lm")))
 
 
-def build_model(data_bin, task_args, arch_args):
+def model_from_flags(data_bin, task_args, arch_args):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(
         parser, [str(data_bin), "--user-dir", USER_DIR, *map(str, task_args + arch_args)])
@@ -67,14 +44,15 @@ def build_model(data_bin, task_args, arch_args):
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(FAIRSEQ_ARCHS))
 def test_output_embedding_found_for_fairseq_architectures(arch, shared, mt_bin, lm_bin):
     lm = arch.endswith("_lm")
-    model = build_model(lm_bin if lm else mt_bin, LM_TASK if lm else ["--task", "translation"],
-                        ARCHS[arch] + (SHARED if shared else []))
+    model = model_from_flags(lm_bin if lm else mt_bin,
+                             LM_TASK if lm else ["--task", "translation"],
+                             FAIRSEQ_ARCHS[arch] + (SHARED if shared else []))
     w = find_output_embedding(model)
     decoder = model.decoder
-    assert w.shape == (len(decoder.dictionary), 32)
+    assert w.shape == (len(decoder.dictionary), 32)  # FAIRSEQ_ARCHS: 32-dimensional
     if shared:
         assert w is decoder.embed_tokens.weight
     else:
@@ -84,7 +62,8 @@ def test_output_embedding_found_for_fairseq_architectures(arch, shared, mt_bin, 
 
 
 def test_adaptive_softmax_is_refused_naming_the_flag(lm_bin):
-    model = build_model(lm_bin, LM_TASK, ARCHS["transformer_lm"] + ["--adaptive-softmax-cutoff", 8])
+    model = model_from_flags(lm_bin, LM_TASK,
+                             FAIRSEQ_ARCHS["transformer_lm"] + ["--adaptive-softmax-cutoff", 8])
     with pytest.raises(OutputEmbeddingNotFound, match="--adaptive-softmax-cutoff"):
         find_output_embedding(model)
 
@@ -97,8 +76,8 @@ EVAL_BLEU = ["--eval-bleu", "--eval-bleu-args", '{"beam": 1}', "--best-checkpoin
 @pytest.mark.parametrize("arch,extra", [("lstm", ["--target-embed-noise", 0.1, *EVAL_BLEU]),
                                         ("transformer", SHARED)])
 def test_translation_train_then_generate(arch, extra, mt_bin, tmp_path):
-    proc = train(mt_bin, tmp_path, "--task", "translation", *ARCHS[arch], *SKD, *OPTIM, *extra,
-                 "--max-epoch", 3)
+    proc = train(mt_bin, tmp_path, "--task", "translation", *FAIRSEQ_ARCHS[arch], *SKD, *OPTIM,
+                 *extra, "--max-epoch", 3)
     inner = parse_json_logs(proc.stdout)
     assert float(inner[-1]["skd_alpha"]) > 0 and "skd_qn" in inner[-1] and "skd_clip" in inner[-1]
     valid = parse_json_logs(proc.stdout, "valid")[-1]
@@ -114,7 +93,7 @@ def test_translation_train_then_generate(arch, extra, mt_bin, tmp_path):
 
 @pytest.mark.parametrize("arch,extra", [("lstm_lm", []), ("transformer_lm", SHARED)])
 def test_language_model_train_then_eval_lm(arch, extra, lm_bin, tmp_path):
-    train(lm_bin, tmp_path, *LM_TASK, *ARCHS[arch], *SKD, *OPTIM, *extra,
+    train(lm_bin, tmp_path, *LM_TASK, *FAIRSEQ_ARCHS[arch], *SKD, *OPTIM, *extra,
           "--target-embed-noise", 0.05, "--max-epoch", 2)
     test_tokens = sum(len(line.split()) + 1 for line in
                       (lm_bin.parent / "test.txt").read_text().splitlines())
@@ -136,7 +115,8 @@ def test_resume_from_an_earlier_checkpoint_matches_uninterrupted_run(lm_bin, tmp
     # reuses them: epoch 1's in an uninterrupted run, epoch 3's after resuming at epoch 3, so
     # the two see different batches. --update-epoch-batch-itr True rebuilds them every epoch,
     # which makes resuming exact (the recipes pass it too).
-    args = ["--update-epoch-batch-itr", "True", *LM_TASK, *ARCHS["lstm_lm"], "--criterion", "self_kd_cross_entropy",
+    args = ["--update-epoch-batch-itr", "True", *LM_TASK, *FAIRSEQ_ARCHS["lstm_lm"],
+            "--criterion", "self_kd_cross_entropy",
             "--skd-warmup-updates", 16, "--skd-alpha-step", 0.05, "--target-embed-noise", 0.1,
             "--dropout", 0.2, *OPTIM, "--max-epoch", 4]
     full = parse_json_logs(train(lm_bin, tmp_path / "full", *args).stdout)
@@ -154,7 +134,7 @@ def test_resume_from_an_earlier_checkpoint_matches_uninterrupted_run(lm_bin, tmp
 
 
 def test_checkpoint_with_an_unexpected_global_is_refused(lm_bin, tmp_path):
-    train(lm_bin, tmp_path, *LM_TASK, *ARCHS["lstm_lm"], *SKD, *OPTIM, "--max-epoch", 1)
+    train(lm_bin, tmp_path, *LM_TASK, *FAIRSEQ_ARCHS["lstm_lm"], *SKD, *OPTIM, "--max-epoch", 1)
     good = tmp_path / "checkpoint_last.pt"
     state = checkpoint_utils.load_checkpoint_to_cpu(str(good))  # the safe loader accepts it
     assert state["cfg"]["model"].arch == "lstm_lm"  # an argparse.Namespace, allow-listed
@@ -173,7 +153,7 @@ def test_checkpoint_with_an_unexpected_global_is_refused(lm_bin, tmp_path):
 
 
 def test_bad_flag_value_stops_fairseq_train_with_a_usage_error(lm_bin, tmp_path):
-    proc = run("fairseq-train", lm_bin, "--user-dir", USER_DIR, *LM_TASK, *ARCHS["lstm_lm"],
+    proc = run("fairseq-train", lm_bin, "--user-dir", USER_DIR, *LM_TASK, *FAIRSEQ_ARCHS["lstm_lm"],
                "--criterion", "self_kd_cross_entropy", "--skd-qn-max", 1.5, "--cpu",
                "--save-dir", tmp_path, check=False)
     assert proc.returncode == 2

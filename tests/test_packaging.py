@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fairseq_cli_helpers import BIN, REPO
+from helpers import BIN, REPO
 
 OWN_DEPENDENCIES = {"sacrebleu", "sacremoses", "subword-nmt", "matplotlib", "tensorboard",
                     "tensorboardx"}  # names as pip normalises them

@@ -14,7 +14,7 @@ import pytest
 
 import fairseq_skd  # noqa: F401  (torch's safe loader reads the checkpoints)
 
-from fairseq_cli_helpers import (
+from helpers import (
     BIN,
     REPO,
     USER_DIR,

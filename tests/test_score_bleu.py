@@ -8,7 +8,7 @@ import sacrebleu
 
 from fairseq_skd.cli import score_bleu
 
-from fairseq_cli_helpers import run
+from helpers import run
 
 REFERENCES = [
     "The cat's toy is under the table.",

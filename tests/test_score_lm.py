@@ -15,19 +15,14 @@ import fairseq_skd  # noqa: F401
 from fairseq_skd.cli import score
 from fairseq_skd.evaluation import scoring
 
-from fairseq_cli_helpers import USER_DIR, make_lm_data, preprocess_lm, run, train
+from helpers import FAIRSEQ_ARCHS, LM_TASK, USER_DIR, make_lm_data, preprocess_lm, run, train
 
-LM_TASK = ["--task", "language_modeling", "--sample-break-mode", "eos", "--tokens-per-sample", 64]
 ONE_EPOCH = ["--optimizer", "adam", "--lr", 0.003, "--max-tokens", 600,
              "--required-batch-size-multiple", 1, "--max-epoch", 1, "--no-epoch-checkpoints",
              "--no-last-checkpoints"]
 ARCHS = {
-    "lstm_lm": ["--arch", "lstm_lm", "--decoder-layers", 1, "--decoder-embed-dim", 32,
-                "--decoder-hidden-size", 32, "--decoder-out-embed-dim", 32],
-    "transformer_lm": ["--arch", "transformer_lm", "--decoder-layers", 1,
-                       "--decoder-embed-dim", 32, "--decoder-ffn-embed-dim", 64,
-                       "--decoder-attention-heads", 2, "--decoder-output-dim", 32,
-                       "--decoder-input-dim", 32],
+    "lstm_lm": FAIRSEQ_ARCHS["lstm_lm"],
+    "transformer_lm": FAIRSEQ_ARCHS["transformer_lm"],
     # the plugin's LM with its own preset sizes; skipped until the architecture is registered
     "skd_lstm_lm": ["--arch", "skd_lstm_lm"],
 }

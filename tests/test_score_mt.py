@@ -11,7 +11,7 @@ import fairseq_skd  # noqa: F401
 from fairseq_skd.evaluation.diagnostics import PredictionDiagnostics
 from fairseq_skd.evaluation.scoring import DIAGNOSTICS
 
-from fairseq_cli_helpers import run
+from helpers import run
 
 
 def test_teacher_forced_nll_and_diagnostics_match_a_forward_pass_per_sentence(tiny_mt, tmp_path):

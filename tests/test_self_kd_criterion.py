@@ -20,17 +20,8 @@ from fairseq_skd.modules.skd_losses import predicted_skd_loss, row_argmax
 from fairseq_skd.modules.target_embedding_noise import TargetEmbeddingNoise
 from fairseq_skd.modules.update_counter import UpdateCounter, attach_update_counter
 
-from fairseq_cli_helpers import (
-    LOGITS_HAND,
-    PAD,
-    W_HAND,
-    TinyDecoderModel,
-    at_update,
-    loss_and_grads,
-    make_criterion,
-    make_sample,
-    make_task,
-)
+from helpers import (LOGITS_HAND, PAD, W_HAND, TinyDecoderModel, at_update, loss_and_grads,
+                     make_criterion, make_sample, make_task)
 
 def hand_loss(logits, t, n, w, sigma, a, qn_max):
     """Eq. 11 computed with the math module, one position at a time."""
@@ -126,8 +117,8 @@ def test_reduced_loss_is_sum_of_unreduced():
 
 
 def test_padding_adds_nothing():
-    sample = make_sample(pad_last=0)
-    padded = make_sample(pad_last=0)
+    sample = make_sample(bsz=3, pad_last=0)
+    padded = make_sample(bsz=3, pad_last=0)
     for key in ("target",):
         padded[key] = torch.cat([sample[key], torch.full((3, 4), PAD)], dim=1)
     padded["net_input"] = {"src_tokens": torch.cat([sample["net_input"]["src_tokens"],
@@ -154,9 +145,9 @@ def test_no_gradient_reaches_w_through_qn():
 
 def test_gradient_equals_that_of_a_constant_target():
     # Where W also produces the logits, its gradient is the cross-entropy one with q_n held fixed.
-    sample = make_sample()
+    sample = make_sample(vocab=12)
     criterion = make_criterion(**SCHEDULE)
-    model = at_update(TinyDecoderModel(), 10).train()
+    model = at_update(TinyDecoderModel(vocab=12), 10).train()
     loss, _, _ = criterion(model, sample)
     loss.backward()
     grad = model.out.weight.grad.clone()
@@ -178,7 +169,7 @@ def test_gradient_equals_that_of_a_constant_target():
 
 
 def test_sentence_avg_and_validation_loss():
-    sample = make_sample()
+    sample = make_sample(bsz=3)
     criterion = SelfKDCrossEntropyCriterion(make_task(), sentence_avg=True, skd_sigma=1.0,
                                             skd_warmup_updates=0, skd_alpha_step=1.0)
     model = TinyDecoderModel()
@@ -190,7 +181,7 @@ def test_sentence_avg_and_validation_loss():
 
 
 def test_ignore_prefix_size():
-    sample = make_sample(pad_last=0)
+    sample = make_sample(bsz=3, tgt_len=5, pad_last=0)
     criterion = make_criterion(**SCHEDULE, ignore_prefix_size=2)
     model = at_update(TinyDecoderModel(), 10).train()
     _, _, log = criterion(model, sample)

@@ -7,22 +7,16 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import data_utils
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
-from fairseq.sequence_generator import SequenceGenerator
 
 import fairseq_skd  # noqa: F401
 from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel
 from fairseq_skd.modules.output_embedding import find_output_embedding
 
-from fairseq_cli_helpers import (
-    USER_DIR,
-    make_reverse_translation_data,
-    parse_json_logs,
-    preprocess_translation,
-    run,
-    train,
-)
+from helpers import (USER_DIR, build_model, generate, greedy, incremental_lprobs,
+                     make_dictionary, make_reverse_translation_data, parse_json_logs,
+                     preprocess_translation, random_sentences, run, train)
 
 ARCHS = ("skd_bahdanau", "skd_bahdanau_small", "skd_bahdanau_tiny")
 SKD_SIGMA = 0.1
@@ -31,62 +25,26 @@ SKD_SIGMA = 0.1
 # ---------------------------------------------------------------- helpers
 
 
-class _Task:
-    def __init__(self, src_dict, tgt_dict):
-        self.source_dictionary = src_dict
-        self.target_dictionary = tgt_dict
-
-
-def make_dictionary(n_words, prefix="w"):
-    d = Dictionary()
-    for i in range(n_words):
-        d.add_symbol(f"{prefix}{i}")
-    return d
-
-
-def build_model(arch="skd_bahdanau_tiny", src_dict=None, tgt_dict=None, seed=1, **overrides):
+def nmt_model(arch="skd_bahdanau_tiny", src_dict=None, tgt_dict=None, seed=1, **overrides):
+    """``arch`` (skd_bahdanau_tiny: embeddings 32, LSTMs 64, readout 32) from ``src_dict`` (20
+    words unless told otherwise) to ``tgt_dict`` (the same dictionary unless told otherwise)."""
     src_dict = src_dict if src_dict is not None else make_dictionary(20)
-    tgt_dict = tgt_dict if tgt_dict is not None else src_dict
-    args = argparse.Namespace(**overrides)
-    ARCH_CONFIG_REGISTRY[arch](args)
-    torch.manual_seed(seed)
-    return SKDBahdanauModel.build_model(args, _Task(src_dict, tgt_dict))
-
-
-def random_sentences(lengths, dictionary, seed):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in lengths:
-        words = torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g)
-        out.append(torch.cat([words, torch.tensor([dictionary.eos()])]))
-    return out
+    return build_model(arch, src_dict, seed, tgt_dict, **overrides)
 
 
 def source_batch(dictionary, lengths=(6, 3, 8, 1), seed=2, left_pad=True):
     """Left-padded as fairseq's translation task pads sources by default."""
-    sents = random_sentences(lengths, dictionary, seed)
+    sents = random_sentences(dictionary, lengths, torch.Generator().manual_seed(seed))
     tokens = data_utils.collate_tokens(sents, dictionary.pad(), left_pad=left_pad)
     return tokens, torch.tensor([len(s) for s in sents])
 
 
 def target_batch(dictionary, lengths=(4, 7, 2, 5), seed=3):
-    sents = random_sentences(lengths, dictionary, seed)
+    sents = random_sentences(dictionary, lengths, torch.Generator().manual_seed(seed))
     prev = data_utils.collate_tokens(
         sents, dictionary.pad(), dictionary.eos(), left_pad=False, move_eos_to_beginning=True
     )
     return prev
-
-
-def incremental_lprobs(model, src_tokens, src_lengths, prev_output_tokens):
-    """Step-by-step log-probs (B x T x V) and attention (B x T x S) with one cached state."""
-    encoder_out = model.encoder(src_tokens, src_lengths)
-    state, steps, attns = {}, [], []
-    for t in range(prev_output_tokens.size(1)):
-        logits, extra = model.decoder(prev_output_tokens[:, : t + 1], encoder_out, state)
-        assert logits.size(1) == 1
-        steps.append(F.log_softmax(logits.float(), dim=-1))
-        attns.append(extra["attn"][0])
-    return torch.cat(steps, dim=1), torch.cat(attns, dim=1)
 
 
 def sacrebleu_of_generate(stdout):
@@ -119,7 +77,7 @@ def test_presets_are_registered_with_prefix():
 
 
 def test_output_embedding_is_found_and_decoder_has_embed_tokens():
-    model = build_model()
+    model = nmt_model()
     W = find_output_embedding(model)
     assert isinstance(W, torch.nn.Parameter)
     assert W is model.decoder.fc_out.weight is model.decoder.get_output_embedding_matrix()
@@ -129,9 +87,9 @@ def test_output_embedding_is_found_and_decoder_has_embed_tokens():
 
 def test_embedding_sharing_options():
     d = make_dictionary(20)
-    tied = build_model(src_dict=d, share_decoder_input_output_embed=True)
+    tied = nmt_model(src_dict=d, share_decoder_input_output_embed=True)
     assert find_output_embedding(tied) is tied.decoder.embed_tokens.weight
-    shared = build_model(src_dict=d, share_all_embeddings=True)
+    shared = nmt_model(src_dict=d, share_all_embeddings=True)
     assert shared.encoder.embed_tokens is shared.decoder.embed_tokens
     assert find_output_embedding(shared) is shared.encoder.embed_tokens.weight
 
@@ -150,14 +108,14 @@ def test_bad_sharing_configuration_names_the_flags(overrides, dicts_differ, flag
     src = make_dictionary(20)
     tgt = make_dictionary(20, prefix="v") if dicts_differ else src
     with pytest.raises(ValueError) as err:
-        build_model(src_dict=src, tgt_dict=tgt, **overrides)
+        nmt_model(src_dict=src, tgt_dict=tgt, **overrides)
     for flag in flags:
         assert flag in str(err.value)
 
 
 def test_bad_output_embedding_std_names_the_flag():
     with pytest.raises(ValueError, match="--decoder-out-embed-std"):
-        build_model(decoder_out_embed_std=0.0)
+        nmt_model(decoder_out_embed_std=0.0)
 
 
 def test_dropout_options_apply_in_training_only():
@@ -166,7 +124,7 @@ def test_dropout_options_apply_in_training_only():
     prev = target_batch(d)
     for flag in ("encoder_dropout_in", "encoder_dropout_out", "decoder_dropout_in",
                  "decoder_dropout_out", "decoder_dropout_readout"):
-        model = build_model(src_dict=d, **{flag: 0.5})
+        model = nmt_model(src_dict=d, **{flag: 0.5})
         with torch.no_grad():
             model.train()
             assert not torch.equal(model(src, lengths, prev)[0], model(src, lengths, prev)[0]), flag
@@ -175,14 +133,14 @@ def test_dropout_options_apply_in_training_only():
 
 
 def test_max_positions_honoured():
-    model = build_model(max_source_positions=7, max_target_positions=9)
+    model = nmt_model(max_source_positions=7, max_target_positions=9)
     assert model.max_positions() == (7, 9)
     assert model.max_decoder_positions() == 9
 
 
 def test_lstm_step_matches_reference_bahdanau_step():
     """One decoder step written out with nn.LSTMCell and the paper's formulas."""
-    model = build_model().eval()
+    model = nmt_model().eval()
     d = model.decoder.dictionary
     src, lengths = source_batch(d)
     prev = target_batch(d)[:, :1]
@@ -206,7 +164,7 @@ def test_lstm_step_matches_reference_bahdanau_step():
 def test_encoder_handles_padding():
     """Each sentence's annotations equal those of the sentence encoded alone, at the input's
     own positions for left and right padding; padding gets no attention."""
-    model = build_model().eval()
+    model = nmt_model().eval()
     d = model.decoder.dictionary
     src, lengths = source_batch(d)
     width = src.size(1)
@@ -239,7 +197,7 @@ def test_init_scales_default_preset():
     """Output-embedding distances far above ln2 / sigma = 6.9 (q_n not clipped at 0.5), logits
     of a sane scale at init (see the module docstring)."""
     d = make_dictionary(300)
-    model = build_model("skd_bahdanau", src_dict=d).eval()
+    model = nmt_model("skd_bahdanau", src_dict=d).eval()
     W = find_output_embedding(model).detach()[d.nspecial :]
     g = torch.Generator().manual_seed(0)
     pairs = torch.randint(0, W.size(0), (4000, 2), generator=g)
@@ -262,14 +220,14 @@ def test_init_scales_default_preset():
 
 @pytest.mark.parametrize("arch", ["skd_bahdanau_tiny", "skd_bahdanau_small"])
 def test_incremental_equals_full_forward(arch):
-    model = build_model(arch).eval()
+    model = nmt_model(arch).eval()
     d = model.decoder.dictionary
     src, lengths = source_batch(d)
     prev = target_batch(d)
     with torch.no_grad():
         full_logits, full_extra = model(src, lengths, prev)
         full = F.log_softmax(full_logits.float(), dim=-1)
-        steps, attn = incremental_lprobs(model, src, lengths, prev)
+        steps, attn = incremental_lprobs(model, prev, model.encoder(src, lengths))
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
     torch.testing.assert_close(attn, full_extra["attn"][0], atol=1e-5, rtol=0)
 
@@ -277,7 +235,7 @@ def test_incremental_equals_full_forward(arch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_forward(dtype):
     """The -inf padding mask and the attention softmax run in float and are cast back."""
-    model = build_model().eval()
+    model = nmt_model().eval()
     d = model.decoder.dictionary
     src, lengths = source_batch(d)
     prev = target_batch(d)
@@ -290,7 +248,7 @@ def test_half_precision_forward(dtype):
 
 
 def test_incremental_state_is_one_dict_and_step_cost_is_constant():
-    model = build_model().eval()
+    model = nmt_model().eval()
     d = model.decoder.dictionary
     src, lengths = source_batch(d)
     prev = target_batch(d)
@@ -309,14 +267,14 @@ def test_incremental_state_is_one_dict_and_step_cost_is_constant():
 def test_reorder_incremental_state_and_encoder_out():
     """After reordering (permutation with repeats, as beam search does), the next step gives
     the reordered outputs of the unreordered run."""
-    model = build_model().eval()
+    model = nmt_model().eval()
     d = model.decoder.dictionary
     src, lengths = source_batch(d)
     prev = target_batch(d)
     new_order = torch.tensor([2, 0, 0, 3, 1, 2])
     with torch.no_grad():
-        reference, _ = incremental_lprobs(model, src, lengths, prev)
         encoder_out = model.encoder(src, lengths)
+        reference, _ = incremental_lprobs(model, prev, encoder_out)
         state = {}
         for t in range(3):
             model.decoder(prev[:, : t + 1], encoder_out, state)
@@ -331,48 +289,15 @@ def test_reorder_incremental_state_and_encoder_out():
 # ---------------------------------------------------------------- beam search
 
 
-def generate(model, src, lengths, beam, **kwargs):
-    generator = SequenceGenerator([model], model.decoder.dictionary, beam_size=beam, **kwargs)
-    sample = {"id": torch.arange(src.size(0)), "net_input": {"src_tokens": src, "src_lengths": lengths}}
-    return generator.generate([model], sample)
-
-
 def peaked_model(seed, eos_bias=0.0, readout_scale=30.0):
     """A random model whose next-word distributions are peaked (logit std about 1 instead of the
     near-uniform start of the SKD-scaled init) and depend on the source, so that beams diverge
     and hypotheses end at different steps."""
-    model = build_model(seed=seed).eval()
+    model = nmt_model(seed=seed).eval()
     with torch.no_grad():
         model.decoder.readout.weight.mul_(readout_scale)
         model.decoder.fc_out.bias[model.decoder.dictionary.eos()] = eos_bias
     return model
-
-
-def greedy(model, src, lengths, max_len):
-    """Greedy decoding written out, with SequenceGenerator's rules (no pad, no eos at step 0,
-    eos forced at max_len)."""
-    d = model.decoder.dictionary
-    bsz = src.size(0)
-    tokens = torch.full((bsz, 1), d.eos())
-    encoder_out = model.encoder(src, lengths)
-    state, results = {}, [None] * bsz
-    scores = torch.zeros(bsz, 0)
-    for step in range(max_len + 1):
-        logits, _ = model.decoder(tokens, encoder_out, state)
-        lprobs = F.log_softmax(logits[:, -1].float(), dim=-1)
-        lprobs[:, d.pad()] = -math.inf
-        if step == 0:
-            lprobs[:, d.eos()] = -math.inf
-        if step == max_len:
-            best = torch.full((bsz,), d.eos())
-        else:
-            best = lprobs.argmax(dim=-1)
-        tokens = torch.cat([tokens, best[:, None]], dim=1)
-        scores = torch.cat([scores, lprobs.gather(1, best[:, None])], dim=1)
-        for i in range(bsz):
-            if results[i] is None and best[i] == d.eos():
-                results[i] = (tokens[i, 1:].clone(), scores[i].clone())
-    return results
 
 
 def test_beam_1_equals_greedy():
@@ -381,8 +306,8 @@ def test_beam_1_equals_greedy():
     src, lengths = source_batch(d, lengths=(6, 3, 8, 1, 5), seed=6)
     max_len = 12
     with torch.no_grad():
-        hypos = generate(model, src, lengths, beam=1, max_len_b=max_len)
-        expected = greedy(model, src, lengths, max_len)
+        hypos = generate(model, src, beam=1, max_len_b=max_len)
+        expected = greedy(model, src, max_len)
     for (hypo,), (tokens, scores) in zip(hypos, expected):
         assert hypo["tokens"].tolist() == tokens.tolist()
         torch.testing.assert_close(hypo["positional_scores"], scores, atol=1e-5, rtol=0)
@@ -397,7 +322,7 @@ def test_beam_12_on_padded_batch_with_alignments():
     key_calls = []
     model.encoder.attention_key_proj.register_forward_hook(lambda *args: key_calls.append(1))
     with torch.no_grad():
-        hypos = generate(model, src, lengths, beam=12, max_len_b=10)
+        hypos = generate(model, src, beam=12, max_len_b=10)
     assert len(key_calls) == 1  # U_a h_j once per batch, not per step
     assert len(hypos) == src.size(0)
     for i, beams in enumerate(hypos):
@@ -420,10 +345,10 @@ def test_beam_search_batch_equals_each_sentence_alone():
     src, lengths = source_batch(d, lengths=(6, 3, 8, 1, 5), seed=6)
     kwargs = dict(beam=5, max_len_a=0, max_len_b=10)
     with torch.no_grad():
-        batch = generate(model, src, lengths, **kwargs)
+        batch = generate(model, src, **kwargs)
         n_reordered = 0
         for i, n in enumerate(lengths.tolist()):
-            alone = generate(model, src[i : i + 1, -n:], lengths[i : i + 1], **kwargs)[0]
+            alone = generate(model, src[i : i + 1, -n:], **kwargs)[0]
             assert [h["tokens"].tolist() for h in batch[i]] == [h["tokens"].tolist() for h in alone]
             for hb, ha in zip(batch[i], alone):
                 torch.testing.assert_close(hb["positional_scores"], ha["positional_scores"],

@@ -9,23 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fairseq import options, tasks
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import data_utils
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
-from fairseq.sequence_generator import SequenceGenerator
 
 import fairseq_skd  # noqa: F401
 from fairseq_skd.models.skd_lstm_lm import SKDLSTMLanguageModel
 from fairseq_skd.modules.output_embedding import find_output_embedding
 from fairseq_skd.modules.target_embedding_noise import TargetEmbeddingNoise
 
-from fairseq_cli_helpers import (
-    USER_DIR,
-    make_lm_data,
-    parse_json_logs,
-    preprocess_lm,
-    run,
-    train,
-)
+from helpers import (LM_TASK, USER_DIR, build_model, generate, greedy, incremental_lprobs,
+                     make_dictionary, make_lm_data, parse_json_logs, preprocess_lm,
+                     random_sentences, run, train)
 
 ARCHS = ("skd_lstm_lm", "skd_lstm_lm_tiny")
 SKD_SIGMA = 0.1
@@ -34,50 +28,18 @@ SKD_SIGMA = 0.1
 # ---------------------------------------------------------------- helpers
 
 
-class _Task:
-    def __init__(self, dictionary):
-        self.source_dictionary = self.target_dictionary = dictionary
-
-
-def make_dictionary(n_words):
-    d = Dictionary()
-    for i in range(n_words):
-        d.add_symbol(f"w{i}")
-    return d
-
-
-def build_model(arch="skd_lstm_lm_tiny", dictionary=None, seed=1, **overrides):
+def tiny_model(seed=1, dictionary=None, **overrides):
+    """skd_lstm_lm_tiny (embeddings 32, LSTM 64, W 32) on 20 words unless told otherwise."""
     dictionary = dictionary if dictionary is not None else make_dictionary(20)
-    args = argparse.Namespace(**overrides)
-    ARCH_CONFIG_REGISTRY[arch](args)
-    torch.manual_seed(seed)
-    return SKDLSTMLanguageModel.build_model(args, _Task(dictionary))
-
-
-def random_sentences(lengths, dictionary, seed):
-    """Model inputs as language_modeling gives them with --sample-break-mode eos: </s> w1 .. wn."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in lengths:
-        words = torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=g)
-        out.append(torch.cat([torch.tensor([dictionary.eos()]), words]))
-    return out
+    return build_model("skd_lstm_lm_tiny", dictionary, seed, **overrides)
 
 
 def lm_batch(dictionary, lengths=(6, 3, 9, 1, 5), seed=2, left_pad=False):
-    """Right-padded as language_modeling pads; left padding too, for generation prefixes."""
-    sents = random_sentences(lengths, dictionary, seed)
+    """Model inputs as language_modeling gives them with --sample-break-mode eos, </s> w1 .. wn,
+    right-padded as it pads them; left padding too, for generation prefixes."""
+    g = torch.Generator().manual_seed(seed)
+    sents = random_sentences(dictionary, lengths, g, eos_first=True)
     return data_utils.collate_tokens(sents, dictionary.pad(), left_pad=left_pad), sents
-
-
-def incremental_lprobs(model, tokens):
-    """Step-by-step log-probs (B x T x V) with one cached state."""
-    state, steps = {}, []
-    for t in range(tokens.size(1)):
-        logits, _ = model.decoder(tokens[:, : t + 1], incremental_state=state)
-        assert logits.size(1) == 1
-        steps.append(F.log_softmax(logits.float(), dim=-1))
-    return torch.cat(steps, dim=1)
 
 
 def full_lprobs(model, tokens):
@@ -101,7 +63,7 @@ def test_presets_are_registered_with_prefix():
 
 
 def test_structure_and_state_dict():
-    model = build_model()
+    model = tiny_model()
     dec = model.decoder
     assert isinstance(dec.lstm, torch.nn.LSTM) and dec.lstm.num_layers == 1
     assert (dec.lstm.input_size, dec.lstm.hidden_size) == (32, 64)
@@ -116,7 +78,7 @@ def test_structure_and_state_dict():
 
 def test_forward_matches_the_formulas():
     """z = W ReLU(F LSTM(E y) + f) + b, written out with the modules' weights."""
-    model = build_model().eval()
+    model = tiny_model().eval()
     d = model.decoder.dictionary
     tokens, _ = lm_batch(d, lengths=(5, 5, 5))
     dec = model.decoder
@@ -129,7 +91,7 @@ def test_forward_matches_the_formulas():
 
 
 def test_output_embedding_is_found_and_decoder_has_embed_tokens():
-    model = build_model()
+    model = tiny_model()
     W = find_output_embedding(model)
     assert isinstance(W, torch.nn.Parameter)
     assert W is model.decoder.fc_out.weight is model.decoder.get_output_embedding_matrix()
@@ -138,7 +100,7 @@ def test_output_embedding_is_found_and_decoder_has_embed_tokens():
     assert isinstance(model.decoder.embed_tokens, torch.nn.Embedding)
     assert model.decoder.embed_tokens.weight is not W  # not tied by default
 
-    tied = build_model(share_decoder_input_output_embed=True)
+    tied = tiny_model(share_decoder_input_output_embed=True)
     assert find_output_embedding(tied) is tied.decoder.embed_tokens.weight
     assert tied.decoder.embed_tokens.weight is tied.decoder.fc_out.weight
 
@@ -161,7 +123,7 @@ def test_tied_embeddings_through_fairseq_options(lm_bin):
 
 def test_bad_sharing_configuration_names_the_flags():
     with pytest.raises(ValueError) as err:
-        build_model(share_decoder_input_output_embed=True, decoder_out_embed_dim=16)
+        tiny_model(share_decoder_input_output_embed=True, decoder_out_embed_dim=16)
     for flag in ("--share-decoder-input-output-embed", "--decoder-embed-dim",
                  "--decoder-out-embed-dim"):
         assert flag in str(err.value)
@@ -169,12 +131,12 @@ def test_bad_sharing_configuration_names_the_flags():
 
 def test_bad_output_embedding_std_names_the_flag():
     with pytest.raises(ValueError, match="--decoder-out-embed-std"):
-        build_model(decoder_out_embed_std=0.0)
+        tiny_model(decoder_out_embed_std=0.0)
 
 
 def test_tied_state_dict_round_trip():
-    model = build_model(share_decoder_input_output_embed=True, seed=1)
-    other = build_model(share_decoder_input_output_embed=True, seed=2)
+    model = tiny_model(share_decoder_input_output_embed=True, seed=1)
+    other = tiny_model(share_decoder_input_output_embed=True, seed=2)
     other.load_state_dict(model.state_dict(), strict=True)
     assert other.decoder.embed_tokens.weight is other.decoder.fc_out.weight
     tokens, _ = lm_batch(model.decoder.dictionary)
@@ -183,12 +145,12 @@ def test_tied_state_dict_round_trip():
 
 
 def test_max_positions_from_tokens_per_sample():
-    assert build_model(tokens_per_sample=64).max_positions() == 64
-    assert build_model(tokens_per_sample=64, max_target_positions=9).max_positions() == 9
+    assert tiny_model(tokens_per_sample=64).max_positions() == 64
+    assert tiny_model(tokens_per_sample=64, max_target_positions=9).max_positions() == 9
 
 
 def test_target_embed_noise_hooks_embed_tokens():
-    model = build_model()
+    model = tiny_model()
     tokens, _ = lm_batch(model.decoder.dictionary)
     noise = TargetEmbeddingNoise(model.decoder, std=0.5)
     try:
@@ -207,7 +169,7 @@ def test_init_scales_default_preset():
     """Output-embedding distances far above ln2 / sigma = 6.9 (q_n not clipped at 0.5), logits
     of a sane scale at init (see the module docstring)."""
     d = make_dictionary(1000)
-    model = build_model("skd_lstm_lm", dictionary=d).eval()
+    model = build_model("skd_lstm_lm", d, seed=1).eval()
     W = find_output_embedding(model).detach()[d.nspecial :]
     distances = torch.cdist(W, W)
     pairwise = distances[torch.triu(torch.ones_like(distances, dtype=torch.bool), diagonal=1)]
@@ -224,7 +186,8 @@ def test_init_scales_default_preset():
     # a near-uniform start: the initial loss is close to log(V)
     assert logits.max() - logits.min() < 5
     # tied: the input embedding is W, same scale, logits still sane
-    tied = build_model("skd_lstm_lm", dictionary=d, share_decoder_input_output_embed=True).eval()
+    tied = build_model("skd_lstm_lm", d, seed=1,
+                       share_decoder_input_output_embed=True).eval()
     with torch.no_grad():
         logits, _ = tied(tokens)
     assert 0.005 < logits.std() <= 1.5
@@ -236,13 +199,13 @@ def test_init_scales_default_preset():
 @pytest.mark.parametrize("left_pad", [False, True], ids=["right_pad", "left_pad"])
 @pytest.mark.parametrize("tied", [False, True], ids=["separate", "tied"])
 def test_incremental_equals_full_forward(left_pad, tied):
-    model = build_model(share_decoder_input_output_embed=tied).eval()
+    model = tiny_model(share_decoder_input_output_embed=tied).eval()
     d = model.decoder.dictionary
     tokens, sents = lm_batch(d, left_pad=left_pad)
     words = tokens.ne(d.pad())
     with torch.no_grad():
         full = full_lprobs(model, tokens)
-        steps = incremental_lprobs(model, tokens)
+        steps, _ = incremental_lprobs(model, tokens)
         # at every word (padding positions are padding), and each sentence as if alone
         torch.testing.assert_close(steps[words], full[words], atol=1e-5, rtol=0)
         for i, sent in enumerate(sents):
@@ -253,7 +216,7 @@ def test_incremental_equals_full_forward(left_pad, tied):
 @pytest.mark.parametrize("left_pad", [False, True], ids=["right_pad", "left_pad"])
 def test_incremental_after_a_padded_prefix(left_pad):
     """A first call with a whole padded prefix leaves each row's state after its last word."""
-    model = build_model().eval()
+    model = tiny_model().eval()
     d = model.decoder.dictionary
     prefix, sents = lm_batch(d, lengths=(4, 1, 6, 2), left_pad=left_pad)
     following = torch.randint(d.nspecial, len(d), (prefix.size(0), 3),
@@ -273,7 +236,7 @@ def test_incremental_after_a_padded_prefix(left_pad):
 
 
 def test_incremental_state_is_one_dict_and_step_cost_is_constant():
-    model = build_model().eval()
+    model = tiny_model().eval()
     d = model.decoder.dictionary
     tokens, _ = lm_batch(d)
     state = {}
@@ -290,12 +253,12 @@ def test_incremental_state_is_one_dict_and_step_cost_is_constant():
 def test_reorder_incremental_state():
     """After reordering (a permutation with repeats, as beam search does), the next steps give
     the reordered outputs of the unreordered run."""
-    model = build_model().eval()
+    model = tiny_model().eval()
     d = model.decoder.dictionary
     tokens, _ = lm_batch(d, lengths=(8, 7, 9, 8, 8))
     new_order = torch.tensor([2, 0, 0, 4, 1, 2, 3])
     with torch.no_grad():
-        reference = incremental_lprobs(model, tokens)
+        reference, _ = incremental_lprobs(model, tokens)
         state = {}
         for t in range(3):
             model.decoder(tokens[:, : t + 1], incremental_state=state)
@@ -318,19 +281,16 @@ def test_reorder_incremental_state():
 # ---------------------------------------------------------------- beam search
 
 
-def generate(model, prefix, beam, **kwargs):
+def lm_generate(model, prefix, beam, **kwargs):
     """LM generation as fairseq-generate --task language_modeling does it: the (right-padded)
     prefix words are forced, then the model continues."""
-    generator = SequenceGenerator([model], model.decoder.dictionary, beam_size=beam, **kwargs)
-    sample = {"id": torch.arange(prefix.size(0)), "net_input": {
-        "src_tokens": prefix, "src_lengths": prefix.ne(model.decoder.padding_idx).sum(1)}}
-    return generator.generate([model], sample, prefix_tokens=prefix)
+    return generate(model, prefix, beam, prefix_tokens=prefix, **kwargs)
 
 
 def peaked_model(seed, eos_bias=0.0, scale=30.0):
     """A random model whose next-word distributions are peaked (instead of the near-uniform
     start of the SKD-scaled init), so that beams diverge and hypotheses end at different steps."""
-    model = build_model(seed=seed).eval()
+    model = tiny_model(seed=seed).eval()
     with torch.no_grad():
         model.decoder.fc_hidden.weight.mul_(scale)
         model.decoder.fc_out.bias[model.decoder.dictionary.eos()] = eos_bias
@@ -345,40 +305,14 @@ def prefixes(dictionary, lengths, seed):
     return data_utils.collate_tokens(sents, dictionary.pad(), left_pad=False)
 
 
-def greedy(model, prefix, max_len):
-    """Greedy decoding written out with SequenceGenerator's rules: the prefix words forced (with
-    their own scores), pad never chosen, eos forced at max_len."""
-    d = model.decoder.dictionary
-    bsz = prefix.size(0)
-    tokens = torch.full((bsz, 1), d.eos())
-    state, results = {}, [None] * bsz
-    scores = torch.zeros(bsz, 0)
-    for step in range(max_len + 1):
-        logits, _ = model.decoder(tokens, incremental_state=state)
-        lprobs = F.log_softmax(logits[:, -1].float(), dim=-1)
-        lprobs[:, d.pad()] = -math.inf
-        best = lprobs.argmax(dim=-1)
-        if step < prefix.size(1):
-            forced = prefix[:, step].ne(d.pad())
-            best = torch.where(forced, prefix[:, step], best)
-        if step == max_len:
-            best = torch.full((bsz,), d.eos())
-        tokens = torch.cat([tokens, best[:, None]], dim=1)
-        scores = torch.cat([scores, lprobs.gather(1, best[:, None])], dim=1)
-        for i in range(bsz):
-            if results[i] is None and best[i] == d.eos():
-                results[i] = (tokens[i, 1:].clone(), scores[i].clone())
-    return results
-
-
 def test_beam_1_equals_greedy():
     model = peaked_model(seed=7, eos_bias=3.5)
     d = model.decoder.dictionary
     prefix = prefixes(d, lengths=(3, 1, 5, 2, 4), seed=6)
     max_len = 12
     with torch.no_grad():
-        hypos = generate(model, prefix, beam=1, max_len_a=0, max_len_b=max_len)
-        expected = greedy(model, prefix, max_len)
+        hypos = lm_generate(model, prefix, beam=1, max_len_a=0, max_len_b=max_len)
+        expected = greedy(model, prefix, max_len, prefix_tokens=prefix)
     lengths, free_words = set(), 0
     for i, (h, (tokens, scores)) in enumerate(zip(hypos, expected)):
         assert len(h) == 1
@@ -400,11 +334,11 @@ def test_beam_search_batch_equals_each_prefix_alone():
     prefix = prefixes(d, lengths=(3, 1, 5, 2, 4), seed=6)
     kwargs = dict(beam=4, max_len_a=0, max_len_b=10)
     with torch.no_grad():
-        batch = generate(model, prefix, **kwargs)
+        batch = lm_generate(model, prefix, **kwargs)
         n_diverged = 0
         for i in range(prefix.size(0)):
             n = int(prefix[i].ne(d.pad()).sum())
-            alone = generate(model, prefix[i : i + 1, :n], **kwargs)[0]
+            alone = lm_generate(model, prefix[i : i + 1, :n], **kwargs)[0]
             assert len(batch[i]) == 4
             assert [h["tokens"].tolist() for h in batch[i]] == [h["tokens"].tolist() for h in alone]
             for hb, ha in zip(batch[i], alone):
@@ -424,12 +358,11 @@ def lm_bin(tmp_path_factory):
     return preprocess_lm(make_lm_data(tmp_path_factory.mktemp("skd_lstm_lm")))
 
 
-LM_TASK = ["--task", "language_modeling", "--sample-break-mode", "eos", "--tokens-per-sample", 64]
 TRAIN = [*LM_TASK, "--arch", "skd_lstm_lm_tiny", "--optimizer", "adam", "--lr", 0.01,
          "--max-tokens", 400, "--required-batch-size-multiple", 1, "--no-epoch-checkpoints"]
 
 
-# the sentences of fairseq_cli_helpers.make_lm_data
+# the sentences of helpers.make_lm_data
 _SUBJECT = "(the cat|the dog|a cat|a dog|my friend|the teacher)"
 _VERB = "(sees|likes|watches|finds)"
 _OBJECT = "(the ball|a ball|the house|a toy|the garden|a bird)"

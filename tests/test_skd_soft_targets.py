@@ -18,17 +18,8 @@ from fairseq_skd.modules.embedding_distance import (
 from fairseq_skd.modules.skd_losses import full_skd_loss, predicted_skd_loss, topk_skd_loss
 from fairseq_skd.modules.soft_target_losses import full_soft_target_loss, topk_soft_target_loss
 
-from fairseq_cli_helpers import (
-    LOGITS_HAND,
-    PAD,
-    W_HAND,
-    TinyDecoderModel,
-    at_update,
-    loss_and_grads,
-    make_criterion,
-    make_sample,
-    make_task,
-)
+from helpers import (LOGITS_HAND, PAD, W_HAND, TinyDecoderModel, at_update, loss_and_grads,
+                     make_criterion, make_sample, make_task)
 
 
 def hand_soft_loss(logits, t, candidates, w, sigma, a, qn_max):

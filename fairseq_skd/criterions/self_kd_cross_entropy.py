@@ -38,65 +38,43 @@ from .flag_checks import FLAG_CHECKS, RangeCheckedArguments, check_choice, check
 SOFT_TARGETS = ("predicted", "topk", "full")
 
 
+def flag(default, help):
+    """A config field with its --help text, as fairseq writes it:
+    ``field(default=default, metadata={"help": help})``."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class SelfKDCrossEntropyConfig(FairseqDataclass):
-    skd_sigma: str = field(
-        default="0.1",
-        metadata={
-            "help": "sigma of Eq. 8, q_n = exp(-sigma d(W_t, W_n)), or 'auto': ln 2 / the mean "
-            "nearest-neighbour distance in W (refreshed every --skd-sigma-refresh updates). A "
-            "number only means something relative to the embedding distances (watch skd_clip)"
-        },
-    )
-    skd_sigma_refresh: int = field(
-        default=100, metadata={"help": "with --skd-sigma auto: updates between recomputations"}
-    )
-    skd_warmup_updates: int = field(
-        default=500,
-        metadata={"help": "K: updates trained with plain cross-entropy (alpha = 0) before SKD"},
-    )
-    skd_alpha_step: float = field(
-        default=0.0002, metadata={"help": "eta: increase of alpha per update after K updates"}
-    )
-    skd_alpha_max: float = field(default=1.0, metadata={"help": "largest value alpha reaches"})
-    skd_lambda: float = field(
-        default=1.0, metadata={"help": "lambda of Eq. 11 (1.0 gives the paper's Eq. 12)"}
-    )
-    skd_qn_max: float = field(
-        default=0.5,
-        metadata={"help": "clip of q_n (Eq. 8: the prediction is never more right than the "
-                  "target); with topk/full, the clip of the total non-target mass"},
-    )
-    skd_soft_targets: ChoiceEnum(SOFT_TARGETS) = field(
-        default="predicted",
-        metadata={"help": "predicted: the paper's Eq. 8 (target and the model's prediction); "
-                  "topk: Eq. 7 over the target and its --skd-topk nearest words; full: Eq. 7 "
-                  "over the whole vocabulary"},
-    )
-    skd_topk: int = field(default=10, metadata={"help": "K nearest words for --skd-soft-targets topk"})
-    skd_topk_refresh: int = field(
-        default=100,
-        metadata={"help": "updates between recomputations of the nearest-word sets for topk "
-                  "(the distances to them are always current)"},
-    )
-    skd_distance: ChoiceEnum(DISTANCES) = field(
-        default="l2",
-        metadata={"help": "l2: ||W_t - W_k|| (paper); cosine: 1 - cos(W_t, W_k); dot: "
-                  "max(0, W_t.W_t - W_t.W_k); each mapped to exp(-sigma d)"},
-    )
-    label_smoothing: float = field(
-        default=0.0,
-        metadata={"help": "epsilon of label smoothing mixed into the SKD target: (1 - eps) * "
-                  "SKD target + eps/(V-1) on every other word"},
-    )
-    target_embed_noise: float = field(
-        default=0.0,
-        metadata={
-            "help": "std of Gaussian noise added to the decoder's input word embeddings during "
-            "training (the paper's +Noise); 0 = off"
-        },
-    )
-    ignore_prefix_size: int = field(default=0, metadata={"help": "ignore the first N target tokens"})
+    skd_sigma: str = flag("0.1", "sigma of Eq. 8, q_n = exp(-sigma d(W_t, W_n)), or 'auto': ln 2 / "
+                          "the mean nearest-neighbour distance in W (refreshed every "
+                          "--skd-sigma-refresh updates). A number only means something relative "
+                          "to the embedding distances (watch skd_clip)")
+    skd_sigma_refresh: int = flag(100, "with --skd-sigma auto: updates between recomputations")
+    skd_warmup_updates: int = flag(500, "K: updates trained with plain cross-entropy (alpha = 0) "
+                                        "before SKD")
+    skd_alpha_step: float = flag(0.0002, "eta: increase of alpha per update after K updates")
+    skd_alpha_max: float = flag(1.0, "largest value alpha reaches")
+    skd_lambda: float = flag(1.0, "lambda of Eq. 11 (1.0 gives the paper's Eq. 12)")
+    skd_qn_max: float = flag(0.5, "clip of q_n (Eq. 8: the prediction is never more right than "
+                                  "the target); with topk/full, the clip of the total non-target "
+                                  "mass")
+    skd_soft_targets: ChoiceEnum(SOFT_TARGETS) = flag(
+        "predicted", "predicted: the paper's Eq. 8 (target and the model's prediction); topk: "
+        "Eq. 7 over the target and its --skd-topk nearest words; full: Eq. 7 over the whole "
+        "vocabulary")
+    skd_topk: int = flag(10, "K nearest words for --skd-soft-targets topk")
+    skd_topk_refresh: int = flag(100, "updates between recomputations of the nearest-word sets "
+                                      "for topk (the distances to them are always current)")
+    skd_distance: ChoiceEnum(DISTANCES) = flag(
+        "l2", "l2: ||W_t - W_k|| (paper); cosine: 1 - cos(W_t, W_k); dot: max(0, W_t.W_t - "
+        "W_t.W_k); each mapped to exp(-sigma d)")
+    label_smoothing: float = flag(0.0, "epsilon of label smoothing mixed into the SKD target: "
+                                       "(1 - eps) * SKD target + eps/(V-1) on every other word")
+    target_embed_noise: float = flag(0.0, "std of Gaussian noise added to the decoder's input "
+                                          "word embeddings during training (the paper's "
+                                          "+Noise); 0 = off")
+    ignore_prefix_size: int = flag(0, "ignore the first N target tokens")
     sentence_avg: bool = II("optimization.sentence_avg")
 
 

@@ -76,15 +76,9 @@ from fairseq.models.lstm import LSTM, Embedding, Linear, LSTMCell
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.lstm_layers import (
-    DecoderEmbedding,
-    LSTMDecoderBase,
-    add_lstm_args,
-    add_output_embedding_args,
-    check_output_embedding_args,
-    left_pad_index,
-    shares_output_embedding,
-)
+from ..modules.lstm_layers import (DecoderEmbedding, LSTMDecoderBase, ScaledLinear, add_lstm_args,
+                                   add_output_embedding_args, check_output_embedding_args,
+                                   left_pad_index, set_defaults, shares_output_embedding)
 
 DEFAULT_MAX_SOURCE_POSITIONS = 1e5
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
@@ -358,48 +352,31 @@ class SKDBahdanauDecoder(LSTMDecoderBase):
 def ReadoutLinear(in_features, out_features):
     """U_o, V_o, C_o to 2 * out_features maxout inputs, started small so that ||t|| is about 1
     for inputs of RMS 1 and the logits W t stay O(1) next to an N(0, 1) W (module docstring)."""
-    m = nn.Linear(in_features, 2 * out_features)
-    nn.init.normal_(m.weight, 0.0, (in_features * out_features) ** -0.5)
-    nn.init.zeros_(m.bias)
-    return m
+    return ScaledLinear(in_features, 2 * out_features, (in_features * out_features) ** -0.5)
 
 
 @register_model_architecture("skd_bahdanau", "skd_bahdanau")
 def base_architecture(args):
     """Bahdanau et al. (2015) RNNsearch sizes: m = 620, n = n' = 1000, l = 500."""
-    args.dropout = getattr(args, "dropout", 0.1)
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 620)
-    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 1000)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 620)
-    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 1000)
-    args.decoder_attention_dim = getattr(args, "decoder_attention_dim", args.decoder_hidden_size)
-    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 500)
-    args.decoder_out_embed_std = getattr(args, "decoder_out_embed_std", 1.0)
-    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", False)
-    args.share_all_embeddings = getattr(args, "share_all_embeddings", False)
-    args.encoder_dropout_in = getattr(args, "encoder_dropout_in", args.dropout)
-    args.encoder_dropout_out = getattr(args, "encoder_dropout_out", args.dropout)
-    args.decoder_dropout_in = getattr(args, "decoder_dropout_in", args.dropout)
-    args.decoder_dropout_out = getattr(args, "decoder_dropout_out", args.dropout)
-    args.decoder_dropout_readout = getattr(args, "decoder_dropout_readout", args.dropout)
+    set_defaults(args, dropout=0.1, encoder_embed_dim=620, encoder_hidden_size=1000,
+                 decoder_embed_dim=620, decoder_hidden_size=1000)
+    set_defaults(args, decoder_attention_dim=args.decoder_hidden_size,
+                 decoder_out_embed_dim=500, decoder_out_embed_std=1.0,
+                 share_decoder_input_output_embed=False, share_all_embeddings=False,
+                 encoder_dropout_in=args.dropout, encoder_dropout_out=args.dropout,
+                 decoder_dropout_in=args.dropout, decoder_dropout_out=args.dropout,
+                 decoder_dropout_readout=args.dropout)
 
 
 @register_model_architecture("skd_bahdanau", "skd_bahdanau_small")
 def skd_bahdanau_small(args):
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
-    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 256)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 256)
-    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 256)
-    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 256)
+    set_defaults(args, encoder_embed_dim=256, encoder_hidden_size=256, decoder_embed_dim=256,
+                 decoder_hidden_size=256, decoder_out_embed_dim=256)
     base_architecture(args)
 
 
 @register_model_architecture("skd_bahdanau", "skd_bahdanau_tiny")
 def skd_bahdanau_tiny(args):
-    args.dropout = getattr(args, "dropout", 0.0)
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 32)
-    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 64)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 32)
-    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 64)
-    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 32)
+    set_defaults(args, dropout=0.0, encoder_embed_dim=32, encoder_hidden_size=64,
+                 decoder_embed_dim=32, decoder_hidden_size=64, decoder_out_embed_dim=32)
     base_architecture(args)

@@ -71,13 +71,9 @@ from fairseq.models import FairseqLanguageModel, register_model, register_model_
 from fairseq.models.lstm import LSTM
 from torch import Tensor
 
-from ..modules.lstm_layers import (
-    LSTMDecoderBase,
-    add_lstm_args,
-    add_output_embedding_args,
-    check_output_embedding_args,
-    left_pad_index,
-)
+from ..modules.lstm_layers import (LSTMDecoderBase, ScaledLinear, add_lstm_args,
+                                   add_output_embedding_args, check_output_embedding_args,
+                                   left_pad_index, set_defaults)
 
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
 
@@ -204,31 +200,21 @@ class SKDLSTMDecoder(LSTMDecoderBase):
 def FeedForward(in_features, out_features):
     """F, f of h = ReLU(F s + f), started small: N(0, 2 / (in * out)) weights, zero bias, so
     ||h|| is about the RMS of s and the logits W h stay O(1) next to an N(0, 1) W."""
-    m = nn.Linear(in_features, out_features)
-    nn.init.normal_(m.weight, 0.0, (2.0 / (in_features * out_features)) ** 0.5)
-    nn.init.zeros_(m.bias)
-    return m
+    return ScaledLinear(in_features, out_features, (2.0 / (in_features * out_features)) ** 0.5)
 
 
 @register_model_architecture("skd_lstm_lm", "skd_lstm_lm")
 def base_architecture(args):
     """Hahn & Choi (2019), Section 4.2: word dimension 500, 400 hidden units."""
-    args.dropout = getattr(args, "dropout", 0.1)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 500)
-    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 400)
-    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 500)
-    args.decoder_out_embed_std = getattr(args, "decoder_out_embed_std", 0.4)
-    args.decoder_dropout_in = getattr(args, "decoder_dropout_in", args.dropout)
-    args.decoder_dropout_out = getattr(args, "decoder_dropout_out", args.dropout)
-    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", False)
+    set_defaults(args, dropout=0.1, decoder_embed_dim=500, decoder_hidden_size=400,
+                 decoder_out_embed_dim=500, decoder_out_embed_std=0.4)
+    set_defaults(args, decoder_dropout_in=args.dropout, decoder_dropout_out=args.dropout,
+                 share_decoder_input_output_embed=False)
 
 
 @register_model_architecture("skd_lstm_lm", "skd_lstm_lm_tiny")
 def skd_lstm_lm_tiny(args):
-    args.dropout = getattr(args, "dropout", 0.0)
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 32)
-    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 64)
-    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 32)
-    # rows 8.0 apart at dim 32 (0.4 would give 3.2, below ln2 / sigma = 6.9)
-    args.decoder_out_embed_std = getattr(args, "decoder_out_embed_std", 1.0)
+    # W's rows 8.0 apart at dim 32 (std 0.4 would give 3.2, below ln2 / sigma = 6.9)
+    set_defaults(args, dropout=0.0, decoder_embed_dim=32, decoder_hidden_size=64,
+                 decoder_out_embed_dim=32, decoder_out_embed_std=1.0)
     base_architecture(args)

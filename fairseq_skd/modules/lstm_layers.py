@@ -6,11 +6,14 @@ padding row of an embedding zero): the models import ``Embedding``, ``LSTM``, ``
 
 - the output word embeddings W, the softmax layer z = W x + b that SKD measures distances in:
   their flags (``add_output_embedding_args``), checks (``check_output_embedding_args``) and
-  initialisation (``init_output_embedding_``; the models' module docstrings say why);
+  initialisation (``init_output_embedding_``; the models' module docstrings say why), and
+  ``ScaledLinear`` for the layers that feed W, started small;
 - ``LSTMDecoderBase``: what both decoders own, E, W, b, the dropouts on E and on the LSTM
   outputs, and the recurrent state of incremental decoding in one cached dict;
 - the flags of one LSTM (``add_lstm_args``) and ``left_pad_index`` for the models' LSTMs, which
-  run over right-padded rows.
+  run over right-padded rows;
+- ``set_defaults``, fairseq's ``args.x = getattr(args, "x", default)`` for a preset's table of
+  defaults.
 """
 
 from typing import Dict, Optional, Tuple
@@ -52,6 +55,15 @@ def add_output_embedding_args(parser, features):
     # fmt: on
 
 
+def set_defaults(args, **defaults) -> None:
+    """``args.name = getattr(args, "name", value)`` for each ``name=value``, in order: what a
+    fairseq architecture preset does for each of its flags (a value given, on the command line
+    or by a preset that ran first, stays). A default computed from another flag
+    (``decoder_dropout_in=args.dropout``) goes in a later call than the one that sets that flag."""
+    for name, value in defaults.items():
+        setattr(args, name, getattr(args, name, value))
+
+
 def check_output_embedding_args(args) -> None:
     """Raise ValueError naming the flags when W's options cannot hold."""
     if not args.decoder_out_embed_std > 0:
@@ -80,6 +92,15 @@ def init_output_embedding_(weight, std):
     with torch.no_grad():
         weight.normal_(0.0, std)
     return weight
+
+
+def ScaledLinear(in_features, out_features, std):
+    """A linear layer started at a chosen scale: N(0, std^2) weights, zero bias (the layers
+    between the LSTM and W, started small so that the logits stay O(1) next to an N(0, 1) W)."""
+    m = nn.Linear(in_features, out_features)
+    nn.init.normal_(m.weight, 0.0, std)
+    nn.init.zeros_(m.bias)
+    return m
 
 
 def DecoderEmbedding(args, dictionary):
