@@ -146,17 +146,11 @@ FAIRSEQ_ARCHS = {
 
 
 def parse_json_logs(text, kind="train_inner"):
-    """The JSON records fairseq logs for ``kind`` ('train_inner', 'train', 'valid')."""
-    records = []
-    for line in text.splitlines():
-        start = line.find("{")
-        if start < 0 or f"| {kind} |" not in line and f"[{kind}]" not in line:
-            continue
-        try:
-            records.append(json.loads(line[start:]))
-        except ValueError:
-            continue
-    return records
+    """The JSON records fairseq logs for ``kind`` ('train_inner', 'train', 'valid'), values as
+    fairseq wrote them (the results module's parser)."""
+    from fairseq_skd.results.logs import raw_records
+
+    return raw_records(text, kind)
 
 
 # --- dictionaries, tasks, sentences and models built in Python; decoding ----------------------
