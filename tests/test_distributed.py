@@ -152,3 +152,22 @@ def test_ctrl_c_and_sigterm_stop_every_worker(sig, lm_bin, tmp_path):
     wait_for_update(save_dir, 5)
     assert len(processes_mentioning(str(save_dir))) >= 4  # launcher, torchrun, 2 workers
     assert interrupt(proc, save_dir, sig) == 128 + sig
+
+
+def test_a_damaged_checkpoint_last_is_replaced_by_the_newest_intact_one(lm_bin, tmp_path):
+    """A kill during fairseq's copy to checkpoint_last.pt leaves it cut short: the next run
+    resumes from the newest intact checkpoint and ends where an uninterrupted run ends."""
+    reference = tmp_path / "uninterrupted"
+    train(1, lm_bin, reference)
+    save_dir = tmp_path / "damaged"
+    train(1, lm_bin, save_dir, "--max-epoch", 4)  # later flags win: 4 of the EPOCHS epochs
+    last = save_dir / "checkpoint_last.pt"
+    content = last.read_bytes()
+    last.write_bytes(content[: len(content) // 2])
+
+    train(1, lm_bin, save_dir)
+    log = (save_dir / "train.log").read_text()
+    assert f"{last} is damaged" in log and "the newest intact checkpoint" in log
+    assert (save_dir / "checkpoint_last.pt.damaged").read_bytes() == content[: len(content) // 2]
+    w_ref, w = weights(reference), weights(save_dir)
+    assert all(torch.equal(w_ref[k], w[k]) for k in w_ref)

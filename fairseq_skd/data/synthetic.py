@@ -203,25 +203,30 @@ class ParallelCorpusGenerator:
 
 def write_parallel_corpus(out_dir, n_train=4000, n_valid=300, n_test=300, seed=1,
                           src="en", tgt="xx"):
-    """Write {train,valid,test}.{src,tgt} (one sentence per line) and return out_dir."""
+    """Write {train,valid,test}.{src,tgt} (one sentence per line, a line at a time: any size
+    fits in memory) and return out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = ParallelCorpusGenerator(seed)
     for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
-        pairs = [gen.sentence_pair() for _ in range(n)]
-        (out_dir / f"{split}.{src}").write_text("\n".join(p[0] for p in pairs) + "\n")
-        (out_dir / f"{split}.{tgt}").write_text("\n".join(p[1] for p in pairs) + "\n")
+        with open(out_dir / f"{split}.{src}", "w") as fs, open(out_dir / f"{split}.{tgt}", "w") as ft:
+            for _ in range(n):
+                source, target = gen.sentence_pair()
+                fs.write(source + "\n")
+                ft.write(target + "\n")
     return out_dir
 
 
 def write_lm_corpus(out_dir, n_train=8000, n_valid=500, n_test=500, seed=1):
-    """Write train.txt / valid.txt / test.txt (one sentence per line) and return out_dir."""
+    """Write train.txt / valid.txt / test.txt (one sentence per line, a line at a time) and
+    return out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = CorpusGenerator(seed)
     for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
-        lines = [gen.sentence() for _ in range(n)]
-        (out_dir / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        with open(out_dir / f"{split}.txt", "w") as f:
+            for _ in range(n):
+                f.write(gen.sentence() + "\n")
     return out_dir
 
 
@@ -234,9 +239,12 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--parallel", action="store_true",
                         help="write an English -> made-up-language parallel corpus instead")
+    parser.add_argument("--tgt", default="xx", help="with --parallel: the target files' suffix")
     args = parser.parse_args()
-    write = write_parallel_corpus if args.parallel else write_lm_corpus
-    write(args.out_dir, args.train, args.valid, args.test, args.seed)
+    if args.parallel:
+        write_parallel_corpus(args.out_dir, args.train, args.valid, args.test, args.seed, tgt=args.tgt)
+    else:
+        write_lm_corpus(args.out_dir, args.train, args.valid, args.test, args.seed)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 #   recipes/lm/run.sh --dataset wiki2 --variants "baseline skd" --stage 3 -- --fp16
 #   recipes/lm/run.sh --corpus my_text/ --model transformer --skd-args "--skd-sigma auto"
 #   recipes/lm/run.sh --dataset ptb --smoke --data-dir tests/fixtures/ptb --exp-dir /tmp/exp
-# shellcheck source-path=SCRIPTDIR
+# shellcheck source-path=SCRIPTDIR disable=SC2329  # the data stages run through data_stage
 set -euo pipefail
 # The whole script is one { ... } block: bash reads it completely before running it, so editing
 # this file while a long training runs does not change (or break) the run.
@@ -93,117 +93,100 @@ manifest=$prep_dir/MANIFEST.sha256
 if stage_enabled 3; then check_train_commands "$bin"; fi
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 0; then
-    log "stage 0: data: obtain and verify the raw $dataset files"
-    if [[ -f $prep_dir/.data.done ]]; then
-        log "  done already ($prep_dir/.data.done), skipped"
-    else
-        mkdir -p "$raw"
-        : >"$manifest"
-        if [[ $dataset == corpus ]]; then
-            # your own files: no published checksum, their sha256 recorded for the record
-            for f in train.txt valid.txt test.txt; do
-                record_sha256 "$corpus/$f" "$manifest"
-                cp "$corpus/$f" "$raw/$f"
-            done
-        elif [[ $dataset == ptb ]]; then
-            for f in ptb.train.txt ptb.valid.txt ptb.test.txt; do
-                if [[ -n $data_dir ]]; then
-                    src=$(find_one "$data_dir" "$f")
-                    [[ -n $src ]] || die "$f not found under --data-dir $data_dir. It is in data/ of" \
-                        "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz, or at $(url_of "$f")"
-                else
-                    fetch "$f" "$prep_dir/downloads"
-                    src=$prep_dir/downloads/$f
-                fi
-                verify_file "$src" "$manifest"
-                cp "$src" "$raw/$f"
-            done
-        else
-            files=(wiki.train.tokens wiki.valid.tokens wiki.test.tokens)
-            zip=
+get_data() {
+    mkdir -p "$raw"
+    : >"$manifest"
+    if [[ $dataset == corpus ]]; then
+        # your own files: no published checksum, their sha256 recorded for the record
+        for f in train.txt valid.txt test.txt; do
+            record_sha256 "$corpus/$f" "$manifest"
+            cp "$corpus/$f" "$raw/$f"
+        done
+    elif [[ $dataset == ptb ]]; then
+        for f in ptb.train.txt ptb.valid.txt ptb.test.txt; do
             if [[ -n $data_dir ]]; then
-                zip=$(find_one "$data_dir" wikitext-2-v1.zip)
-                if [[ -z $zip ]]; then
-                    for f in "${files[@]}"; do
-                        src=$(find_one "$data_dir" "$f")
-                        [[ -n $src ]] || die "$f not found under --data-dir $data_dir (nor wikitext-2-v1.zip)." \
-                            "Get $(url_of wikitext-2-v1.zip) (or its mirror https://wikitext.smerity.com/wikitext-2-v1.zip)"
-                        verify_file "$src" "$manifest"
-                        cp "$src" "$raw/$f"
-                    done
-                fi
+                src=$(find_one "$data_dir" "$f")
+                [[ -n $src ]] || die "$f not found under --data-dir $data_dir. It is in data/ of" \
+                    "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz, or at $(url_of "$f")"
             else
-                fetch wikitext-2-v1.zip "$prep_dir/downloads"
-                zip=$prep_dir/downloads/wikitext-2-v1.zip
+                fetch "$f" "$prep_dir/downloads"
+                src=$prep_dir/downloads/$f
             fi
-            if [[ -n $zip ]]; then
-                verify_file "$zip" "$manifest"
-                rm -rf "$prep_dir/unzip"
-                python -m zipfile -e "$zip" "$prep_dir/unzip"
+            verify_file "$src" "$manifest"
+            cp "$src" "$raw/$f"
+        done
+    else
+        files=(wiki.train.tokens wiki.valid.tokens wiki.test.tokens)
+        zip=
+        if [[ -n $data_dir ]]; then
+            zip=$(find_one "$data_dir" wikitext-2-v1.zip)
+            if [[ -z $zip ]]; then
                 for f in "${files[@]}"; do
-                    src=$(find_one "$prep_dir/unzip" "$f")
-                    [[ -n $src ]] || die "$zip has no $f: is it wikitext-2-v1.zip (the tokenized version)?"
+                    src=$(find_one "$data_dir" "$f")
+                    [[ -n $src ]] || die "$f not found under --data-dir $data_dir (nor wikitext-2-v1.zip)." \
+                        "Get $(url_of wikitext-2-v1.zip) (or its mirror https://wikitext.smerity.com/wikitext-2-v1.zip)"
+                    verify_file "$src" "$manifest"
                     cp "$src" "$raw/$f"
                 done
-                rm -rf "$prep_dir/unzip"
             fi
+        else
+            fetch wikitext-2-v1.zip "$prep_dir/downloads"
+            zip=$prep_dir/downloads/wikitext-2-v1.zip
         fi
-        touch "$prep_dir/.data.done"
+        if [[ -n $zip ]]; then
+            verify_file "$zip" "$manifest"
+            rm -rf "$prep_dir/unzip"
+            python -m zipfile -e "$zip" "$prep_dir/unzip"
+            for f in "${files[@]}"; do
+                src=$(find_one "$prep_dir/unzip" "$f")
+                [[ -n $src ]] || die "$zip has no $f: is it wikitext-2-v1.zip (the tokenized version)?"
+                cp "$src" "$raw/$f"
+            done
+            rm -rf "$prep_dir/unzip"
+        fi
     fi
-fi
+}
+data_stage 0 data "" "data: obtain and verify the raw $dataset files" get_data
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 1; then
-    log "stage 1: text: one sentence per line"
-    if [[ -f $prep_dir/.text.done ]]; then
-        log "  done already ($prep_dir/.text.done), skipped"
-    else
-        [[ -f $prep_dir/.data.done ]] || die "no raw data in $raw: run stage 0 first"
-        mkdir -p "$text"
-        for split in train valid test; do
-            case $dataset in
-                # PAPER: "We did not apply additional pre-processing for the PTB dataset."
-                # fairseq adds </s> after every line, Mikolov's <eos>.
-                ptb) cp "$raw/ptb.$split.txt" "$text/$split.txt" ;;
-                wiki2) python "$RECIPES_DIR/utils/text_tools.py" wikitext-sentences \
-                           "$raw/wiki.$split.tokens" "$text/$split.txt" --unit "$wiki2_unit" ;;
-                corpus)
-                    if [[ $tokenize == moses ]]; then
-                        require_tool sacremoses "Install it: pip install sacremoses (./setup_env.sh does)."
-                        sacremoses -q -l "$lang" -j "$nj" normalize tokenize -a \
-                            <"$raw/$split.txt" >"$text/$split.txt"
-                    else
-                        cp "$raw/$split.txt" "$text/$split.txt"
-                    fi ;;
-            esac
-            log "  $split: $(wc -l <"$text/$split.txt") sentences, $(wc -w <"$text/$split.txt") words"
-        done
-        touch "$prep_dir/.text.done"
-    fi
-fi
+make_text() {
+    mkdir -p "$text"
+    for split in train valid test; do
+        case $dataset in
+            # PAPER: "We did not apply additional pre-processing for the PTB dataset."
+            # fairseq adds </s> after every line, Mikolov's <eos>.
+            ptb) cp "$raw/ptb.$split.txt" "$text/$split.txt" ;;
+            wiki2) python "$RECIPES_DIR/utils/text_tools.py" wikitext-sentences \
+                       "$raw/wiki.$split.tokens" "$text/$split.txt" --unit "$wiki2_unit" ;;
+            corpus)
+                if [[ $tokenize == moses ]]; then
+                    require_tool sacremoses "Install it: pip install sacremoses (./setup_env.sh does)."
+                    sacremoses -q -l "$lang" -j "$nj" normalize tokenize -a \
+                        <"$raw/$split.txt" >"$text/$split.txt"
+                else
+                    cp "$raw/$split.txt" "$text/$split.txt"
+                fi ;;
+        esac
+        log "  $split: $(wc -l <"$text/$split.txt") sentences, $(wc -w <"$text/$split.txt") words"
+    done
+}
+data_stage 1 text "data" "text: one sentence per line" make_text
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 2; then
-    log "stage 2: binarize: fairseq-preprocess"
-    if [[ -f $prep_dir/.bin.done ]]; then
-        log "  done already ($prep_dir/.bin.done), skipped"
-    else
-        [[ -f $prep_dir/.text.done ]] || die "no text in $text: run stage 1 first"
-        require_tool fairseq-preprocess "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
-        rm -rf "$bin"
-        # The vocabulary is every word of the training text (PTB: 10K; WikiText-2: 33K, both
-        # with <unk> already in the text), as in the paper; --vocab-size keeps the most frequent.
-        nwords=()
-        # fairseq's count includes its 4 special symbols (<s> <pad> </s> <unk>)
-        if [[ -n $vocab_size ]]; then nwords=(--nwordssrc "$((vocab_size + 4))"); fi
-        fairseq-preprocess --only-source --task language_modeling "${nwords[@]}" \
-            --trainpref "$text/train.txt" --validpref "$text/valid.txt" --testpref "$text/test.txt" \
-            --destdir "$bin" --workers "$nj" 2>&1 | tee "$prep_dir/preprocess.log" >&2
-        log "  dictionary: $(wc -l <"$bin/dict.txt") words (+4 special symbols)"
-        touch "$prep_dir/.bin.done"
-    fi
-fi
+binarize() {
+    require_tool fairseq-preprocess "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
+    rm -rf "$bin"
+    # The vocabulary is every word of the training text (PTB: 10K; WikiText-2: 33K, both
+    # with <unk> already in the text), as in the paper; --vocab-size keeps the most frequent.
+    nwords=()
+    # fairseq's count includes its 4 special symbols (<s> <pad> </s> <unk>)
+    if [[ -n $vocab_size ]]; then nwords=(--nwordssrc "$((vocab_size + 4))"); fi
+    fairseq-preprocess --only-source --task language_modeling "${nwords[@]}" \
+        --trainpref "$text/train.txt" --validpref "$text/valid.txt" --testpref "$text/test.txt" \
+        --destdir "$bin" --workers "$nj" 2>&1 | tee "$prep_dir/preprocess.log" >&2
+    log "  dictionary: $(wc -l <"$bin/dict.txt") words (+4 special symbols)"
+}
+data_stage 2 bin "text" "binarize: fairseq-preprocess" binarize
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 3; then
@@ -217,14 +200,10 @@ if stage_enabled 4; then
     log "stage 4: score: per-sentence NLL and diagnostics on valid and test"
     require_tool fairseq-skd-score-lm "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     for v in $variants; do
-        ckpt=$exp_dir/$v/checkpoint_best.pt
-        [[ -f $ckpt ]] || die "$ckpt not found: run stage 3 (train) for $v first"
+        ckpt=$(best_checkpoint "$v" 3)
         for subset in valid test; do
             out=$exp_dir/$v/score_$subset.json
-            if [[ -f $out && $out -nt $ckpt ]]; then
-                log "  $out exists, skipped"
-                continue
-            fi
+            if up_to_date "$out" "$ckpt"; then continue; fi
             fairseq-skd-score-lm "$bin" --path "$ckpt" --subset "$subset" \
                 --output "$exp_dir/$v/score_$subset.tsv" --json "$out.part" "${device_flags[@]}" \
                 2>&1 | tee -a "$exp_dir/$v/score.log" >&2

@@ -6,7 +6,7 @@
 #   recipes/mt/run.sh --pair en-fi                     # all stages, the four variants
 #   recipes/mt/run.sh --pair en-de --variants "baseline skd" --stage 4 -- --fp16
 #   recipes/mt/run.sh --pair en-fi --smoke --data-dir tests/fixtures/wmt15 --exp-dir /tmp/exp
-# shellcheck source-path=SCRIPTDIR
+# shellcheck source-path=SCRIPTDIR disable=SC2329  # the data stages run through data_stage
 set -euo pipefail
 # The whole script is one { ... } block: bash reads it completely before running it, so editing
 # this file while a long training runs does not change (or break) the run.
@@ -50,7 +50,8 @@ switches=$common_switches
 . "$RECIPES_DIR/utils/parse_options.sh"
 use_repo_venv
 
-[[ $pair =~ ^[a-z]{2,3}-[a-z]{2,3}$ ]] || { usage >&2; die "--pair SRC-TGT is required (en-fi, fi-en, en-de; with --corpus any two language codes), got '$pair'"; }
+[[ -n $pair ]] || { usage >&2; die "--pair SRC-TGT is required (en-fi, fi-en, en-de; with --corpus any two language codes)"; }
+[[ $pair =~ ^[a-z]{2,3}-[a-z]{2,3}$ ]] || { usage >&2; die "unknown --pair '$pair': SRC-TGT with two language codes, e.g. en-fi"; }
 src=${pair%-*}
 tgt=${pair#*-}
 [[ $src != "$tgt" ]] || die "--pair $pair: the source and target languages must differ"
@@ -167,153 +168,129 @@ locate() {
 if stage_enabled 4; then check_train_commands "$bin"; fi
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 0 && [[ -n $corpus ]]; then
-    log "stage 0: data: $pair corpus $corpus"
-    if [[ -f $prep_dir/.data.done ]]; then
-        log "  done already ($prep_dir/.data.done), skipped"
-    else
-        mkdir -p "$raw"
-        : >"$manifest"
-        # your own files: no published checksum, their sha256 recorded for the record
-        for split in train valid test; do
-            for l in "$src" "$tgt"; do
-                record_sha256 "$corpus/$split.$l" "$manifest"
-                cp "$corpus/$split.$l" "$raw/$split.$l"
-            done
-            log "  $split: $(wc -l <"$raw/$split.$src") sentence pairs"
+get_corpus() {
+    mkdir -p "$raw"
+    : >"$manifest"
+    # your own files: no published checksum, their sha256 recorded for the record
+    for split in train valid test; do
+        for l in "$src" "$tgt"; do
+            record_sha256 "$corpus/$split.$l" "$manifest"
+            cp "$corpus/$split.$l" "$raw/$split.$l"
         done
-        touch "$prep_dir/.data.done"
-    fi
-elif stage_enabled 0; then
-    log "stage 0: data: WMT'15 $pair training corpora, dev and test sets"
-    if [[ -f $prep_dir/.data.done ]]; then
-        log "  done already ($prep_dir/.data.done), skipped"
-    else
-        mkdir -p "$raw"
-        : >"$manifest"
-        : >"$raw/train.en.part"
-        : >"$raw/train.$x.part"
-        for part in "${train_parts[@]}"; do
-            read -r archive f_en f_x <<<"$part"
-            if [[ $f_en == "$f_x" ]]; then
-                # Wiki Headlines: one file, "finnish ||| english" per line
-                locate "$archive" "$f_en"
-                python "$RECIPES_DIR/utils/text_tools.py" titles "${located[0]}" "$raw/titles.$x" "$raw/titles.en"
-                paths=("$raw/titles.en" "$raw/titles.$x")
-            else
-                locate "$archive" "$f_en" "$f_x"
-                paths=("${located[@]}")
-            fi
-            check_parallel "${paths[0]}" "${paths[1]}"
-            log "  $archive: $(wc -l <"${paths[0]}") pairs"
-            cat "${paths[0]}" >>"$raw/train.en.part"
-            cat "${paths[1]}" >>"$raw/train.$x.part"
-        done
-        rm -f "$raw/titles.en" "$raw/titles.$x"
-        mv "$raw/train.en.part" "$raw/train.en"
-        mv "$raw/train.$x.part" "$raw/train.$x"
-        # dev and test: SGML -> text exactly as sacrebleu does it; the files are in $src/$tgt
-        # order (for fi-en the newsdev2015 source is its Finnish reference file)
-        for split in valid test; do
-            if [[ $split == valid ]]; then part=$valid_part; else part=$test_part; fi
-            read -r archive f_a f_b <<<"$part"
-            locate "$archive" "$f_a" "$f_b"
+        log "  $split: $(wc -l <"$raw/$split.$src") sentence pairs"
+    done
+}
+get_wmt_data() {
+    mkdir -p "$raw"
+    : >"$manifest"
+    : >"$raw/train.en.part"
+    : >"$raw/train.$x.part"
+    for part in "${train_parts[@]}"; do
+        read -r archive f_en f_x <<<"$part"
+        if [[ $f_en == "$f_x" ]]; then
+            # Wiki Headlines: one file, "finnish ||| english" per line
+            locate "$archive" "$f_en"
+            python "$RECIPES_DIR/utils/text_tools.py" titles "${located[0]}" "$raw/titles.$x" "$raw/titles.en"
+            paths=("$raw/titles.en" "$raw/titles.$x")
+        else
+            locate "$archive" "$f_en" "$f_x"
             paths=("${located[@]}")
-            if [[ $split == valid && $src == "fi" ]]; then
-                paths=("${paths[1]}" "${paths[0]}")
-            fi
-            python "$RECIPES_DIR/utils/text_tools.py" sgm "${paths[0]}" >"$raw/$split.$src"
-            python "$RECIPES_DIR/utils/text_tools.py" sgm "${paths[1]}" >"$raw/$split.$tgt"
-            check_parallel "$raw/$split.$src" "$raw/$split.$tgt"
-            log "  $split: $(wc -l <"$raw/$split.$src") sentences ($(basename "${paths[0]}"))"
-        done
-        # Cross-check the test references with sacrebleu's own copy when it can fetch it.
-        if [[ -z $data_dir ]] && command -v sacrebleu >/dev/null 2>&1; then
-            for check in "test wmt15" "valid $valid_sacrebleu"; do
-                read -r split testset <<<"$check"
-                [[ -n ${testset:-} ]] || continue
-                if sacrebleu -t "$testset" -l "$pair" --echo ref >"$raw/$split.sacrebleu" 2>/dev/null; then
-                    cmp -s "$raw/$split.sacrebleu" "$raw/$split.$tgt" \
-                        || die "$raw/$split.$tgt differs from sacrebleu -t $testset -l $pair --echo ref"
-                    log "  $split references identical to sacrebleu -t $testset -l $pair --echo ref"
-                else
-                    log "  (sacrebleu -t $testset could not fetch its copy: cross-check skipped)"
-                fi
-                rm -f "$raw/$split.sacrebleu"
-            done
         fi
-        touch "$prep_dir/.data.done"
-    fi
-fi
-
-# ----------------------------------------------------------------------------------------------
-if stage_enabled 1; then
-    log "stage 1: tokenize: sacremoses normalize + tokenize -a; clean the training pairs"
-    if [[ -f $prep_dir/.tok.done ]]; then
-        log "  done already ($prep_dir/.tok.done), skipped"
-    else
-        [[ -f $prep_dir/.data.done ]] || die "no raw data in $raw: run stage 0 first"
-        require_tool sacremoses "Install it: pip install sacremoses (./setup_env.sh does)."
-        mkdir -p "$tok"
-        for split in train valid test; do
-            for l in "$src" "$tgt"; do
-                # Moses' punctuation normalization, then tokenization with aggressive hyphen
-                # splitting and Moses' default XML escaping (as fairseq's
-                # prepare-wmt14en2de.sh); the detokenizer in scoring undoes both.
-                sacremoses -q -l "$l" -j "$nj" normalize tokenize -a \
-                    <"$raw/$split.$l" >"$tok/$split.$l"
-            done
-            check_parallel "$tok/$split.$src" "$tok/$split.$tgt"
+        check_parallel "${paths[0]}" "${paths[1]}"
+        log "  $archive: $(wc -l <"${paths[0]}") pairs"
+        cat "${paths[0]}" >>"$raw/train.en.part"
+        cat "${paths[1]}" >>"$raw/train.$x.part"
+    done
+    rm -f "$raw/titles.en" "$raw/titles.$x"
+    mv "$raw/train.en.part" "$raw/train.en"
+    mv "$raw/train.$x.part" "$raw/train.$x"
+    # dev and test: SGML -> text exactly as sacrebleu does it; the files are in $src/$tgt
+    # order (for fi-en the newsdev2015 source is its Finnish reference file)
+    for split in valid test; do
+        if [[ $split == valid ]]; then part=$valid_part; else part=$test_part; fi
+        read -r archive f_a f_b <<<"$part"
+        locate "$archive" "$f_a" "$f_b"
+        paths=("${located[@]}")
+        if [[ $split == valid && $src == "fi" ]]; then
+            paths=("${paths[1]}" "${paths[0]}")
+        fi
+        python "$RECIPES_DIR/utils/text_tools.py" sgm "${paths[0]}" >"$raw/$split.$src"
+        python "$RECIPES_DIR/utils/text_tools.py" sgm "${paths[1]}" >"$raw/$split.$tgt"
+        check_parallel "$raw/$split.$src" "$raw/$split.$tgt"
+        log "  $split: $(wc -l <"$raw/$split.$src") sentences ($(basename "${paths[0]}"))"
+    done
+    # Cross-check the test references with sacrebleu's own copy when it can fetch it.
+    if [[ -z $data_dir ]] && command -v sacrebleu >/dev/null 2>&1; then
+        for check in "test wmt15" "valid $valid_sacrebleu"; do
+            read -r split testset <<<"$check"
+            [[ -n ${testset:-} ]] || continue
+            if sacrebleu -t "$testset" -l "$pair" --echo ref >"$raw/$split.sacrebleu" 2>/dev/null; then
+                cmp -s "$raw/$split.sacrebleu" "$raw/$split.$tgt" \
+                    || die "$raw/$split.$tgt differs from sacrebleu -t $testset -l $pair --echo ref"
+                log "  $split references identical to sacrebleu -t $testset -l $pair --echo ref"
+            else
+                log "  (sacrebleu -t $testset could not fetch its copy: cross-check skipped)"
+            fi
+            rm -f "$raw/$split.sacrebleu"
         done
-        python "$RECIPES_DIR/utils/text_tools.py" clean "$tok/train.$src" "$tok/train.$tgt" \
-            "$tok/train.clean.$src" "$tok/train.clean.$tgt" --max-len "$max_len" --ratio "$len_ratio"
-        touch "$prep_dir/.tok.done"
     fi
+}
+if [[ -n $corpus ]]; then
+    data_stage 0 data "" "data: $pair corpus $corpus" get_corpus
+else
+    data_stage 0 data "" "data: WMT'15 $pair training corpora, dev and test sets" get_wmt_data
 fi
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 2; then
-    log "stage 2: bpe: joint BPE, about $dict_size symbols"
-    if [[ -f $prep_dir/.bpe.done ]]; then
-        log "  done already ($prep_dir/.bpe.done), skipped"
-    else
-        [[ -f $prep_dir/.tok.done ]] || die "no tokenized data in $tok: run stage 1 first"
-        require_tool subword-nmt "Install it: pip install subword-nmt (./setup_env.sh does)."
-        mkdir -p "$bpe"
-        # --total-symbols: -s counts the characters too, so the joint vocabulary is ~dict_size
-        subword-nmt learn-joint-bpe-and-vocab --input "$tok/train.clean.$src" "$tok/train.clean.$tgt" \
-            -s "$bpe_merges" --total-symbols -o "$bpe/codes" \
-            --write-vocabulary "$bpe/vocab.$src" "$bpe/vocab.$tgt" --num-workers "$nj"
-        for split in train valid test; do
-            in=$split
-            if [[ $split == train ]]; then in=train.clean; fi
-            for l in "$src" "$tgt"; do
-                subword-nmt apply-bpe -c "$bpe/codes" --vocabulary "$bpe/vocab.$l" \
-                    --vocabulary-threshold "$bpe_vocab_threshold" --num-workers "$nj" \
-                    <"$tok/$in.$l" >"$bpe/$split.$l"
-            done
+tokenize() {
+    require_tool sacremoses "Install it: pip install sacremoses (./setup_env.sh does)."
+    mkdir -p "$tok"
+    for split in train valid test; do
+        for l in "$src" "$tgt"; do
+            # Moses' punctuation normalization, then tokenization with aggressive hyphen
+            # splitting and Moses' default XML escaping (as fairseq's
+            # prepare-wmt14en2de.sh); the detokenizer in scoring undoes both.
+            sacremoses -q -l "$l" -j "$nj" normalize tokenize -a \
+                <"$raw/$split.$l" >"$tok/$split.$l"
         done
-        touch "$prep_dir/.bpe.done"
-    fi
-fi
+        check_parallel "$tok/$split.$src" "$tok/$split.$tgt"
+    done
+    python "$RECIPES_DIR/utils/text_tools.py" clean "$tok/train.$src" "$tok/train.$tgt" \
+        "$tok/train.clean.$src" "$tok/train.clean.$tgt" --max-len "$max_len" --ratio "$len_ratio"
+}
+data_stage 1 tok "data" "tokenize: sacremoses normalize + tokenize -a; clean the training pairs" tokenize
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 3; then
-    log "stage 3: binarize: fairseq-preprocess, dictionaries of at most $dict_size"
-    if [[ -f $prep_dir/.bin.done ]]; then
-        log "  done already ($prep_dir/.bin.done), skipped"
-    else
-        [[ -f $prep_dir/.bpe.done ]] || die "no BPE data in $bpe: run stage 2 first"
-        require_tool fairseq-preprocess "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
-        rm -rf "$bin"
-        fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
-            --trainpref "$bpe/train" --validpref "$bpe/valid" --testpref "$bpe/test" \
-            --nwordssrc "$dict_size" --nwordstgt "$dict_size" \
-            --destdir "$bin" --workers "$nj" 2>&1 | tee "$prep_dir/preprocess.log" >&2
-        log "  dictionaries: $src $(wc -l <"$bin/dict.$src.txt"), $tgt $(wc -l <"$bin/dict.$tgt.txt") (+4 special symbols)"
-        touch "$prep_dir/.bin.done"
-    fi
-fi
+apply_bpe() {
+    require_tool subword-nmt "Install it: pip install subword-nmt (./setup_env.sh does)."
+    mkdir -p "$bpe"
+    # --total-symbols: -s counts the characters too, so the joint vocabulary is ~dict_size
+    subword-nmt learn-joint-bpe-and-vocab --input "$tok/train.clean.$src" "$tok/train.clean.$tgt" \
+        -s "$bpe_merges" --total-symbols -o "$bpe/codes" \
+        --write-vocabulary "$bpe/vocab.$src" "$bpe/vocab.$tgt" --num-workers "$nj"
+    for split in train valid test; do
+        in=$split
+        if [[ $split == train ]]; then in=train.clean; fi
+        for l in "$src" "$tgt"; do
+            subword-nmt apply-bpe -c "$bpe/codes" --vocabulary "$bpe/vocab.$l" \
+                --vocabulary-threshold "$bpe_vocab_threshold" --num-workers "$nj" \
+                <"$tok/$in.$l" >"$bpe/$split.$l"
+        done
+    done
+}
+data_stage 2 bpe "tok" "bpe: joint BPE, about $dict_size symbols" apply_bpe
+
+# ----------------------------------------------------------------------------------------------
+binarize() {
+    require_tool fairseq-preprocess "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
+    rm -rf "$bin"
+    fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
+        --trainpref "$bpe/train" --validpref "$bpe/valid" --testpref "$bpe/test" \
+        --nwordssrc "$dict_size" --nwordstgt "$dict_size" \
+        --destdir "$bin" --workers "$nj" 2>&1 | tee "$prep_dir/preprocess.log" >&2
+    log "  dictionaries: $src $(wc -l <"$bin/dict.$src.txt"), $tgt $(wc -l <"$bin/dict.$tgt.txt") (+4 special symbols)"
+}
+data_stage 3 bin "bpe" "binarize: fairseq-preprocess, dictionaries of at most $dict_size" binarize
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 4; then
@@ -328,16 +305,12 @@ if stage_enabled 5; then
     require_tool fairseq-generate "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
     require_tool fairseq-skd-bleu "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     for v in $variants; do
-        ckpt=$exp_dir/$v/checkpoint_best.pt
-        [[ -f $ckpt ]] || die "$ckpt not found: run stage 4 (train) for $v first"
+        ckpt=$(best_checkpoint "$v" 4)
         for subset in valid test; do
             for beam in $beams; do
                 gen=$exp_dir/$v/gen_${subset}_beam$beam.txt
                 out=$exp_dir/$v/bleu_${subset}_beam$beam.json
-                if [[ -f $out && $out -nt $ckpt ]]; then
-                    log "  $out exists, skipped"
-                    continue
-                fi
+                if up_to_date "$out" "$ckpt"; then continue; fi
                 fairseq-generate "$bin" --user-dir "$USER_DIR" --path "$ckpt" \
                     --gen-subset "$subset" --beam "$beam" "${gen_flags[@]}" "${device_flags[@]}" \
                     >"$gen.part" 2>>"$exp_dir/$v/generate.log"

@@ -96,6 +96,25 @@ check_common_options() {
 # stage_enabled N: is stage N inside [--stage, --stop-stage]?
 stage_enabled() { (( stage <= $1 && $1 <= stop_stage )); }
 
+# data_stage N NAME PREVIOUS WHAT FUNCTION: stage N of the data preparation, when selected:
+# skipped once done (PREP_DIR/.NAME.done, written after FUNCTION succeeded), refused without
+# the output of the step before it (PREP_DIR/.PREVIOUS.done).
+data_stage() {
+    local n=$1 name=$2 previous=$3 what=$4 step=$5
+    stage_enabled "$n" || return 0
+    log "stage $n: $what"
+    if [[ -f $prep_dir/.$name.done ]]; then
+        log "  done already ($prep_dir/.$name.done), skipped"
+        return 0
+    fi
+    if [[ -n $previous && ! -f $prep_dir/.$previous.done ]]; then
+        die "stage $n needs the output of stage $((n - 1)) ($prep_dir/.$previous.done is missing): run stage $((n - 1)) first"
+    fi
+    mkdir -p "$prep_dir"
+    "$step"
+    touch "$prep_dir/.$name.done"
+}
+
 # Device: the GPU when nvidia-smi sees one and torch can use it, else --cpu.
 # Sets the array device_flags (empty or (--cpu)) and the string device_name.
 detect_device() {
@@ -279,6 +298,22 @@ train_stage() {
         log "  $v: ${variant_flags[*]}"
         run_train "$exp_dir/$v" "${train_args[@]}"
     done
+}
+
+# best_checkpoint VARIANT TRAIN_STAGE: EXP_DIR/VARIANT/checkpoint_best.pt, which must exist.
+best_checkpoint() {
+    local ckpt=$exp_dir/$1/checkpoint_best.pt
+    [[ -f $ckpt ]] || die "$ckpt not found: run stage $2 (train) for $1 first"
+    echo "$ckpt"
+}
+
+# up_to_date OUT CKPT: OUT exists and is newer than CKPT (then it is not made again).
+up_to_date() {
+    if [[ -f $1 && $1 -nt $2 ]]; then
+        log "  $1 exists, skipped"
+        return 0
+    fi
+    return 1
 }
 
 # collect_stage TASK EXPERIMENT: fairseq-skd-collect EXP_DIR (tables and figures), unless its
