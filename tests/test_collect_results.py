@@ -9,7 +9,7 @@ import json
 import pytest
 
 from fairseq_skd.cli import collect_results
-from fairseq_skd.results import figures, layout, logs, paper, tables
+from fairseq_skd.results import diagnostics, figures, layout, logs, paper, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -64,6 +64,14 @@ def write_json(path, data):
 def read_csv(path):
     with open(path) as f:
         return {row["variant"]: row for row in csv.DictReader(f)}
+
+
+def table_cells(md, title=None):
+    """{model: [cells]} of the first table after the heading ``title`` (default: the first
+    table of ``md``)."""
+    text = md if title is None else md.split(title, 1)[1]
+    lines = text.split("\n| ", 1)[1].split("\n\n", 1)[0].splitlines()[2:]  # under the header
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines}
 
 
 def assert_png(path):
@@ -123,8 +131,7 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
 
     md = (out / "results.md").read_text()
     assert md == printed.split("written to")[0]
-    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-             for line in md.splitlines() if line.startswith("| +") or line.startswith("| Baseline")}
+    table = table_cells(md)
     assert table["Baseline"][:6] == ["120.50", "+0.00", "150.25", "118.00", "101.40", "+0.00"]
     assert table["+SKD"][:6] == ["118.25", "-2.25", "140.50", "-", "99.38", "-2.02"]
     assert table["+Noise"][:6] == ["-", "-", "-", "-", "101.28", "-0.12"]
@@ -192,8 +199,7 @@ def test_mt_table_csv_and_figures(en_fi, tmp_path):
         assert csv_rows[variant]["signature"] == SIGNATURE
     assert float(csv_rows["skd"]["final_qn"]) == pytest.approx(0.3 + 0.12 - 0.005)
 
-    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-             for line in md.splitlines() if line.startswith("| +") or line.startswith("| Baseline")}
+    table = table_cells(md)
     assert table["Baseline"][:4] == ["7.50 (8.25)", "7.29 (8.28)", "9.00 (9.75)", "9.01 (9.85)"]
     assert table["+Noise"][:4] == ["7.75 (8.50)", "7.68 (8.50)", "9.25 (-)", "9.35 (9.53)"]
     assert table["+Noise+SKD"][:4] == ["8.75 (9.00)", "8.81 (8.95)", "10.50 (10.75)", "10.13 (10.47)"]
@@ -263,7 +269,7 @@ def test_training_summary_of_a_run_that_finished_no_epoch():
     assert records["train"] == [] and records["valid"] == []
     summary = logs.training_summary(records)
     assert summary == {"updates": 3, "epochs": None, "best_valid_loss": None, "best_epoch": None,
-                       "qn": pytest.approx(0.33), "clip": 0.25, "alpha": pytest.approx(0.3)}
+                       "train_valid_gap": None, "qn": pytest.approx(0.33), "clip": 0.25, "alpha": pytest.approx(0.3)}
     assert logs.training_summary(logs.parse_log_text("")) == dict.fromkeys(summary)
 
 
@@ -353,8 +359,7 @@ def test_an_experiment_that_is_not_the_papers_scored_on_test_only(ptb, en_fi, tm
 
     _, rows, md = collect_results.run(en_fi, tmp_path / "mt", task="mt", subsets=("test",),
                                       with_paper=False, figures=False)
-    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-             for line in md.splitlines() if line.startswith("| +") or line.startswith("| Baseline")}
+    table = table_cells(md)
     assert table["Baseline"][:2] == ["7.50", "9.00"] and table["+Noise"][:2] == ["7.75", "9.25"]
     assert "(dev)" not in md and "bleu_valid" not in md and "(paper)" not in md and "Paper" not in md
     assert not [key for key in rows[0] if key.startswith(("paper_", "dev_"))]
@@ -391,3 +396,146 @@ def test_one_line_per_epoch_with_a_time_estimate():
     assert progress.feed("2026-11-24 15:03:41 | INFO | fairseq_cli.train | done training") is None
     resumed = [line for line in map(progress.feed, train_log(12, start=9, skd=False)) if line]
     assert resumed == ["epoch 3  train loss 4.500  nll 4.500  valid loss 3.400  (5s)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction diagnostics: the table, the reliability diagram, best epoch and train-valid gap
+
+
+def reliability(filled):
+    """A 15-bin reliability table as fairseq-skd-score-lm/-mt write it, with ``filled``
+    {bin: (count, mean confidence, accuracy)} and no token in the other bins."""
+    table = []
+    for i in range(15):
+        count, confidence, accuracy = filled.get(i, (0, None, None))
+        table.append({"lower": i / 15, "upper": (i + 1) / 15, "count": count,
+                      "confidence": confidence, "accuracy": accuracy})
+    return table
+
+
+DIAGNOSTICS = {  # variant: (nll/token, T, nll at T, top-1, max prob, ECE, entropy, right, wrong)
+    "baseline": (1.9231, 1.02, 1.9221, 0.581, 0.601, 0.024, 1.865, 0.357, 4.092),
+    "skd": (1.92349, 1.0625, 1.91591, 0.585, 0.627, 0.0441, 1.705, 0.317, 4.182),
+}
+BINS = {
+    "baseline": reliability({3: (10, 0.25, 0.2), 9: (5, 0.62, 0.8), 14: (1, 0.99, 1.0)}),
+    "skd": reliability({4: (4, 0.3, 0.25), 9: (6, 0.61, 0.5)}),
+}
+
+
+def score_test(variant, sentences=40):
+    nll, t, nll_t, top1, max_prob, ece, entropy, right, wrong = DIAGNOSTICS[variant]
+    return {"subset": "test", "sentences": sentences, "tokens": 400, "nll_per_sentence": nll * 10,
+            "nll_per_token": nll, "ppl": 6.8, "mean_entropy": entropy, "top1_accuracy": top1,
+            "mean_max_prob": max_prob, "ece": ece, "nll_argmax_right": right,
+            "nll_argmax_wrong": wrong, "reliability": BINS[variant],
+            "calibration_subset": "valid", "temperature": t, "calibrated_nll_per_token": nll_t,
+            "calibrated_ece": 0.01}
+
+
+def epoch_lines(epoch, train, valid, criterion):
+    """An epoch's valid and train records: the SKD criterion logs its SKD loss as train_loss and
+    the NLL as train_nll_loss; fairseq's cross_entropy logs its loss, the NLL, only."""
+    (train_loss, train_nll), (valid_loss,) = train, valid
+    valid_record = {"epoch": epoch, "valid_loss": valid_loss, "valid_num_updates": 4 * epoch}
+    train_record = {"epoch": epoch, "train_loss": train_loss, "train_num_updates": 4 * epoch}
+    if criterion == "skd":
+        valid_record["valid_nll_loss"] = valid_loss
+        train_record["train_nll_loss"] = train_nll
+    return [log_line("valid", valid_record), log_line("train", train_record)]
+
+
+# epoch: ((train loss, train NLL), (valid loss,)); the best validation loss at epoch 2
+HAND_LOGS = {
+    "baseline": {1: ((4.5, None), (4.25,)), 2: ((3.75, None), (4.0,)), 3: ((3.0, None), (4.125,))},
+    "skd": {1: ((4.75, 4.5), (4.375,)), 2: ((4.5, 4.125), (3.875,)), 3: ((4.25, 3.5), (3.9375,))},
+}
+
+
+@pytest.fixture
+def diagnosed(tmp_path):
+    """An MT experiment with the baseline and +SKD: score_test.json with hand-written
+    diagnostics and bins, BLEU files, and hand-written logs."""
+    exp = tmp_path / "wmt15_en_fi"
+    for variant in ("baseline", "skd"):
+        d = exp / variant
+        write_json(d / layout.score_file("test"), score_test(variant))
+        for subset in layout.SUBSETS:
+            for beam in layout.BEAMS:
+                write_json(d / layout.bleu_file(subset, beam),
+                           {"bleu": 9.0, "signature": SIGNATURE, "sentences": 40})
+        write(d / "train.log", [line for epoch, (train, valid) in HAND_LOGS[variant].items()
+                                for line in epoch_lines(epoch, train, valid, variant)])
+    return exp
+
+
+def test_best_epoch_and_train_valid_gap_compare_nll_with_nll(diagnosed):
+    for variant, gap in (("baseline", 3.75 - 4.0), ("skd", 4.125 - 3.875)):
+        summary = logs.training_summary(logs.parse_log(diagnosed / variant / "train.log"))
+        assert summary["best_epoch"] == 2 and summary["train_valid_gap"] == gap, variant
+    # a best epoch whose train record is missing (killed after validating): no gap
+    text = (diagnosed / "skd" / "train.log").read_text()
+    killed = text.split('| train | {"epoch": 2')[0]
+    summary = logs.training_summary(logs.parse_log_text(killed))
+    assert summary["best_epoch"] == 2 and summary["train_valid_gap"] is None
+    assert logs.nll({"train_loss": 5.0, "train_nll_loss": 4.0}, "train") == 4.0
+    assert logs.nll({"valid_loss": 3.0}, "valid") == 3.0 and logs.nll({}, "valid") is None
+
+
+def test_diagnostics_table_from_score_files(diagnosed, tmp_path):
+    results, rows, md = collect_results.run(diagnosed, tmp_path / "out")
+    table = table_cells(md, "## Prediction diagnostics (test set)")
+    header = md.split("## Prediction diagnostics (test set)", 1)[1].split("\n| ", 1)[1].split("\n")[0]
+    assert header == ("Model | NLL/token | T | NLL/token at T | top-1 acc. | mean max prob | ECE | "
+                      "entropy | NLL right | NLL wrong | best epoch | train-valid NLL gap (bits) |")
+    assert table == {
+        "Baseline": ["1.9231", "1.020", "1.9221", "0.581", "0.601", "0.024", "1.865", "0.357",
+                     "4.092", "2", "-0.250"],
+        "+Noise": ["-"] * 11,
+        "+SKD": ["1.9235", "1.062", "1.9159", "0.585", "0.627", "0.044", "1.705", "0.317",
+                 "4.182", "2", "+0.250"],
+        "+Noise+SKD": ["-"] * 11,
+    }
+    assert "over-confident" in md and "`train_nll_loss`" in md  # the legend says how to read it
+    csv_rows = read_csv(tmp_path / "out" / "results.csv")
+    assert float(csv_rows["skd"]["temperature"]) == 1.0625
+    assert float(csv_rows["skd"]["train_valid_gap"]) == 0.25 and csv_rows["skd"]["best_epoch"] == "2"
+    assert csv_rows["noise"]["ece"] == ""
+    # the MT task is told from the BLEU files although every variant has score_test.json too
+    assert collect_results.infer_task("mine", {v: diagnosed / v for v in ("baseline", "skd")}) == "mt"
+
+
+def test_reliability_diagram_from_bins(diagnosed, tmp_path):
+    results, _, md = collect_results.run(diagnosed, tmp_path / "out")
+    assert_png(tmp_path / "out" / "reliability.png")
+    drawn = {d.file: d for d in results["figures"]}["reliability.png"]
+    assert list(drawn.curves.values()) == [["baseline", "skd"]] * 2
+    assert "`reliability.png`: reliability diagram" in md and "curves: Baseline, +SKD" in md
+
+    fig = figures.reliability_diagram(BINS, "test")
+    ax, ax_share = fig.axes
+    lines = {line.get_gid(): line for line in ax.get_lines()}
+    # a point per bin with tokens, at its mean confidence; empty bins skipped
+    assert list(lines["baseline"].get_xdata()) == [0.25, 0.62, 0.99]
+    assert list(lines["baseline"].get_ydata()) == [0.2, 0.8, 1.0]
+    assert list(lines["skd"].get_xdata()) == [0.3, 0.61]
+    assert list(lines["skd"].get_ydata()) == [0.25, 0.5]
+    diagonal = [line for line in ax.get_lines() if line.get_label() == "perfect calibration"]
+    assert len(diagonal) == 1 and list(diagonal[0].get_xdata()) == list(diagonal[0].get_ydata()) == [0, 1]
+    shares = {line.get_gid(): line for line in ax_share.get_lines()}
+    assert list(shares["skd"].get_ydata()) == pytest.approx([0.4 if i == 4 else 0.6 if i == 9 else 0
+                                                             for i in range(15)])
+    assert shares["skd"].get_xdata()[0] == pytest.approx(1 / 30)
+    # no variant with a token: no figure
+    assert figures.reliability_diagram({"skd": reliability({}), "noise": None}, "t") is None
+
+
+def test_pooled_reliability_weights_by_count():
+    pooled = diagnostics.pool_reliability([BINS["baseline"], BINS["skd"], None])
+    assert [b["count"] for b in pooled] == [0, 0, 0, 10, 4, 0, 0, 0, 0, 11, 0, 0, 0, 0, 1]
+    assert pooled[9]["confidence"] == pytest.approx((5 * 0.62 + 6 * 0.61) / 11)
+    assert pooled[9]["accuracy"] == pytest.approx((5 * 0.8 + 6 * 0.5) / 11)
+    assert pooled[3] == {**BINS["baseline"][3]} and pooled[0]["confidence"] is None
+    assert diagnostics.pool_reliability([None]) is None
+    with pytest.raises(ValueError, match="different bins"):
+        diagnostics.pool_reliability([BINS["skd"], BINS["skd"][:14]])

@@ -2,10 +2,11 @@
 
     fairseq-skd-collect exp/wmt15_en_fi
     # writes exp/wmt15_en_fi/results.md, results.csv, fig3_qn_alpha.png, fig4_valid_bleu.png,
-    # valid_loss.png and prints the table
+    # valid_loss.png, reliability.png and prints the tables
 
 Reads the layout described in ``fairseq_skd.results.layout`` (a folder per variant with
-``train.log`` and the score files of ``fairseq-skd-score-lm`` / ``fairseq-skd-bleu``):
+``train.log`` and the score files of ``fairseq-skd-score-lm`` / ``fairseq-skd-score-mt`` /
+``fairseq-skd-bleu``):
 
 - LM experiments (ptb, wiki2): Table 2, test NLL per sentence (and perplexity) per variant;
 - MT experiments (wmt15_*): Table 3, BLEU "test (dev)" for beam 1 and beam 12, with the
@@ -13,8 +14,14 @@ Reads the layout described in ``fairseq_skd.results.layout`` (a folder per varia
 - for every variant, the number of updates and, for the SKD variants, the mean q_n, the rate of
   clipped q_n and alpha over the last epoch of training (``train`` record; the last
   ``train_inner`` record if no epoch finished);
+- both tasks: a prediction diagnostics table from each variant's ``score_test.json``
+  (``fairseq-skd-score-lm`` / ``fairseq-skd-score-mt``: NLL per token, fitted temperature and
+  the NLL at it, top-1 accuracy, mean max probability, ECE, entropy, NLL where the argmax is
+  right / wrong) and its training log (best epoch, train-valid NLL gap there); see
+  ``fairseq_skd.results.diagnostics``;
 - figures: q_n and alpha over updates (Fig. 3), validation BLEU over updates (Fig. 4, MT),
-  validation NLL per token over updates (both), a curve for every variant that logged it.
+  validation NLL per token over updates (both), a curve for every variant that logged it, and
+  the test set's reliability diagram (accuracy against confidence per bin, a curve per variant).
 
 A variant that was not run or a missing score file shows as "-" and is listed under Notes.
 ``--subsets test`` reads the test scores only and ``--no-paper`` leaves the paper's columns out,
@@ -29,11 +36,11 @@ import sys
 from pathlib import Path
 
 from fairseq_skd.cli.requirements import require_packages
-from fairseq_skd.results import layout, paper
+from fairseq_skd.results import diagnostics, layout, paper
 from fairseq_skd.results.figures import write_figures
 from fairseq_skd.results.logs import is_number, parse_log, training_summary
-from fairseq_skd.results.tables import (MISSING, Column, count, fmt, markdown_table, number, signed,
-                                        text, write_results)
+from fairseq_skd.results.tables import (MISSING, Column, count, fmt, formatted, markdown_table,
+                                        number, signed, text, write_results)
 
 
 class CollectError(Exception):
@@ -57,15 +64,15 @@ def _read_json(path, notes, label):
 
 
 def infer_task(name, variant_dirs):
+    """lm or mt from the experiment's name, else from its score files: BLEU files anywhere make
+    it MT (an MT variant has score_test.json too), score files alone LM; None if neither."""
     if name in layout.LM_EXPERIMENTS:
         return "lm"
     if name in layout.MT_EXPERIMENTS:
         return "mt"
-    for d in variant_dirs.values():
-        if any(d.glob("bleu_*.json")):
-            return "mt"
-        if any(d.glob("score_*.json")):
-            return "lm"
+    for pattern, task in (("bleu_*.json", "mt"), ("score_*.json", "lm")):
+        if any(any(d.glob(pattern)) for d in variant_dirs.values()):
+            return task
     return None
 
 
@@ -112,13 +119,18 @@ def collect(exp_dir, experiment=None, task=None, subsets=layout.SUBSETS, with_pa
         else:
             notes.append(f"{variant}: {layout.TRAIN_LOG} missing (no curves, no q_n)")
         for subset in subsets:
-            if task == "lm":
-                data = _read_json(d / layout.lm_score_file(subset), notes, variant)
+            # LM: the NLL and diagnostics of every subset; MT: BLEU, and the test set's
+            # teacher-forced NLL and diagnostics
+            if task == "lm" or subset == "test":
+                data = _read_json(d / layout.score_file(subset), notes, variant)
                 if data is not None and data.get("subset", subset) != subset:
-                    notes.append(f"{variant}: {layout.lm_score_file(subset)} is for subset "
+                    notes.append(f"{variant}: {layout.score_file(subset)} is for subset "
                                  f"'{data['subset']}'")
+                if data is not None and subset == "test" and "mean_entropy" not in data:
+                    notes.append(f"{variant}: {layout.score_file(subset)} has no prediction "
+                                 "diagnostics (score it again with this version)")
                 entry["scores"][subset] = data
-            else:
+            if task == "mt":
                 for beam in beams:
                     entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam),
                                                                  notes, variant)
@@ -161,6 +173,14 @@ def _training_columns(training):
             "final_clip": training.get("clip"), "final_alpha": training.get("alpha")}
 
 
+def _diagnostics_columns(entry):
+    """The diagnostics table's values: score_test.json's, the training log's best epoch and gap."""
+    test, training = entry["scores"].get("test"), entry["training"] or {}
+    return {**{key: _score(test, key) for key in diagnostics.SCORE_KEYS},
+            "best_epoch": training.get("best_epoch"),
+            "train_valid_gap": training.get("train_valid_gap")}
+
+
 def _only(results, row):
     """``row`` without the columns of subsets not scored and, without the paper, its columns."""
     prefixes = {"test": ("test_",), "valid": ("valid_", "dev_")}  # MT calls valid "dev"
@@ -190,6 +210,7 @@ def lm_rows(results):
             "paper_test_nll_per_sentence": theirs,
             "paper_delta_vs_baseline": None if theirs is None or base_paper is None else theirs - base_paper,
             **_training_columns(entry["training"] or {}),
+            **_diagnostics_columns(entry),
         }))
     return rows
 
@@ -207,6 +228,7 @@ def mt_rows(results):
             row[f"paper_test_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "test")
             row[f"paper_dev_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "valid")
         row.update(_training_columns(entry["training"] or {}))
+        row.update(_diagnostics_columns(entry))
         row["signature"] = " ; ".join(s for s, files in sigs.items()
                                       if any(x.startswith(variant + "/") for x in files))
         rows.append(_only(results, row))
@@ -277,6 +299,14 @@ def mt_columns(results):
     return columns + TRAINING_COLUMNS
 
 
+DIAGNOSTICS_TITLE = "## Prediction diagnostics (test set)"
+
+
+def diagnostics_columns():
+    return [Column("Model", text("model"), align="left")] + [
+        Column(header, formatted(key, template)) for key, header, template in diagnostics.COLUMNS]
+
+
 def markdown(results, rows, figures):
     name, task = results["experiment"], results["task"]
     if task == "lm":
@@ -313,7 +343,8 @@ def markdown(results, rows, figures):
             lines += [f"- `{sig}`: {', '.join(files)}" for sig, files in sigs.items()]
         else:
             lines.append(f"sacreBLEU signature: {MISSING} (no BLEU file found)")
-    lines += ["", TRAINING_LEGEND]
+    lines += ["", TRAINING_LEGEND, "", DIAGNOSTICS_TITLE, "",
+              *markdown_table(diagnostics_columns(), rows), "", diagnostics.LEGEND]
     if figures:
         lines += ["", "## Figures", ""]
         for drawn in figures:

@@ -216,7 +216,7 @@ class Study:
         return save_dir
 
     def score_lm(self, bin_dir, save_dir):
-        result = save_dir / layout.lm_score_file("test")
+        result = save_dir / layout.score_file("test")
         if not result.exists():
             self.run([BIN / "fairseq-skd-score-lm", bin_dir, "--path", save_dir / "checkpoint_best.pt",
                       "--subset", "test", "--json", result, *self.device_flags],

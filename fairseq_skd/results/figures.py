@@ -1,15 +1,18 @@
-"""The figures of one experiment folder, from the variants' parsed training logs.
+"""The figures of one experiment folder, from the variants' parsed training logs and test scores,
+and the reliability diagram that the offline study also draws for its pooled seeds.
 
 ``results`` is what ``fairseq-skd-collect`` collects: ``{"experiment": name, "task": "lm" | "mt",
-"variants": {variant: {"logs": parse_log(...) or None, ...}}, "notes": [...]}``. Each figure
-is drawn with matplotlib's object API (no pyplot, no global backend) and saved as PNG; each
-variant's curve keeps one colour, line style and marker in every figure, so that curves that
-lie on each other stay visible, and its line's ``gid`` is the variant's name.
+"variants": {variant: {"logs": parse_log(...) or None, "scores": {"test": score_test.json or
+None, ...}}}, "notes": [...]}``. Each figure is drawn with matplotlib's object API (no pyplot,
+no global backend) and saved as PNG; each variant's curve keeps one colour, line style and
+marker in every figure, so that curves that lie on each other stay visible, and its line's
+``gid`` is the variant's name.
 """
 
 from dataclasses import dataclass, field
 
-from .layout import SKD_VARIANTS, VARIANT_NAMES, VARIANTS
+from ..variants import ABLATIONS, ALL_NAMES
+from .layout import SKD_VARIANTS, VARIANTS
 from .logs import series
 
 # colour, line style, hollow marker: a curve drawn over another leaves it visible
@@ -19,6 +22,10 @@ STYLES = {
     "skd": {"color": "C2", "linestyle": "-.", "marker": "^"},
     "noise_skd": {"color": "C3", "linestyle": ":", "marker": "v"},
 }
+# the offline study's --ablation rows: the other colours, line styles and markers in turn
+STYLES.update({variant: {"color": f"C{4 + i % 6}", "linestyle": ("-", "--", "-.", ":")[i % 4],
+                         "marker": ("D", "P", "X", "<", ">", "h", "*", "p")[i % 8]}
+               for i, variant in enumerate(ABLATIONS)})
 QN_CLIP = 0.5  # --skd-qn-max's default, the paper's clip (Eq. 8)
 
 
@@ -52,17 +59,18 @@ def _curves(results, kind, key, variants):
 
 def _plot(ax, curves, markevery=None):
     for variant, (xs, ys) in curves.items():
-        ax.plot(xs, ys, label=VARIANT_NAMES[variant], gid=variant, linewidth=1.2, markersize=5,
+        ax.plot(xs, ys, label=ALL_NAMES[variant], gid=variant, linewidth=1.2, markersize=5,
                 markerfacecolor="none", markevery=markevery, **STYLES[variant])
 
 
-def _finish(ax, title, ylabel):
+def _finish(ax, title, ylabel, xlabel="updates"):
     from matplotlib.ticker import MaxNLocator
 
-    ax.set(title=title, xlabel="updates", ylabel=ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # updates are whole numbers
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if xlabel == "updates":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # updates are whole numbers
     if ax.lines:
-        ax.legend()
+        ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
 
 
@@ -103,6 +111,57 @@ def validation_curves(results, key, ylabel, title):
     return fig
 
 
+def reliability_points(table):
+    """(mean confidence, accuracy, tokens) of the bins of a reliability table (score_test.json's
+    ``reliability``) that hold tokens."""
+    kept = [b for b in table if b["count"] > 0]
+    return ([b["confidence"] for b in kept], [b["accuracy"] for b in kept],
+            [b["count"] for b in kept])
+
+
+RELIABILITY_CAPTION = (
+    "reliability diagram of the test set (before temperature scaling): (a) accuracy against "
+    "confidence, a point per bin of the argmax probability (15 equal-width bins) at the bin's "
+    "mean confidence, bins with no tokens skipped; below the dotted diagonal is over-confident; "
+    "(b) the share of test tokens in each bin")
+
+
+def reliability_diagram(tables, title):
+    """(a) accuracy against confidence per bin, a curve per variant, and the diagonal; (b) the
+    share of tokens per bin. ``tables``: {variant: reliability table or None}; None if no
+    variant has one."""
+    tables = {v: t for v, t in tables.items() if t and any(b["count"] > 0 for b in t)}
+    if not tables:
+        return None
+    fig, (ax, ax_share) = _figure(2)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    shares = {}
+    for variant, table in tables.items():
+        confidence, accuracy, _ = reliability_points(table)
+        total = sum(b["count"] for b in table)
+        shares[variant] = ([(b["lower"] + b["upper"]) / 2 for b in table],
+                           [b["count"] / total for b in table])
+        ax.plot(confidence, accuracy, label=ALL_NAMES[variant], gid=variant, linewidth=1.2,
+                markersize=5, markerfacecolor="none", **STYLES[variant])
+    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
+    _finish(ax, f"(a) reliability ({title})", "accuracy of the argmax", "confidence (argmax probability)")
+    _plot(ax_share, shares)
+    ax_share.set(xlim=(0, 1))
+    _finish(ax_share, "(b) tokens per confidence bin", "share of tokens",
+            "confidence (argmax probability)")
+    return fig
+
+
+def reliability_tables(results):
+    """{variant: the reliability table of its score_test.json} of the variants that have one."""
+    found = {}
+    for variant, entry in results["variants"].items():
+        data = entry["scores"].get("test")
+        if data and data.get("reliability"):
+            found[variant] = data["reliability"]
+    return found
+
+
 def write_figures(results, out):
     """Draw the experiment's figures into ``out``; returns the :class:`Drawn` ones, and adds a
     note to ``results["notes"]`` for each one that could not be drawn."""
@@ -124,6 +183,11 @@ def write_figures(results, out):
                     "which is the plain NLL for every variant (fairseq's cross_entropy logs the "
                     "NLL as its loss; self_kd_cross_entropy reports the NLL as loss in validation)",
                     "no valid_loss in the logs"))
+    figures.append(("reliability.png",
+                    reliability_diagram(reliability_tables(results), f"{name}, test set"),
+                    RELIABILITY_CAPTION,
+                    "no reliability table in the score_test.json files (fairseq-skd-score-lm/-mt "
+                    "writes one)"))
     drawn = []
     for file, fig, caption, why_not in figures:
         if fig is None:

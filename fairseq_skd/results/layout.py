@@ -5,13 +5,14 @@ One experiment folder (a recipe's ``EXP_DIR``, or one seed of the offline study)
     EXP_DIR/                       # ptb | wiki2 | wmt15_en_fi | wmt15_fi_en | wmt15_en_de | seed<N>
       <variant>/                   # baseline | noise | skd | noise_skd
         train.log                  # fairseq-train stdout, --log-format json, appended on resume
-        score_test.json            # LM: fairseq-skd-score-lm --json
-        score_valid.json
+        score_test.json            # fairseq-skd-score-lm / fairseq-skd-score-mt --json: NLL and
+                                   # prediction diagnostics (MT: teacher-forced, test only)
+        score_valid.json           # LM
         bleu_test_beam1.json       # MT: fairseq-skd-bleu --json
         bleu_test_beam12.json
         bleu_valid_beam1.json
         bleu_valid_beam12.json
-      results.md, results.csv, *.png   # fairseq-skd-collect
+      results.md, results.csv, *.png   # fairseq-skd-collect (reliability.png from score_test.json)
 """
 
 # The paper's four rows (Tables 2 and 3), in its order (defined in fairseq_skd/variants.py).
@@ -29,7 +30,8 @@ BEAMS = (1, 12)
 TRAIN_LOG = "train.log"
 
 
-def lm_score_file(subset):
+def score_file(subset):
+    """fairseq-skd-score-lm's (LM) or fairseq-skd-score-mt's (MT) JSON summary of ``subset``."""
     return f"score_{subset}.json"
 
 

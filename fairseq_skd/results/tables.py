@@ -37,6 +37,11 @@ def number(key, digits=2):
     return lambda row: fmt(row.get(key), digits)
 
 
+def formatted(key, template):
+    """A cell: ``row[key]`` through ``template`` (``"{:.3f}"``), ``-`` where missing."""
+    return lambda row: MISSING if row.get(key) is None else template.format(row[key])
+
+
 def text(key):
     return lambda row: MISSING if row.get(key) is None else str(row[key])
 
