@@ -61,6 +61,40 @@ def test_tables_have_a_row_per_variant_and_task(demo_out):
     assert float(records[1]["final_alpha"]) > 0
 
 
+DIAGNOSTICS_HEADER = ["model", "NLL/token", "T", "NLL/token at T", "top-1 acc.", "mean max prob",
+                      "ECE", "entropy", "NLL right", "NLL wrong", "best epoch",
+                      "train-valid NLL gap (bits)"]
+
+
+def test_diagnostics_tables_and_reliability_diagrams(demo_out):
+    out, stdout, _ = demo_out
+    table = (out / "results.md").read_text()
+    for task, name in (("lm", "Language model"), ("mt", "Translation")):
+        header, *rows = table_rows(table, f"## {name}: prediction diagnostics on the test set")
+        assert header == DIAGNOSTICS_HEADER
+        assert [row[0] for row in rows] == ["Baseline", "+SKD"]
+        for row in rows:
+            assert all(cell not in ("", "-") for cell in row), row
+            assert 0 <= float(row[4]) <= 1 and 0 <= float(row[5]) <= 1 and float(row[2]) > 0
+            assert 1 <= int(row[10]) <= 2  # the best of the smoke run's 2 epochs
+        # the figure, pooled over the seeds (one here), a curve per variant in both panels
+        data = (out / task / "reliability.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+        line = next(line for line in table.splitlines() if line.startswith(f"`{task}/reliability.png`"))
+        assert "seed 1" in line and line.endswith("curves: Baseline, +SKD"), line
+        # per seed, the collector's diagram from the same score files
+        md = (out / task / "seed1" / "results.md").read_text()
+        assert "`reliability.png`: reliability diagram" in md and "## Prediction diagnostics" in md
+        assert (out / task / "seed1" / "skd" / "score_test.json").is_file()
+    assert "`train_nll_loss`" in table and "over-confident" in table  # the legend
+    assert "lm/reliability.png" in stdout.split("The study's output is in", 1)[1]
+    with open(out / "results.csv") as f:
+        records = list(csv.DictReader(f))
+    for r in records:
+        assert float(r["temperature"]) > 0 and 0 <= float(r["ece"]) <= 1
+        assert r["best_epoch"] in ("1", "2") and r["train_valid_gap"] != ""
+
+
 def test_figures_are_pngs(demo_out):
     out, _, _ = demo_out
     for task in ("lm", "mt"):
@@ -172,6 +206,41 @@ def test_verdicts_for_several_seeds_and_none_for_smoke(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "seed 1 (one seed: no spread)" in table and "±" not in table
     assert table.count("one seed, so no spread to tell a difference from noise") == 2
+
+
+def test_diagnostics_over_seeds_and_the_pooled_reliability_diagram(tmp_path):
+    from fairseq_skd.cli.demo import write_reliability_diagrams, write_tables
+
+    def bins(count, confidence, accuracy):  # all tokens in bin 9
+        return [{"lower": i / 15, "upper": (i + 1) / 15, "count": count if i == 9 else 0,
+                 "confidence": confidence if i == 9 else None,
+                 "accuracy": accuracy if i == 9 else None} for i in range(15)]
+
+    results = [{"task": "lm", "variant": variant, "seed": seed, "test_nll_per_sentence": 24.0,
+                "test_ppl": 12.0, "best_valid_loss": 3.0, "updates": 40, "final_alpha": 0.0,
+                "median_qn": 0.3, "clip_rate": 0.0, "nll_per_token": nll + seed / 100,
+                "temperature": 1.0 + seed / 10, "calibrated_nll_per_token": nll,
+                "top1_accuracy": 0.5, "mean_max_prob": 0.6, "ece": 0.1, "mean_entropy": 2.0,
+                "nll_argmax_right": 0.5, "nll_argmax_wrong": 4.0, "best_epoch": 2 + seed,
+                "train_valid_gap": -0.25 * seed, "reliability": bins(10 * seed, 0.6, 0.4 + seed / 10)}
+               for seed in (1, 2) for variant, nll in (("baseline", 3.0), ("skd", 3.5))]
+    drawn = write_reliability_diagrams(results, tmp_path)
+    write_tables(results, tmp_path, reliability=drawn)
+    table = (tmp_path / "results.md").read_text()
+    header, *rows = table_rows(table, "## Language model: prediction diagnostics on the test "
+                                      "set, mean ± std over seeds")
+    assert header == DIAGNOSTICS_HEADER
+    assert rows[1] == ["+SKD", "3.5150 ± 0.0071", "1.150 ± 0.071", "3.5000 ± 0.0000",
+                       "0.500 ± 0.000", "0.600 ± 0.000", "0.100 ± 0.000", "2.000 ± 0.000",
+                       "0.500 ± 0.000", "4.000 ± 0.000", "3.5 ± 0.7", "-0.375 ± 0.177"]
+    assert drawn["lm"].file == "lm/reliability.png" and (tmp_path / "lm" / "reliability.png").is_file()
+    assert list(drawn["lm"].curves.values()) == [["baseline", "skd"]] * 2
+    assert "seeds 1 2; the seeds pooled: bin counts summed" in table
+    # the seeds' bins pooled: 10 tokens at accuracy 0.5 and 20 at 0.6
+    from fairseq_skd.results import diagnostics
+
+    pooled = diagnostics.pool_reliability([r["reliability"] for r in results if r["variant"] == "skd"])
+    assert pooled[9]["count"] == 30 and pooled[9]["accuracy"] == pytest.approx((10 * 0.5 + 20 * 0.6) / 30)
 
 
 def test_ablation_rows_train_the_options_beyond_the_paper(tmp_path):

@@ -11,14 +11,19 @@ same data, model, seeds and number of updates, on corpora generated offline by
 ``fairseq_skd.data.synthetic`` (English-like sentences whose words have near-synonyms; for
 translation a made-up target language with synonyms of its own). It scores the LM with
 ``fairseq-skd-score-lm`` (test NLL per sentence) and the translation model with
-``fairseq-generate`` (beam 1 and 12) and ``fairseq-skd-bleu``, measures each variant's median
-q_n and clip rate on the test set, and writes to the output folder:
+``fairseq-generate`` (beam 1 and 12) and ``fairseq-skd-bleu``, and both with the prediction
+diagnostics of ``fairseq-skd-score-lm`` / ``fairseq-skd-score-mt`` (the translation model
+teacher-forced on the reference), measures each variant's median q_n and clip rate on the test
+set, and writes to the output folder:
 
     commands.sh                      every command as it was run, to re-run any row by hand
-    results.md, results.csv          the tables (mean +- std over seeds), printed at the end
+    results.md, results.csv          the tables (mean +- std over seeds), printed at the end:
+                                     per task the scores, then the prediction diagnostics
+    <task>/reliability.png           the test set's reliability diagram, seeds pooled
     <task>/seed<N>/<variant>/        train.log (fairseq's full JSON log), checkpoints, scores
     <task>/seed<N>/results.md, *.png fairseq-skd-collect's tables and figures (alpha schedule
-                                     and q_n trajectory, validation curves) for that seed
+                                     and q_n trajectory, validation curves, reliability
+                                     diagram) for that seed
 
 It says plainly which variant did not beat the baseline, except with --smoke, whose numbers are
 a plumbing check. The terminal shows which variant trains, a line per epoch with the time left,
@@ -44,7 +49,8 @@ from fairseq_skd.cli.requirements import require_packages
 from fairseq_skd.cli.train import fairseq_train_problems, option_value
 from fairseq_skd.data.synthetic import write_lm_corpus, write_parallel_corpus
 from fairseq_skd.evaluation.qn import measure_qn_on_test_set
-from fairseq_skd.results import layout, paper
+from fairseq_skd.evaluation.scoring import TOOLS as SCORE_TOOLS
+from fairseq_skd.results import diagnostics, figures, layout, paper
 from fairseq_skd.results.logs import EpochProgress, parse_log, training_summary
 from fairseq_skd.results.tables import Column, markdown_table, text, write_results
 from fairseq_skd.variants import ABLATIONS, ALL_NAMES, VARIANTS, criterion_flags, uses_skd_criterion
@@ -215,14 +221,20 @@ class Study:
         (save_dir / ".trained").touch()
         return save_dir
 
-    def score_lm(self, bin_dir, save_dir):
+    def score_test_set(self, task, bin_dir, save_dir):
+        """fairseq-skd-score-lm / -mt on the test set (translation teacher-forced on the
+        reference): the NLL, the prediction diagnostics and the reliability table."""
         result = save_dir / layout.score_file("test")
         if not result.exists():
-            self.run([BIN / "fairseq-skd-score-lm", bin_dir, "--path", save_dir / "checkpoint_best.pt",
+            self.run([BIN / SCORE_TOOLS[task], bin_dir, "--path", save_dir / "checkpoint_best.pt",
                       "--subset", "test", "--json", result, *self.device_flags],
                      f"scoring {self.show(save_dir)} on the test set")
         score = json.loads(result.read_text())
-        return {"test_nll_per_sentence": score["nll_per_sentence"], "test_ppl": score["ppl"]}
+        values = {key: score.get(key) for key in diagnostics.SCORE_KEYS}
+        values["reliability"] = score.get("reliability")
+        if task == "lm":
+            values.update(test_nll_per_sentence=score["nll_per_sentence"], test_ppl=score["ppl"])
+        return values
 
     def score_mt(self, data, bin_dir, save_dir):
         scores = {}
@@ -253,10 +265,9 @@ class Study:
             for variant in self.args.variants:
                 save_dir = self.train(task, bin_dir, exp_dir, variant, seed, flags, schedule)
                 result = {"task": task, "variant": variant, "seed": seed}
-                if task == "lm":
-                    result.update(self.score_lm(bin_dir, save_dir))
-                else:
+                if task == "mt":
                     result.update(self.score_mt(data, bin_dir, save_dir))
+                result.update(self.score_test_set(task, bin_dir, save_dir))
                 result.update(measure_qn_on_test_set(save_dir / "checkpoint_best.pt", bin_dir,
                                                      SIGMA, QN_MAX))
                 result.update(training_columns(variant, save_dir / layout.TRAIN_LOG))
@@ -281,13 +292,16 @@ class Study:
         if a.smoke:
             self.say(f"--smoke: {SMOKE_NOTE}")
         results = [r for task in a.tasks for r in self.run_task(task)]
-        write_tables(results, self.out, a.smoke)
+        drawn = write_reliability_diagrams(results, self.out)
+        write_tables(results, self.out, a.smoke, drawn)
         print("\n" + (self.out / "results.md").read_text(), end="")
         print(self.where(), flush=True)
 
     def where(self):
         """Where everything is, as the last thing the study prints."""
         rows = [("results.md, results.csv", "the tables above")]
+        rows += [(f"{task}/reliability.png", "the test set's reliability diagram, seeds pooled")
+                 for task in self.args.tasks if (self.out / task / "reliability.png").exists()]
         for task in self.args.tasks:
             for seed in self.args.seeds:
                 exp_dir = self.out / task / f"seed{seed}"
@@ -305,7 +319,7 @@ class Study:
 def per_seed_outputs(exp_dir):
     """fairseq-skd-collect's files in one seed's folder."""
     return sorted(p for p in Path(exp_dir).iterdir() if p.is_file() and p.name.startswith(
-        ("results.", "fig", "valid_loss")))
+        ("results.", "fig", "valid_loss", "reliability")))
 
 
 def test_line(result):
@@ -321,12 +335,14 @@ def test_line(result):
 
 
 def training_columns(variant, log_file):
-    """best_valid_loss, updates and final_alpha of a training (None where its log has none)."""
+    """best_valid_loss, best_epoch, train_valid_gap, updates and final_alpha of a training
+    (None where its log has none)."""
     summary = training_summary(parse_log(log_file))
     alpha = summary["alpha"]
     if alpha is None and not uses_skd_criterion(variant):
         alpha = 0.0  # fairseq's cross_entropy logs no alpha: it trains with none
-    return {"best_valid_loss": summary["best_valid_loss"], "updates": summary["updates"],
+    return {"best_valid_loss": summary["best_valid_loss"], "best_epoch": summary["best_epoch"],
+            "train_valid_gap": summary["train_valid_gap"], "updates": summary["updates"],
             "final_alpha": alpha}
 
 
@@ -348,7 +364,7 @@ def paper_cell(task, variant):
     return "-" if None in values else " / ".join(f"{v:.2f}" for v in values)
 
 
-DIAGNOSTICS = [("best_valid_loss", "best valid loss (base 2)", "{:.4f}"),
+TRAINING_COLUMNS = [("best_valid_loss", "best valid loss (base 2)", "{:.4f}"),
                ("final_alpha", "final alpha", "{:.3f}"), ("median_qn", "median q_n", "{:.3f}"),
                ("clip_rate", "clip rate", "{:.3f}")]
 
@@ -358,7 +374,8 @@ def mean_and_spread(values, fmt):
         return "-"
     if len(values) == 1:
         return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+    spread = fmt.replace("{:+", "{:")  # a signed mean, an unsigned spread
+    return f"{fmt.format(statistics.mean(values))} ± {spread.format(statistics.stdev(values))}"
 
 
 def verdict(variant, values, baseline, metric, fmt, better):
@@ -381,13 +398,60 @@ def verdict(variant, values, baseline, metric, fmt, better):
 
 CSV_FIELDS = ["task", "variant", "seed", "test_nll_per_sentence", "test_ppl", "test_bleu_beam1",
               "test_bleu_beam12", "best_valid_loss", "updates", "final_alpha", "median_qn",
-              "clip_rate", "median_distance"]
+              "clip_rate", "median_distance", *(key for key, _, _ in diagnostics.COLUMNS)]
 
 
-def write_tables(results, out, smoke=False):
-    """results.md and results.csv of the study: a table per task, a row per variant (mean ± std
-    over seeds), and a line per variant saying whether it beat the baseline; none with
-    ``smoke``, whose numbers are a plumbing check."""
+def seeds_said(seeds):
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {' '.join(map(str, seeds))}"
+
+
+def write_reliability_diagrams(results, out):
+    """<task>/reliability.png for each task: a curve per variant, its seeds pooled (bin counts
+    summed, each bin's confidence and accuracy weighted by its counts). Returns
+    {task: :class:`fairseq_skd.results.figures.Drawn`} of the figures drawn."""
+    drawn = {}
+    for task in dict.fromkeys(r["task"] for r in results):
+        runs = [r for r in results if r["task"] == task]
+        seeds = sorted({r["seed"] for r in runs})
+        pooled = {variant: diagnostics.pool_reliability(
+                      [r.get("reliability") for r in runs if r["variant"] == variant])
+                  for variant in dict.fromkeys(r["variant"] for r in runs)}
+        fig = figures.reliability_diagram(pooled, f"{layout.TASK_NAMES[task]}, {seeds_said(seeds)}")
+        if fig is None:
+            continue
+        (out / task).mkdir(parents=True, exist_ok=True)
+        fig.savefig(out / task / "reliability.png", dpi=120)
+        pooling = ("" if len(seeds) == 1 else "; the seeds pooled: bin counts summed, each bin's "
+                   "confidence and accuracy weighted by its counts")
+        drawn[task] = figures.Drawn(f"{task}/reliability.png",
+                                    f"{figures.RELIABILITY_CAPTION}; {seeds_said(seeds)}{pooling}",
+                                    figures.plotted_variants(fig))
+    return drawn
+
+
+def diagnostics_table(task, runs, seeds, smoke):
+    """The task's prediction diagnostics: a row per variant, mean ± std over seeds."""
+    spread = "" if smoke or len(seeds) == 1 else ", mean ± std over seeds"
+    lines = [f"## {layout.TASK_NAMES[task]}: prediction diagnostics on the test set{spread}", ""]
+    rows = []
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        vr = [r for r in runs if r["variant"] == variant]
+        row = {"model": ALL_NAMES[variant]}
+        for key, _, template in diagnostics.COLUMNS:
+            if key == "best_epoch" and len(vr) > 1:
+                template = "{:.1f}"  # a mean of whole epochs
+            row[key] = mean_and_spread([r.get(key) for r in vr], template)
+        rows.append(row)
+    return lines + markdown_table([Column("model", text("model"), align="left")]
+                                  + [Column(header, text(key))
+                                     for key, header, _ in diagnostics.COLUMNS], rows)
+
+
+def write_tables(results, out, smoke=False, reliability=None):
+    """results.md and results.csv of the study: per task, a table of the scores with a row per
+    variant (mean ± std over seeds) and a line per variant saying whether it beat the baseline
+    (none with ``smoke``, whose numbers are a plumbing check), then the table of the prediction
+    diagnostics and the reliability diagram (``reliability``: {task: Drawn}) under it."""
     lines = []
     for task in dict.fromkeys(r["task"] for r in results):
         runs = [r for r in results if r["task"] == task]
@@ -400,7 +464,7 @@ def write_tables(results, out, smoke=False):
         else:
             lines += [f"## {layout.TASK_TITLES[task]}: {len(seeds)} seeds "
                       f"({' '.join(map(str, seeds))}), mean ± std over seeds", ""]
-        columns = METRICS[task] + DIAGNOSTICS
+        columns = METRICS[task] + TRAINING_COLUMNS
         rows, means = [], {}
         for variant in dict.fromkeys(r["variant"] for r in runs):
             vr = [r for r in runs if r["variant"] == variant]
@@ -416,6 +480,12 @@ def write_tables(results, out, smoke=False):
             lines += [verdict(ALL_NAMES[v], values, means["baseline"], name, fmt, better)
                       for v, values in means.items() if v != "baseline" and None not in values]
             lines.append("")
+        lines += [*diagnostics_table(task, runs, seeds, smoke), ""]
+        drawn = (reliability or {}).get(task)
+        if drawn:
+            curves = dict.fromkeys(v for panel in drawn.curves.values() for v in panel)
+            lines += [f"`{drawn.file}`: {drawn.caption}; curves: "
+                      + ", ".join(ALL_NAMES[v] for v in curves), ""]
     lines.append(
         "LM: test NLL per sentence in nats (sum over each sentence's tokens incl. </s>, mean over "
         "sentences, as in the paper's Table 2). MT: detokenized sacreBLEU on the test set. "
@@ -428,6 +498,7 @@ def write_tables(results, out, smoke=False):
         "the embedding scale. Same seeds, data and budget for every variant; tables and figures "
         "per seed in <task>/seed<N>/. The paper's numbers (PTB, WMT'15 En-Fi) are beside ours "
         "for the row they correspond to, not as a target: different data, sizes and budgets.")
+    lines += ["", diagnostics.LEGEND]
     write_results(out, "\n".join(lines) + "\n", results, CSV_FIELDS)
 
 

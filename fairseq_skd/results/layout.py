@@ -21,6 +21,7 @@ from ..variants import SKD_VARIANTS, VARIANTS  # noqa: E402,F401
 
 # lm: language modelling (Table 2); mt: machine translation (Table 3).
 TASKS = ("lm", "mt")
+TASK_NAMES = {"lm": "Language model", "mt": "Translation"}
 TASK_TITLES = {"lm": "Language model (Table 2 style)", "mt": "Translation (Table 3 style)"}
 LM_EXPERIMENTS = {"ptb": "PTB", "wiki2": "Wiki-2"}
 MT_EXPERIMENTS = {"wmt15_en_fi": "En-Fi", "wmt15_fi_en": "Fi-En", "wmt15_en_de": "En-De"}
