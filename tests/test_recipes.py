@@ -125,6 +125,10 @@ def test_mt_all_stages(runs):
                 assert "signature" in bleu
         # Fig. 4: validation BLEU logged during training
         assert '"valid_bleu"' in (exp / variant / "train.log").read_text()
+        # stage 5's teacher-forced scoring: every test sentence, the diagnostics the collector tables
+        score = json.loads((exp / variant / "score_test.json").read_text())
+        assert score["sentences"] == n["test"] and len(score["reliability"]) == 15
+    assert "## Prediction diagnostics (test set)" in results and "reliability.png" in results
     # the joint BPE and the dictionaries exist; the raw references are the SGML segments
     data = tmp / "data"
     assert (data / "bpe" / "codes").is_file() and (data / "bin" / "dict.fi.txt").is_file()

@@ -25,7 +25,8 @@ Stages:
   2  bpe: subword-nmt joint BPE
   3  binarize: fairseq-preprocess
   4  train: fairseq-train, one run per variant (resumes from checkpoint_last.pt)
-  5  decode: fairseq-generate with each of --beams on valid and test; fairseq-skd-bleu (sacreBLEU)
+  5  decode: fairseq-generate with each of --beams on valid and test; fairseq-skd-bleu (sacreBLEU);
+     fairseq-skd-score-mt: teacher-forced NLL and prediction diagnostics on test
   6  collect: fairseq-skd-collect EXP_DIR (results.md / results.csv / figures)
 
 Options:
@@ -301,9 +302,10 @@ fi
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 5; then
-    log "stage 5: decode: beams $beams on valid and test; detokenized sacreBLEU"
+    log "stage 5: decode: beams $beams on valid and test; detokenized sacreBLEU; test-set diagnostics"
     require_tool fairseq-generate "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
     require_tool fairseq-skd-bleu "Install this repository's package: ./setup_env.sh (or pip install -e .)."
+    require_tool fairseq-skd-score-mt "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     for v in $variants; do
         ckpt=$(best_checkpoint "$v" 4)
         for subset in valid test; do
@@ -322,6 +324,16 @@ if stage_enabled 5; then
                 mv "$out.part" "$out"
             done
         done
+        # teacher-forced on the references: NLL, calibration and the reliability table that
+        # fairseq-skd-collect tables and draws (temperature fitted on valid)
+        out=$exp_dir/$v/score_test.json
+        if [[ -f $out && $out -nt $ckpt ]]; then
+            log "  $out exists, skipped"
+        else
+            fairseq-skd-score-mt "$bin" --path "$ckpt" --subset test --json "$out.part" \
+                "${device_flags[@]}" 2>&1 | tee -a "$exp_dir/$v/score.log" >&2
+            mv "$out.part" "$out"
+        fi
     done
 fi
 
