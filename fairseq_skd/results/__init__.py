@@ -6,8 +6,10 @@
 - :mod:`.logs`: fairseq's JSON training log: records, series, a training summary, one line per
   epoch as the log streams;
 - :mod:`.tables`: markdown tables and CSV files;
-- :mod:`.figures`: the paper's Figs. 3 and 4 and the validation curves (matplotlib, imported
-  only there).
+- :mod:`.diagnostics`: the prediction diagnostics table's columns and legend, and seeds'
+  reliability tables pooled;
+- :mod:`.figures`: the paper's Figs. 3 and 4, the validation curves and the reliability diagram
+  (matplotlib, imported only there).
 
 ``fairseq-skd-demo`` (the offline study), ``fairseq-skd-collect`` (one experiment folder) and,
 through the collector, the recipes use them. Nothing here imports torch or fairseq.
