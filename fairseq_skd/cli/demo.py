@@ -365,8 +365,8 @@ def paper_cell(task, variant):
 
 
 TRAINING_COLUMNS = [("best_valid_loss", "best valid loss (base 2)", "{:.4f}"),
-               ("final_alpha", "final alpha", "{:.3f}"), ("median_qn", "median q_n", "{:.3f}"),
-               ("clip_rate", "clip rate", "{:.3f}")]
+                    ("final_alpha", "final alpha", "{:.3f}"), ("median_qn", "median q_n", "{:.3f}"),
+                    ("clip_rate", "clip rate", "{:.3f}")]
 
 
 def mean_and_spread(values, fmt):
