@@ -327,13 +327,10 @@ if stage_enabled 5; then
         # teacher-forced on the references: NLL, calibration and the reliability table that
         # fairseq-skd-collect tables and draws (temperature fitted on valid)
         out=$exp_dir/$v/score_test.json
-        if [[ -f $out && $out -nt $ckpt ]]; then
-            log "  $out exists, skipped"
-        else
-            fairseq-skd-score-mt "$bin" --path "$ckpt" --subset test --json "$out.part" \
-                "${device_flags[@]}" 2>&1 | tee -a "$exp_dir/$v/score.log" >&2
-            mv "$out.part" "$out"
-        fi
+        if up_to_date "$out" "$ckpt"; then continue; fi
+        fairseq-skd-score-mt "$bin" --path "$ckpt" --subset test --json "$out.part" \
+            "${device_flags[@]}" 2>&1 | tee -a "$exp_dir/$v/score.log" >&2
+        mv "$out.part" "$out"
     done
 fi
 
