@@ -413,8 +413,9 @@ def data_bins(tmp_path_factory):
 
 
 def sample_break_mode_args(task):
-    """--sample-break-mode eos needs np.compat, which numpy 2 lacks (ENVIRONMENT.md): with a
-    numpy 2 the LM trains with 'complete' (whole sentences too, several per sample) instead."""
+    """--sample-break-mode eos needs np.compat (fairseq's token_block_dataset uses
+    np.compat.long), which numpy 2 hides: with such a numpy the LM trains with 'complete'
+    (whole sentences too, several per sample) instead."""
     import numpy
 
     if task != "lm" or hasattr(numpy, "compat"):
