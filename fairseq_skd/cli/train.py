@@ -47,8 +47,7 @@ import subprocess
 import sys
 
 PROG = "fairseq-skd-train"
-# Options whose value this launcher chooses for N > 1 workers; a user's conflicting value is an
-# error, not silently overridden.
+# fairseq's DDP backends that can wrap a model on CPU workers (its default, c10d, cannot)
 CPU_DDP_BACKENDS = ("legacy_ddp", "no_c10d")
 _PR_SET_PDEATHSIG = 1
 
