@@ -69,15 +69,22 @@ def runs(tmp_path_factory):
     # `-- --seed 2`: extra flags go to fairseq-train; the LM trains with 2 data-parallel workers
     cmds = {"lm": [LM, *lm_args(tmp["lm"], "--nproc", 2, "--", "--seed", "2")],
             "mt": [MT, *mt_args(tmp["mt"])]}
+    finished = side_by_side(cmds, REPO)
+    return {name: (tmp[name], err, seconds) for name, (err, seconds) in finished.items()}
+
+
+def side_by_side(cmds, cwd):
+    """Run the recipe commands ``{name: [script, args...]}`` at once (each single-threaded);
+    each must succeed. Returns {name: (stderr, seconds since the start)}."""
     start = time.time()
-    procs = {name: subprocess.Popen(["bash", *map(str, cmd)], cwd=REPO, env=env(),
+    procs = {name: subprocess.Popen(["bash", *map(str, cmd)], cwd=cwd, env=env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, cmd in cmds.items()}
     out = {}
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=1200)
         assert proc.returncode == 0, f"{name} recipe exited {proc.returncode}\n{err[-4000:]}"
-        out[name] = (tmp[name], err, time.time() - start)
+        out[name] = (err, time.time() - start)
     return out
 
 
@@ -327,15 +334,7 @@ def corpus_runs(tmp_path_factory):
               "--skd-args", "--skd-lambda 0.9"]
     cmds = {"lm": [LM, "--corpus", lm, "--vocab-size", 50, *common],
             "mt": [MT, "--pair", "en-de", "--corpus", mt, "--bpe-size", 400, "--beams", "1 2", *common]}
-    procs = {name: subprocess.Popen(["bash", *map(str, cmd)], cwd=root, env=env(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, cmd in cmds.items()}
-    out = {}
-    for name, proc in procs.items():
-        _, err = proc.communicate(timeout=1200)
-        assert proc.returncode == 0, f"{name} recipe exited {proc.returncode}\n{err[-4000:]}"
-        out[name] = (root, err)
-    return out
+    return {name: (root, err) for name, (err, _) in side_by_side(cmds, root).items()}
 
 
 @pytest.mark.parametrize("name,experiment", [("lm", "my_lm_corpus"), ("mt", "my_mt_corpus")])
