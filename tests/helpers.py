@@ -13,7 +13,6 @@ output size of a model.
 """
 
 import argparse
-import json
 import math
 import os
 import random

@@ -4,7 +4,6 @@ and says what to do, before any work, and nothing already written changed. One c
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

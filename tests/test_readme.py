@@ -8,7 +8,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 
