@@ -238,17 +238,21 @@ def dataset_name(task, dataset):
     return f"'{subset}' in {task.cfg.data if getattr(task, 'cfg', None) else task.args.data}"
 
 
-def score_subset(model, task, dataset, max_tokens=4096, batch_size=None, use_cuda=False):
-    """``{id: (tokens, nll)}`` for every sentence, and the PredictionDiagnostics of all tokens."""
+def score_subset(model, task, dataset, max_tokens=4096, batch_size=None, use_cuda=False,
+                 temperature=None):
+    """``{id: (tokens, nll)}`` for every sentence, the PredictionDiagnostics of all tokens and,
+    with a ``temperature``, those after scaling by it (None without), from one pass."""
     scores, diagnostics = {}, PredictionDiagnostics()
+    calibrated = PredictionDiagnostics(temperature) if temperature is not None else None
     for ids, lprobs, target, mask in batches(model, task, dataset, max_tokens, batch_size, use_cuda):
         token_nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
         for index, n, value in zip(ids, mask.sum(1).tolist(), token_nll.sum(1).tolist()):
             if index in scores:
                 raise ScoreError(f"sentence {index} was scored twice")
             scores[index] = (n, value)
-        diagnostics.update(lprobs.view(-1, lprobs.size(-1)), target.view(-1), mask.view(-1))
-    return scores, diagnostics
+        for accumulator in filter(None, (diagnostics, calibrated)):
+            accumulator.update(lprobs.view(-1, lprobs.size(-1)), target.view(-1), mask.view(-1))
+    return scores, diagnostics, calibrated
 
 
 def target_sizes(dataset):
@@ -294,8 +298,12 @@ def score(data, checkpoint, kind, subset="test", calibration_subset="valid", cpu
     use_cuda = torch.cuda.is_available() and not cpu
     model, task = load_model_and_task(checkpoint, data, kind, user_dir, use_cuda)
     dataset = load_subset(task, data, subset)
-    calibration = load_subset(task, data, calibration_subset) if calibration_subset else None
-    scores, diagnostics = score_subset(model, task, dataset, max_tokens, batch_size, use_cuda)
+    fit = None
+    if calibration_subset:  # the temperature first, so the test set is read once
+        calibration = load_subset(task, data, calibration_subset)
+        fit = fit_subset_temperature(model, task, calibration, max_tokens, batch_size, use_cuda)
+    scores, diagnostics, calibrated = score_subset(model, task, dataset, max_tokens, batch_size,
+                                                   use_cuda, fit and fit.temperature)
     check_complete(scores, dataset, subset)
     sentences = len(scores)
     tokens = sum(n for n, _ in scores.values())
@@ -305,11 +313,7 @@ def score(data, checkpoint, kind, subset="test", calibration_subset="valid", cpu
                "nll_per_sentence": total / sentences, "nll_per_token": total / tokens,
                "ppl": math.exp(total / tokens), "checkpoint": checkpoint,
                **{key: result[key] for key in DIAGNOSTICS}, "reliability": result["reliability"]}
-    if calibration is not None:
-        fit = fit_subset_temperature(model, task, calibration, max_tokens, batch_size, use_cuda)
-        calibrated = PredictionDiagnostics(fit.temperature)
-        for _, lprobs, target, mask in batches(model, task, dataset, max_tokens, batch_size, use_cuda):
-            calibrated.update(lprobs.view(-1, lprobs.size(-1)), target.view(-1), mask.view(-1))
+    if fit is not None:
         scaled = calibrated.result()
         summary.update({"calibration_subset": calibration_subset, "temperature": fit.temperature,
                         "calibrated_nll_per_token": scaled["nll_per_token"],
