@@ -104,6 +104,7 @@ from fairseq.criterions.cross_entropy import CrossEntropyCriterion  # noqa: E402
 import fairseq_skd  # noqa: E402,F401
 from fairseq_skd.criterions.self_kd_cross_entropy import (  # noqa: E402
     SOFT_TARGETS,
+    SelfKDCrossEntropyConfig,
     SelfKDCrossEntropyCriterion,
 )
 from fairseq_skd.modules.embedding_distance import (  # noqa: E402
@@ -295,7 +296,7 @@ GOALS = {
 
 
 def skd_config(spec, opts):
-    """--modes entry MODE[:key=value...] -> the criterion's keyword arguments."""
+    """--modes entry MODE[:key=value...] -> fields of the criterion's SelfKDCrossEntropyConfig."""
     mode, *overrides = spec.split(":")
     if mode not in SOFT_TARGETS:
         raise ValueError(f"--modes {spec!r}: the mode must be one of {SOFT_TARGETS}")
@@ -443,9 +444,10 @@ def main(argv=None):
     for spec in opts.modes:
         try:
             configs[spec] = skd_config(spec, opts)
-            criterion = SelfKDCrossEntropyCriterion(
-                task, sentence_avg=False, skd_warmup_updates=0, skd_alpha_step=opts.skd_alpha,
+            cfg = SelfKDCrossEntropyConfig(
+                sentence_avg=False, skd_warmup_updates=0, skd_alpha_step=opts.skd_alpha,
                 skd_alpha_max=opts.skd_alpha, **configs[spec])
+            criterion = SelfKDCrossEntropyCriterion(cfg, task)
         except ValueError as e:
             parser.error(str(e))
         runners[spec] = Runner(spec, criterion, copy.deepcopy(model), opts)

@@ -307,11 +307,13 @@ def make_sample(vocab=12, bsz=3, tgt_len=5, pad_last=2, seed=0):
 
 
 def make_criterion(sentence_avg=False, vocab=12, **config):
-    """self_kd_cross_entropy on make_task(vocab)'s dictionary; ``config``: the criterion's
-    fields, the rest at the criterion's own defaults."""
-    from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyCriterion
+    """self_kd_cross_entropy on make_task(vocab)'s dictionary; ``config``: fields of its
+    SelfKDCrossEntropyConfig, the rest at their defaults."""
+    from fairseq_skd.criterions.self_kd_cross_entropy import (SelfKDCrossEntropyConfig,
+                                                              SelfKDCrossEntropyCriterion)
 
-    return SelfKDCrossEntropyCriterion(make_task(vocab), sentence_avg=sentence_avg, **config)
+    cfg = SelfKDCrossEntropyConfig(sentence_avg=sentence_avg, **config)
+    return SelfKDCrossEntropyCriterion(cfg, make_task(vocab))
 
 
 def at_update(model, num_updates):

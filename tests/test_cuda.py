@@ -23,7 +23,8 @@ from fairseq.utils import apply_to_sample
 
 # --- the code under test, imported in one place (a refactor that moves these only changes this)
 import fairseq_skd  # noqa: F401  (registers the criterion and the models)
-from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyCriterion
+from fairseq_skd.criterions.self_kd_cross_entropy import (SelfKDCrossEntropyConfig,
+                                                          SelfKDCrossEntropyCriterion)
 from fairseq_skd.modules.skd_losses import (
     full_skd_loss,
     output_embedding_distances,
@@ -246,9 +247,9 @@ def test_criterion_loss_in_half_precision_matches_float32(mode, precision, how, 
     model = build_model("skd_lstm_lm_tiny", dictionary, seed=1, dropout=0.0).to(device)
     sample = lm_sample(dictionary, device=device)
     fit(model, sample)  # logits of a trained model, not the near-uniform ones of the init
-    criterion = SelfKDCrossEntropyCriterion(Task(dictionary), sentence_avg=False, skd_sigma=0.1,
-                                            skd_warmup_updates=0, skd_alpha_step=0.5,
-                                            skd_soft_targets=mode)
+    cfg = SelfKDCrossEntropyConfig(sentence_avg=False, skd_sigma=0.1, skd_warmup_updates=0,
+                                   skd_alpha_step=0.5, skd_soft_targets=mode)
+    criterion = SelfKDCrossEntropyCriterion(cfg, Task(dictionary))
     at_update(model, 0).train()  # alpha = 0.5; the SKD term is training only
     loss32, _, log32 = criterion(model, sample)
     try:

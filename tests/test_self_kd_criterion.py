@@ -170,8 +170,8 @@ def test_gradient_equals_that_of_a_constant_target():
 
 def test_sentence_avg_and_validation_loss():
     sample = make_sample(bsz=3)
-    criterion = SelfKDCrossEntropyCriterion(make_task(), sentence_avg=True, skd_sigma=1.0,
-                                            skd_warmup_updates=0, skd_alpha_step=1.0)
+    criterion = make_criterion(sentence_avg=True, skd_sigma=1.0, skd_warmup_updates=0,
+                               skd_alpha_step=1.0)
     model = TinyDecoderModel()
     _, sample_size, _ = criterion(model.train(), sample)
     assert sample_size == 3

@@ -11,19 +11,18 @@ eta per update up to alpha_max; it is a pure function of the trainer's update nu
 reaches the criterion through the model (``fairseq_skd.modules.update_counter``), so it is
 identical on every worker and restored by resuming from a checkpoint.
 
-This file holds the configuration and the criterion; the loss of each soft-target mode is in
-``fairseq_skd.modules.skd_losses``, the flags' allowed values in ``flag_checks``.
+This file holds the configuration, each field with its allowed values (``config_fields``), and
+the criterion; the loss of each soft-target mode is in ``fairseq_skd.modules.skd_losses``.
 """
 
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
@@ -33,15 +32,10 @@ from ..modules.saturation_warning import SaturationWarning
 from ..modules.skd_losses import full_skd_loss, predicted_skd_loss, topk_skd_loss
 from ..modules.target_embedding_noise import TargetEmbeddingNoise
 from ..modules.update_counter import attach_update_counter
-from .flag_checks import FLAG_CHECKS, RangeCheckedArguments, check_choice, check_flag, parse_sigma
+from .config_fields import Range, add_checked_args, check_config, flag
 
 SOFT_TARGETS = ("predicted", "topk", "full")
-
-
-def flag(default, help):
-    """A config field with its --help text, as fairseq writes it:
-    ``field(default=default, metadata={"help": help})``."""
-    return field(default=default, metadata={"help": help})
+SIGMA = Range(0, lo_open=True, words=("auto",))  # a number kept as text in the config, or 'auto'
 
 
 @dataclass
@@ -49,35 +43,37 @@ class SelfKDCrossEntropyConfig(FairseqDataclass):
     skd_sigma: str = flag("0.1", "sigma of Eq. 8, q_n = exp(-sigma d(W_t, W_n)), or 'auto': ln 2 / "
                           "the mean nearest-neighbour distance in W (refreshed every "
                           "--skd-sigma-refresh updates). A number only means something relative "
-                          "to the embedding distances (watch skd_clip)")
-    skd_sigma_refresh: int = flag(100, "with --skd-sigma auto: updates between recomputations")
+                          "to the embedding distances (watch skd_clip)", SIGMA)
+    skd_sigma_refresh: int = flag(100, "with --skd-sigma auto: updates between recomputations",
+                                  Range(1))
     skd_warmup_updates: int = flag(500, "K: updates trained with plain cross-entropy (alpha = 0) "
-                                        "before SKD")
-    skd_alpha_step: float = flag(0.0002, "eta: increase of alpha per update after K updates")
-    skd_alpha_max: float = flag(1.0, "largest value alpha reaches")
-    skd_lambda: float = flag(1.0, "lambda of Eq. 11 (1.0 gives the paper's Eq. 12)")
+                                        "before SKD", Range(0))
+    skd_alpha_step: float = flag(0.0002, "eta: increase of alpha per update after K updates",
+                                 Range(0))
+    skd_alpha_max: float = flag(1.0, "largest value alpha reaches", Range(0, 1))
+    skd_lambda: float = flag(1.0, "lambda of Eq. 11 (1.0 gives the paper's Eq. 12)", Range(0, 1))
     skd_qn_max: float = flag(0.5, "clip of q_n (Eq. 8: the prediction is never more right than "
                                   "the target); with topk/full, the clip of the total non-target "
-                                  "mass")
+                                  "mass", Range(0, 1, lo_open=True))
     skd_soft_targets: ChoiceEnum(SOFT_TARGETS) = flag(
         "predicted", "predicted: the paper's Eq. 8 (target and the model's prediction); topk: "
         "Eq. 7 over the target and its --skd-topk nearest words; full: Eq. 7 over the whole "
         "vocabulary")
-    skd_topk: int = flag(10, "K nearest words for --skd-soft-targets topk")
+    skd_topk: int = flag(10, "K nearest words for --skd-soft-targets topk", Range(1))
     skd_topk_refresh: int = flag(100, "updates between recomputations of the nearest-word sets "
-                                      "for topk (the distances to them are always current)")
+                                      "for topk (the distances to them are always current)",
+                                 Range(1))
     skd_distance: ChoiceEnum(DISTANCES) = flag(
         "l2", "l2: ||W_t - W_k|| (paper); cosine: 1 - cos(W_t, W_k); dot: max(0, W_t.W_t - "
         "W_t.W_k); each mapped to exp(-sigma d)")
     label_smoothing: float = flag(0.0, "epsilon of label smoothing mixed into the SKD target: "
-                                       "(1 - eps) * SKD target + eps/(V-1) on every other word")
+                                       "(1 - eps) * SKD target + eps/(V-1) on every other word",
+                                  Range(0, 1, hi_open=True))
     target_embed_noise: float = flag(0.0, "std of Gaussian noise added to the decoder's input "
                                           "word embeddings during training (the paper's "
-                                          "+Noise); 0 = off")
-    ignore_prefix_size: int = flag(0, "ignore the first N target tokens")
+                                          "+Noise); 0 = off", Range(0))
+    ignore_prefix_size: int = flag(0, "ignore the first N target tokens", Range(0))
     sentence_avg: bool = II("optimization.sentence_avg")
-
-
 
 
 def skd_alpha(num_updates: int, warmup_updates: int, alpha_step: float, alpha_max: float) -> float:
@@ -91,60 +87,39 @@ def skd_alpha(num_updates: int, warmup_updates: int, alpha_step: float, alpha_ma
 
 @register_criterion("self_kd_cross_entropy", dataclass=SelfKDCrossEntropyConfig)
 class SelfKDCrossEntropyCriterion(FairseqCriterion):
-    def __init__(
-        self,
-        task,
-        sentence_avg,
-        skd_sigma="0.1",
-        skd_sigma_refresh=100,
-        skd_warmup_updates=500,
-        skd_alpha_step=0.0002,
-        skd_alpha_max=1.0,
-        skd_lambda=1.0,
-        skd_qn_max=0.5,
-        skd_soft_targets="predicted",
-        skd_topk=10,
-        skd_topk_refresh=100,
-        skd_distance="l2",
-        label_smoothing=0.0,
-        target_embed_noise=0.0,
-        ignore_prefix_size=0,
-    ):
+    def __init__(self, cfg: SelfKDCrossEntropyConfig, task):
         super().__init__(task)
-        for flag, (name, _, _) in FLAG_CHECKS.items():
-            check_flag(flag, locals()[name])
-        check_choice("--skd-soft-targets", skd_soft_targets, SOFT_TARGETS)
-        check_choice("--skd-distance", skd_distance, DISTANCES)
-        self.sentence_avg = sentence_avg
-        sigma = parse_sigma(skd_sigma)
+        check_config(SelfKDCrossEntropyConfig, cfg, "self_kd_cross_entropy")
+        self.sentence_avg = cfg.sentence_avg
+        sigma = SIGMA.parse(cfg.skd_sigma)
         self.auto_sigma = sigma == "auto"
         self.sigma = None if self.auto_sigma else float(sigma)
-        self.sigma_refresh = skd_sigma_refresh
-        self.warmup_updates = skd_warmup_updates
-        self.alpha_step = skd_alpha_step
-        self.alpha_max = skd_alpha_max
-        self.skd_lambda = skd_lambda
-        self.qn_max = skd_qn_max
-        self.soft_targets = str(skd_soft_targets)
-        self.topk = skd_topk
-        self.topk_refresh = skd_topk_refresh
-        self.distance = str(skd_distance)
-        self.label_smoothing = label_smoothing
-        self.target_embed_noise = target_embed_noise
-        self.ignore_prefix_size = ignore_prefix_size
+        self.sigma_refresh = cfg.skd_sigma_refresh
+        self.warmup_updates = cfg.skd_warmup_updates
+        self.alpha_step = cfg.skd_alpha_step
+        self.alpha_max = cfg.skd_alpha_max
+        self.skd_lambda = cfg.skd_lambda
+        self.qn_max = cfg.skd_qn_max
+        self.soft_targets = str(cfg.skd_soft_targets)
+        self.topk = cfg.skd_topk
+        self.topk_refresh = cfg.skd_topk_refresh
+        self.distance = str(cfg.skd_distance)
+        self.label_smoothing = cfg.label_smoothing
+        self.target_embed_noise = cfg.target_embed_noise
+        self.ignore_prefix_size = cfg.ignore_prefix_size
         # The update number of the latest training forward (from the model's UpdateCounter).
         self.num_updates = 0
         # Derived from W and refreshed periodically: (update number, value).
         self._sigma_state = None
         self._neighbour_state = None
         self._noised_decoders = weakref.WeakSet()
-        self._saturation = SaturationWarning(skd_qn_max)
+        self._saturation = SaturationWarning(self.qn_max)
 
     @classmethod
     def add_args(cls, parser):
         """The config's flags, with their ranges checked when the command line is parsed, so a
         bad value stops fairseq-train with a usage error before any data or model is loaded."""
-        gen_parser_from_dataclass(RangeCheckedArguments(parser), SelfKDCrossEntropyConfig())
+        add_checked_args(parser, SelfKDCrossEntropyConfig)
 
     @property
     def alpha(self) -> float:
