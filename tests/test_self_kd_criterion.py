@@ -3,6 +3,7 @@ tests/test_label_smoothing.py)."""
 
 import logging
 import math
+import sys
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from fairseq.models import BaseFairseqModel
 from torch import nn
 
 import fairseq_skd  # noqa: F401  (registers the criterion)
-from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyCriterion, skd_alpha
+from fairseq_skd.criterions.self_kd_cross_entropy import (SelfKDCrossEntropyConfig,
+                                                          SelfKDCrossEntropyCriterion, skd_alpha)
 from fairseq_skd.modules.saturation_warning import SATURATION_MIN_POSITIONS
 from fairseq_skd.modules.skd_losses import predicted_skd_loss, row_argmax
 from fairseq_skd.modules.target_embedding_noise import TargetEmbeddingNoise
@@ -253,6 +255,24 @@ def test_saturation_warning_names_median_distance_and_a_sigma(caplog):
 def test_bad_flag_values_are_refused_naming_the_flag(flag, field, value):
     with pytest.raises(ValueError, match=flag):
         make_criterion(**{field: value})
+
+
+def test_the_criterion_reads_every_field_of_its_config():
+    """A field renamed in the config but not in the criterion, or added and never used, fails."""
+    criterion_code = sys.modules[SelfKDCrossEntropyCriterion.__module__].__dict__
+
+    class ReadLog:
+        def __init__(self, cfg):
+            self.cfg, self.read = cfg, set()
+
+        def __getattr__(self, name):
+            if sys._getframe(1).f_globals is criterion_code:  # not the shared range checks
+                self.read.add(name)
+            return getattr(self.cfg, name)
+
+    cfg = ReadLog(SelfKDCrossEntropyConfig(sentence_avg=False))
+    SelfKDCrossEntropyCriterion(cfg, make_task())
+    assert cfg.read == set(SelfKDCrossEntropyConfig.__dataclass_fields__) - {"_name"}
 
 
 def test_unsupported_model_is_refused_clearly():
