@@ -1,22 +1,28 @@
-"""The variants a study trains: the paper's four rows (Tables 2 and 3) and the options beyond the
-paper, each with what it adds to fairseq-train. The one home of these facts: the offline study
-reads them from here, and the recipes' bash copy (``recipes/utils/common.sh``,
-``variant_criterion_flags``) is tested to agree (tests/test_recipes.py).
+"""The variants a study trains, each with what it adds to fairseq-train: the paper's four rows
+(Tables 2 and 3) and the options beyond the paper. The one home of these facts: the recipes ask
+this file for a variant's flags (``python fairseq_skd/variants.py flags ...``, run as a script so
+that it needs neither torch nor fairseq), and the results tables take the names from here.
 
 - Baseline: fairseq's ``cross_entropy``.
 - +Noise: plain cross-entropy (alpha stays 0) with Gaussian noise on the decoder's input word
   embeddings (``--target-embed-noise``).
 - +SKD: ``self_kd_cross_entropy`` (sigma, and alpha = 0 for K updates, then + eta per update).
 - +Noise+SKD: both.
+- The ablation rows: +SKD with one option changed, and label smoothing with and without SKD.
+
+``--variants`` of the recipes takes names and the groups ``paper`` (the four rows) and ``all``.
 """
 
-VARIANTS = ("baseline", "noise", "skd", "noise_skd")
-SKD_VARIANTS = ("skd", "noise_skd")
-NAMES = {"baseline": "Baseline", "noise": "+Noise", "skd": "+SKD", "noise_skd": "+Noise+SKD"}
+import argparse
+import shlex
+import sys
 
-# The offline study's --ablation rows: name, and the flags each adds to +SKD's (or to the
-# baseline's criterion with alpha held at 0).
-ABLATIONS = {
+# name: (display name, flags added to +SKD's; None: not an SKD row, see criterion_flags)
+VARIANTS = {
+    "baseline": ("Baseline", None),
+    "noise": ("+Noise", None),
+    "skd": ("+SKD", []),
+    "noise_skd": ("+Noise+SKD", None),
     "skd_auto_sigma": ("+SKD (sigma auto)", ["--skd-sigma", "auto"]),
     "skd_topk": ("+SKD (top-10 soft targets)", ["--skd-soft-targets", "topk"]),
     "skd_full": ("+SKD (full soft targets)", ["--skd-soft-targets", "full"]),
@@ -26,8 +32,37 @@ ABLATIONS = {
     "label_smoothing": ("Label smoothing 0.1", None),
     "skd_label_smoothing": ("+SKD (label smoothing 0.1)", ["--label-smoothing", "0.1"]),
 }
-ALL_NAMES = {**NAMES, **{variant: name for variant, (name, _) in ABLATIONS.items()}}
+NAMES = {variant: name for variant, (name, _) in VARIANTS.items()}
+PAPER = ("baseline", "noise", "skd", "noise_skd")
+GROUPS = {"paper": PAPER, "all": tuple(VARIANTS)}
 LABEL_SMOOTHING = "0.1"
+
+
+class VariantError(ValueError):
+    """An unknown variant or group name."""
+
+
+def expand(spec):
+    """The variants named in ``spec`` (names and groups, space-separated or a list), in the
+    order given, each once."""
+    words = spec.split() if isinstance(spec, str) else list(spec)
+    if not words:
+        raise VariantError(f"no variant given (known: {', '.join(VARIANTS)}; groups: "
+                           f"{', '.join(GROUPS)})")
+    found = []
+    for word in words:
+        if word not in VARIANTS and word not in GROUPS:
+            raise VariantError(f"unknown variant '{word}' (known: {', '.join(VARIANTS)}; "
+                               f"groups: {', '.join(GROUPS)})")
+        found += GROUPS.get(word, [word])
+    return list(dict.fromkeys(found))
+
+
+def known(variant):
+    """``variant`` if it is a variant's name (not a group's), else VariantError."""
+    if variant not in VARIANTS:
+        raise VariantError(f"unknown variant '{variant}' (known: {', '.join(VARIANTS)})")
+    return variant
 
 
 def uses_skd_criterion(variant):
@@ -35,23 +70,57 @@ def uses_skd_criterion(variant):
     return variant != "baseline"
 
 
+def applies_skd(variant):
+    """Whether alpha grows above 0 in the variant (the ones ``--skd-args`` go to)."""
+    return VARIANTS[variant][1] is not None or variant == "noise_skd"
+
+
 def criterion_flags(variant, sigma, warmup_updates, alpha_step, noise_std, skd_args=()):
     """What ``variant`` adds to fairseq-train. ``skd_args``: extra flags for the variants that
     apply SKD (alpha > 0) only."""
+    known(variant)
     skd = ["--criterion", "self_kd_cross_entropy", "--skd-sigma", str(sigma),
            "--skd-warmup-updates", str(warmup_updates), "--skd-alpha-step", str(alpha_step)]
+    plain = ["--criterion", "self_kd_cross_entropy", "--skd-alpha-max", "0"]  # alpha stays 0
     if variant == "baseline":
         return ["--criterion", "cross_entropy"]
     if variant == "noise":
-        return ["--criterion", "self_kd_cross_entropy", "--skd-alpha-max", "0",
-                "--target-embed-noise", str(noise_std)]
-    if variant == "skd":
-        return [*skd, *skd_args]
+        return [*plain, "--target-embed-noise", str(noise_std)]
+    if variant == "label_smoothing":
+        return [*plain, "--label-smoothing", LABEL_SMOOTHING]
     if variant == "noise_skd":
         return [*skd, "--target-embed-noise", str(noise_std), *skd_args]
-    if variant == "label_smoothing":
-        return ["--criterion", "self_kd_cross_entropy", "--skd-alpha-max", "0",
-                "--label-smoothing", LABEL_SMOOTHING]
-    if variant in ABLATIONS:  # later flags win in fairseq's parser
-        return [*skd, *ABLATIONS[variant][1], *skd_args]
-    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(ALL_NAMES)}")
+    return [*skd, *VARIANTS[variant][1], *skd_args]  # later flags win in fairseq's parser
+
+
+def main(argv=None):
+    """The recipes' questions: ``expand SPEC`` (a name a line), ``name VARIANT`` (its display
+    name), ``flags VARIANT --sigma S --warmup K --alpha-step E --noise-std N [--skd-args ARGS]``
+    (a flag a line). Unknown names exit with status 2 and say what is known."""
+    parser = argparse.ArgumentParser(prog="fairseq_skd/variants.py")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("expand").add_argument("spec")
+    commands.add_parser("name").add_argument("variant")
+    flags = commands.add_parser("flags")
+    flags.add_argument("variant")
+    for option in ("--sigma", "--warmup", "--alpha-step", "--noise-std"):
+        flags.add_argument(option, required=True)
+    flags.add_argument("--skd-args", default="")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "expand":
+            lines = expand(args.spec)
+        elif args.command == "name":
+            lines = [NAMES[known(args.variant)]]
+        else:
+            lines = criterion_flags(known(args.variant), args.sigma, args.warmup,
+                                    args.alpha_step, args.noise_std, shlex.split(args.skd_args))
+    except VariantError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

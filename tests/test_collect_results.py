@@ -1,7 +1,7 @@
-"""fairseq-skd-collect on synthetic experiment folders: table values, CSV rows, paper numbers,
-missing pieces as "-", resumed logs, figures (a curve for every variant), errors; and the
-results module it shares with fairseq-skd-demo (log parser, training summary, epoch lines,
-tables)."""
+"""fairseq-skd-collect on hand-written experiment folders: table values, CSV rows, paper numbers,
+missing pieces as "-", resumed logs, figures (a curve for every variant), errors, the tables
+over seeds with their verdicts; and the results package under it (log parser, training summary,
+epoch lines, tables)."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ import json
 import pytest
 
 from fairseq_skd.cli import collect_results
-from fairseq_skd.results import diagnostics, figures, layout, logs, paper, tables
+from fairseq_skd.results import diagnostics, figures, layout, logs, paper, report, seeds, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -74,6 +74,16 @@ def table_cells(md, title=None):
     return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines}
 
 
+def run(exp, out, name=None, task=None, paper_name="auto", draw=True):
+    """One run folder's tables and figures into ``out``: (results, rows, markdown). The paper's
+    numbers are the folder name's, as fairseq-skd-collect's default."""
+    if paper_name == "auto":
+        paper_name = exp.name if exp.name in collect_results.PAPER_EXPERIMENTS else None
+    results = report.collect(exp, name, task, paper_name)
+    rows, md = report.write(results, out, draw)
+    return results, rows, md
+
+
 def assert_png(path):
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 5000, path
@@ -110,7 +120,7 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
     printed = capsys.readouterr().out
 
     rows = read_csv(out / "results.csv")
-    assert list(rows) == list(layout.VARIANTS)
+    assert list(rows) == list(LM_SCORES)  # a row for each variant that ran, none for noise
     for variant, (test, ppl, valid) in LM_SCORES.items():
         assert float(rows[variant]["test_nll_per_sentence"]) == test
         assert float(rows[variant]["test_ppl"]) == ppl
@@ -118,26 +128,26 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
         assert float(rows[variant]["paper_test_nll_per_sentence"]) == paper.TABLE2["ptb"][variant]
     assert float(rows["noise_skd"]["delta_vs_baseline"]) == pytest.approx(117.0 - 120.5)
     assert float(rows["noise_skd"]["paper_delta_vs_baseline"]) == pytest.approx(97.41 - 101.40)
-    assert rows["noise"]["test_nll_per_sentence"] == "" and rows["noise"]["paper_test_nll_per_sentence"] == "101.28"
     # last-epoch q_n / clip / alpha from the `train` records; the baseline logs none
     assert float(rows["skd"]["final_qn"]) == pytest.approx(0.3 + 0.12 - 0.005)
     assert float(rows["skd"]["final_clip"]) == pytest.approx(0.2)
     assert float(rows["skd"]["final_alpha"]) == pytest.approx(1.0)
     assert rows["skd"]["updates"] == "12"
     assert rows["baseline"]["final_qn"] == "" and rows["baseline"]["updates"] == "12"
+    assert float(rows["baseline"]["final_alpha"]) == 0  # cross_entropy: trained without SKD
+    assert float(rows["skd"]["best_valid_loss"]) == pytest.approx(4.0 - 0.05 * 12)
     # the resumed run replaces the first run's records from update 9 on
     assert rows["noise_skd"]["updates"] == "16"
     assert float(rows["noise_skd"]["final_qn"]) == pytest.approx(0.4 + 0.016 - 0.005)
 
     md = (out / "results.md").read_text()
-    assert md == printed.split("written to")[0]
+    assert printed.startswith(md) and f"written to {out}/: results.md, results.csv" in printed
     table = table_cells(md)
     assert table["Baseline"][:6] == ["120.50", "+0.00", "150.25", "118.00", "101.40", "+0.00"]
     assert table["+SKD"][:6] == ["118.25", "-2.25", "140.50", "-", "99.38", "-2.02"]
-    assert table["+Noise"][:6] == ["-", "-", "-", "-", "101.28", "-0.12"]
+    assert "+Noise |" not in md
     assert table["+Noise+SKD"][6:9] == ["16", "0.4110", "0.2000"]
     assert "Paper PTB" in md and "Sentences scored: test 3761, valid 3370." in md
-    assert "- noise: not run (no folder noise/)" in md
     assert "- skd: score_valid.json missing" in md
 
     assert_png(out / "fig3_qn_alpha.png")
@@ -186,7 +196,7 @@ def en_fi(tmp_path):
 
 def test_mt_table_csv_and_figures(en_fi, tmp_path):
     out = tmp_path / "report"
-    results, rows, md = collect_results.run(en_fi, out)
+    results, rows, md = run(en_fi, out)
     csv_rows = read_csv(out / "results.csv")
     for variant, scores in MT_BLEU.items():
         for beam in (1, 12):
@@ -204,6 +214,7 @@ def test_mt_table_csv_and_figures(en_fi, tmp_path):
     assert table["+Noise"][:4] == ["7.75 (8.50)", "7.68 (8.50)", "9.25 (-)", "9.35 (9.53)"]
     assert table["+Noise+SKD"][:4] == ["8.75 (9.00)", "8.81 (8.95)", "10.50 (10.75)", "10.13 (10.47)"]
     assert table["+SKD"][5] == "0.4150" and table["Baseline"][5] == "-"
+    assert table["Baseline"][7] == "0.0000" and table["+SKD"][7] == "1.0000"  # final alpha
     assert f"sacreBLEU signature: `{SIGNATURE}`" in md
     assert "- noise: bleu_valid_beam12.json missing" in md
     assert "En-Fi" in md
@@ -222,7 +233,7 @@ def test_mt_table_csv_and_figures(en_fi, tmp_path):
 def test_mt_differing_signatures_and_sentence_counts_are_noted(en_fi, tmp_path):
     write_json(en_fi / "skd" / layout.bleu_file("test", 1),
                {"bleu": 8.5, "signature": SIGNATURE.replace("13a", "intl"), "sentences": 1000})
-    _, _, md = collect_results.run(en_fi, tmp_path / "out", figures=False)
+    _, _, md = run(en_fi, tmp_path / "out", draw=False)
     assert "sacreBLEU signatures differ" in md and "tok:intl" in md
     assert "test beam 1: variants were scored on different numbers of sentences" in md
     assert not (tmp_path / "out" / "fig4_valid_bleu.png").exists()
@@ -233,10 +244,10 @@ def test_partial_experiment_and_unknown_name(tmp_path):
     write_json(exp / "skd" / "score_test.json", {"subset": "test", "sentences": 5, "tokens": 50,
                                                  "nll_per_sentence": 12.0, "ppl": 3.3})
     (exp / "scratch").mkdir()
-    results, rows, md = collect_results.run(exp, tmp_path / "out")
-    assert results["task"] == "lm"
-    assert [r["test_nll_per_sentence"] for r in rows] == [None, None, 12.0, None]
-    assert "no paper numbers for experiment 'my_lm_run'" in md
+    results, rows, md = run(exp, tmp_path / "out")
+    assert results["task"] == "lm" and results["paper"] is None
+    assert [(r["variant"], r["test_nll_per_sentence"]) for r in rows] == [("skd", 12.0)]
+    assert "Paper" not in md and "paper_" not in (tmp_path / "out" / "results.csv").read_text()
     assert "skd: train.log missing" in md and "folders ignored (not a variant): scratch" in md
     assert "fig3_qn_alpha.png not drawn" in md
     assert not list((tmp_path / "out").glob("*.png"))
@@ -317,9 +328,9 @@ def test_csv_writes_missing_values_as_empty_fields(tmp_path):
 def test_noise_stays_visible_under_noise_skd_in_fig4(en_fi):
     # +Noise and +Noise+SKD with the same validation BLEU: two curves on the same points
     write(en_fi / "noise_skd" / "train.log", train_log(12, bleu=lambda u: 2.0 + 0.5 * u + 1))
-    fig = figures.validation_curves(collect_results.collect(en_fi), "valid_bleu", "BLEU", "Fig. 4")
+    fig = figures.validation_curves(report.collect(en_fi), "valid_bleu", "BLEU", "Fig. 4")
     lines = {line.get_gid(): line for line in fig.axes[0].get_lines()}
-    assert list(lines) == list(layout.VARIANTS)
+    assert list(lines) == list(MT_BLEU)
     assert list(lines["noise"].get_ydata()) == list(lines["noise_skd"].get_ydata())
     styles = {(line.get_linestyle(), line.get_marker()) for line in lines.values()}
     assert len(styles) == 4  # each variant its own line style and marker
@@ -329,7 +340,7 @@ def test_noise_stays_visible_under_noise_skd_in_fig4(en_fi):
 def test_fig3_labels_the_clip_and_ticks_whole_updates(tmp_path):
     exp = tmp_path / "wmt15_en_fi"
     write(exp / "skd" / "train.log", train_log(4, valid_every=2, epoch_size=2))  # 4 updates
-    results = collect_results.collect(exp)
+    results = report.collect(exp)
     fig = figures.qn_alpha(results)
     ax_q = fig.axes[0]
     clip = [line for line in ax_q.get_lines() if "clip" in line.get_label()]
@@ -342,13 +353,15 @@ def test_fig3_labels_the_clip_and_ticks_whole_updates(tmp_path):
 
 
 def test_an_experiment_that_is_not_the_papers_scored_on_test_only(ptb, en_fi, tmp_path):
-    """fairseq-skd-demo's seed folders: --subsets test --no-paper leave no recipe leftovers."""
+    """A run folder of another experiment, scored on test only (the synthetic dataset's): no
+    paper columns, no valid columns, no notes about either."""
     seed = tmp_path / "seed1"
     ptb.rename(seed)
-    collect_results.main([str(seed), "--task", "lm", "--subsets", "test", "--no-paper",
-                          "--experiment", "lm/seed1", "--no-figures"])
+    for path in seed.glob("*/score_valid.json"):
+        path.unlink()
+    collect_results.main([str(seed), "--task", "lm", "--name", "lm, seed 1", "--no-figures"])
     md = (seed / "results.md").read_text()
-    assert md.startswith("# lm/seed1: Table 2")
+    assert md.startswith("# lm, seed 1: Table 2")
     for leftover in ("Paper seed1", "Paper", "(paper)", "no paper numbers", "score_valid.json missing",
                      "Valid NLL", "valid -"):
         assert leftover not in md, leftover
@@ -357,8 +370,9 @@ def test_an_experiment_that_is_not_the_papers_scored_on_test_only(ptb, en_fi, tm
     assert float(rows["skd"]["test_nll_per_sentence"]) == 118.25
     assert not [field for field in rows["skd"] if field.startswith(("paper_", "valid_"))]
 
-    _, rows, md = collect_results.run(en_fi, tmp_path / "mt", task="mt", subsets=("test",),
-                                      with_paper=False, figures=False)
+    for path in en_fi.glob("*/bleu_valid_*.json"):
+        path.unlink()
+    _, rows, md = run(en_fi, tmp_path / "mt", task="mt", paper_name=None, draw=False)
     table = table_cells(md)
     assert table["Baseline"][:2] == ["7.50", "9.00"] and table["+Noise"][:2] == ["7.75", "9.25"]
     assert "(dev)" not in md and "bleu_valid" not in md and "(paper)" not in md and "Paper" not in md
@@ -483,7 +497,7 @@ def test_best_epoch_and_train_valid_gap_compare_nll_with_nll(diagnosed):
 
 
 def test_diagnostics_table_from_score_files(diagnosed, tmp_path):
-    results, rows, md = collect_results.run(diagnosed, tmp_path / "out")
+    results, rows, md = run(diagnosed, tmp_path / "out")
     table = table_cells(md, "## Prediction diagnostics (test set)")
     header = md.split("## Prediction diagnostics (test set)", 1)[1].split("\n| ", 1)[1].split("\n")[0]
     assert header == ("Model | NLL/token | T | NLL/token at T | top-1 acc. | mean max prob | ECE | "
@@ -491,22 +505,19 @@ def test_diagnostics_table_from_score_files(diagnosed, tmp_path):
     assert table == {
         "Baseline": ["1.9231", "1.020", "1.9221", "0.581", "0.601", "0.024", "1.865", "0.357",
                      "4.092", "2", "-0.250"],
-        "+Noise": ["-"] * 11,
         "+SKD": ["1.9235", "1.062", "1.9159", "0.585", "0.627", "0.044", "1.705", "0.317",
                  "4.182", "2", "+0.250"],
-        "+Noise+SKD": ["-"] * 11,
     }
     assert "over-confident" in md and "`train_nll_loss`" in md  # the legend says how to read it
     csv_rows = read_csv(tmp_path / "out" / "results.csv")
     assert float(csv_rows["skd"]["temperature"]) == 1.0625
     assert float(csv_rows["skd"]["train_valid_gap"]) == 0.25 and csv_rows["skd"]["best_epoch"] == "2"
-    assert csv_rows["noise"]["ece"] == ""
     # the MT task is told from the BLEU files although every variant has score_test.json too
-    assert collect_results.infer_task("mine", {v: diagnosed / v for v in ("baseline", "skd")}) == "mt"
+    assert report.infer_task("mine", None, {v: diagnosed / v for v in ("baseline", "skd")}) == "mt"
 
 
 def test_reliability_diagram_from_bins(diagnosed, tmp_path):
-    results, _, md = collect_results.run(diagnosed, tmp_path / "out")
+    results, _, md = run(diagnosed, tmp_path / "out")
     assert_png(tmp_path / "out" / "reliability.png")
     drawn = {d.file: d for d in results["figures"]}["reliability.png"]
     assert list(drawn.curves.values()) == [["baseline", "skd"]] * 2
@@ -539,3 +550,97 @@ def test_pooled_reliability_weights_by_count():
     assert diagnostics.pool_reliability([None]) is None
     with pytest.raises(ValueError, match="different bins"):
         diagnostics.pool_reliability([BINS["skd"], BINS["skd"][:14]])
+
+
+# ---------------------------------------------------------------------------------------------
+# an experiment over seeds: each seed's tables, and mean ± std over the seeds with verdicts
+
+
+def table_rows(markdown, title):
+    """[[cells], ...] of the first table under the heading that contains ``title``."""
+    section = markdown.split(title, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def seeds_experiment(exp, nll, seeds=(1, 2), bins=None):
+    """EXP/seed<N>/<variant>/ with score_test.json (test NLL/sentence ``nll[variant] + seed/10``,
+    q_n at sigma 0.1) and a train.log, as the LM recipe leaves them."""
+    for seed in seeds:
+        for variant, value in nll.items():
+            d = exp / f"seed{seed}" / variant
+            write_json(d / "score_test.json", {
+                "subset": "test", "sentences": 400, "tokens": 4000,
+                "nll_per_sentence": value + seed / 10, "ppl": 2.0 * value,
+                "nll_per_token": 2.5 + seed / 100, "temperature": 1.0 + seed / 10,
+                "calibrated_nll_per_token": 2.5, "top1_accuracy": 0.5, "mean_max_prob": 0.6,
+                "ece": 0.1, "mean_entropy": 2.0, "nll_argmax_right": 0.5, "nll_argmax_wrong": 4.0,
+                "qn_sigma": 0.1, "median_qn": 0.3, "clip_rate": 0.0, "median_distance": 12.0,
+                "reliability": (bins or {}).get((seed, variant))})
+            write(d / "train.log", train_log(8 + 4 * seed, skd=variant != "baseline"))
+    return exp
+
+
+def test_verdicts_over_seeds_and_none_for_smoke(tmp_path):
+    exp = seeds_experiment(tmp_path / "synthetic",
+                           {"baseline": 24.0, "noise": 23.97, "skd": 22.0})
+    md = seeds.write(exp, name="synthetic", task="lm", paper_name="ptb")
+    assert md == (exp / "results.md").read_text()
+    assert "## Language model (Table 2 style): 2 seeds (1 2), mean ± std over seeds" in md
+    assert md.count("the baseline on") == 2  # an explicit verdict for each row but the baseline
+    assert "- +SKD beat the baseline on test NLL/sentence (22.150 vs 24.150)." in md
+    assert ("- +Noise beat the baseline on test NLL/sentence (24.120 vs 24.150), but by less "
+            "than the spread over seeds (0.071): no clear difference.") in md
+    header, *rows = table_rows(md, "Language model (Table 2 style)")
+    assert header == ["model", "test NLL/sentence", "test ppl", "best valid loss (base 2)",
+                      "final alpha", "median q_n", "clip rate", "paper: PTB NLL/sentence"]
+    assert [row[0] for row in rows] == ["Baseline", "+Noise", "+SKD"]  # the variants that ran
+    assert rows[0][:2] == ["Baseline", "24.150 ± 0.071"] and rows[0][-1] == "101.40"
+    assert rows[0][4] == "0.000 ± 0.000" and rows[2][4] == "1.000 ± 0.000"  # final alpha
+    assert rows[0][3] == f"{statistics_of([3.4, 3.2])}"  # the seeds' best validation losses
+    assert "q_n = min(exp(-0.1 d(W_t, W_n)), 0.5) measured on the test set" in md
+    # every seed's rows in the CSV, and each seed's own tables in its folder
+    with open(exp / "results.csv") as f:
+        records = list(csv.DictReader(f))
+    assert [(r["seed"], r["variant"]) for r in records] == [
+        (s, v) for s in ("1", "2") for v in ("baseline", "noise", "skd")]
+    assert float(records[5]["test_nll_per_sentence"]) == 22.2
+    assert (exp / "seed2" / "results.md").read_text().startswith("# synthetic, seed 2: Table 2")
+
+    md = seeds.write(exp, name="synthetic", task="lm", smoke=True, draw=False)
+    assert "plumbing check (--smoke), not a result" in md and "the baseline on" not in md
+    assert "paper:" not in md  # no paper experiment named
+    # one seed: no mean ± std, and a verdict says that there is no spread to judge by
+    one = seeds_experiment(tmp_path / "one", {"baseline": 24.0, "skd": 22.0}, seeds=(1,))
+    md = seeds.write(one, task="lm", draw=False)
+    assert "seed 1 (one seed: no spread)" in md and "±" not in md
+    assert md.count("one seed, so no spread to tell a difference from noise") == 1
+
+
+def statistics_of(values):
+    import statistics
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def test_diagnostics_over_seeds_and_the_pooled_reliability_diagram(tmp_path):
+    def bins(count, confidence, accuracy):  # all tokens in bin 9
+        return reliability({9: (count, confidence, accuracy)})
+
+    tables = {(seed, variant): bins(10 * seed, 0.6, 0.4 + seed / 10)
+              for seed in (1, 2) for variant in ("baseline", "skd")}
+    exp = seeds_experiment(tmp_path / "lm", {"baseline": 24.0, "skd": 24.5}, bins=tables)
+    md = seeds.write(exp, task="lm")
+    header, *rows = table_rows(md, "## Language model: prediction diagnostics on the test "
+                                   "set, mean ± std over seeds")
+    assert header[0] == "model" and header[1:] == [h for _, h, _ in diagnostics.COLUMNS]
+    assert rows[1][:3] == ["+SKD", "2.5150 ± 0.0071", "1.150 ± 0.071"]
+    assert rows[1][-2] == "3.5 ± 0.7"  # best epoch: a mean of whole epochs (3 and 4)
+    assert_png(exp / "reliability.png")
+    line = next(line for line in md.splitlines() if line.startswith("`reliability.png`"))
+    assert "seeds 1 2; the seeds pooled: bin counts summed" in line
+    assert line.endswith("curves: Baseline, +SKD")
+    # the seeds' bins pooled: 10 tokens at accuracy 0.5 and 20 at 0.6
+    pooled = diagnostics.pool_reliability([tables[1, "skd"], tables[2, "skd"]])
+    assert pooled[9]["count"] == 30 and pooled[9]["accuracy"] == pytest.approx((10 * 0.5 + 20 * 0.6) / 30)
+    for seed in (1, 2):  # each seed's own figures
+        assert_png(exp / f"seed{seed}" / "reliability.png")

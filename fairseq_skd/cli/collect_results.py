@@ -1,404 +1,47 @@
-"""One recipe run's results as the paper's tables and figures, the paper's numbers beside ours.
+"""fairseq-skd-collect: a recipe experiment's tables (markdown + CSV) and figures.
 
     fairseq-skd-collect exp/wmt15_en_fi
-    # writes exp/wmt15_en_fi/results.md, results.csv, fig3_qn_alpha.png, fig4_valid_bleu.png,
-    # valid_loss.png, reliability.png and prints the tables
+    # writes exp/wmt15_en_fi/results.md, results.csv, reliability.png (over the seeds) and, in
+    # each exp/wmt15_en_fi/seed<N>/, that seed's tables and figures; prints the tables
 
-Reads the layout described in ``fairseq_skd.results.layout`` (a folder per variant with
-``train.log`` and the score files of ``fairseq-skd-score-lm`` / ``fairseq-skd-score-mt`` /
-``fairseq-skd-bleu``):
-
-- LM experiments (ptb, wiki2): Table 2, test NLL per sentence (and perplexity) per variant;
-- MT experiments (wmt15_*): Table 3, BLEU "test (dev)" for beam 1 and beam 12, with the
-  sacreBLEU signature(s) under the table;
-- for every variant, the number of updates and, for the SKD variants, the mean q_n, the rate of
-  clipped q_n and alpha over the last epoch of training (``train`` record; the last
-  ``train_inner`` record if no epoch finished);
-- both tasks: a prediction diagnostics table from each variant's ``score_test.json``
-  (``fairseq-skd-score-lm`` / ``fairseq-skd-score-mt``: NLL per token, fitted temperature and
-  the NLL at it, top-1 accuracy, mean max probability, ECE, entropy, NLL where the argmax is
-  right / wrong) and its training log (best epoch, train-valid NLL gap there); see
-  ``fairseq_skd.results.diagnostics``;
-- figures: q_n and alpha over updates (Fig. 3), validation BLEU over updates (Fig. 4, MT),
-  validation NLL per token over updates (both), a curve for every variant that logged it, and
-  the test set's reliability diagram (accuracy against confidence per bin, a curve per variant).
-
-A variant that was not run or a missing score file shows as "-" and is listed under Notes.
-``--subsets test`` reads the test scores only and ``--no-paper`` leaves the paper's columns out,
-for experiments that are not the paper's (``fairseq-skd-demo`` collects each seed so).
+What is read and written: ``fairseq_skd.results.layout``; one run folder's tables:
+``fairseq_skd.results.report``; the tables over seeds: ``fairseq_skd.results.seeds``.
 """
 
 import argparse
-import json
 import logging
-import re
 import sys
 from pathlib import Path
 
 from fairseq_skd.cli.requirements import require_packages
-from fairseq_skd.results import diagnostics, layout, paper
-from fairseq_skd.results.figures import write_figures
-from fairseq_skd.results.logs import is_number, parse_log, training_summary
-from fairseq_skd.results.tables import (MISSING, Column, count, fmt, formatted, markdown_table,
-                                        number, signed, text, write_results)
+from fairseq_skd.results import layout, seeds
+from fairseq_skd.results.report import CollectError
 
-
-class CollectError(Exception):
-    """A user-facing failure: no such folder, nothing to collect."""
-
-
-# ---------------------------------------------------------------------------------------------
-# reading
-
-
-def _read_json(path, notes, label):
-    if not path.is_file():
-        notes.append(f"{label}: {path.name} missing")
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        notes.append(f"{label}: {path.name} unreadable ({e})")
-        return None
-
-
-def infer_task(name, variant_dirs):
-    """lm or mt from the experiment's name, else from its score files: BLEU files anywhere make
-    it MT (an MT variant has score_test.json too), score files alone LM; None if neither."""
-    if name in layout.LM_EXPERIMENTS:
-        return "lm"
-    if name in layout.MT_EXPERIMENTS:
-        return "mt"
-    for pattern, task in (("bleu_*.json", "mt"), ("score_*.json", "lm")):
-        if any(any(d.glob(pattern)) for d in variant_dirs.values()):
-            return task
-    return None
-
-
-def collect(exp_dir, experiment=None, task=None, subsets=layout.SUBSETS, with_paper=True):
-    """Everything the tables and figures need, as plain data: the score files of ``subsets``,
-    the paper's numbers unless ``with_paper`` is false."""
-    exp_dir = Path(exp_dir)
-    if not exp_dir.is_dir():
-        raise CollectError(f"experiment folder not found: {exp_dir}")
-    variant_dirs = {v: exp_dir / v for v in layout.VARIANTS if (exp_dir / v).is_dir()}
-    if not variant_dirs:
-        raise CollectError(f"{exp_dir} has no variant folder (expected one or more of "
-                           f"{', '.join(layout.VARIANTS)})")
-    name = experiment or exp_dir.resolve().name
-    task = task or infer_task(name, variant_dirs)
-    if task is None:
-        raise CollectError(f"cannot tell whether {exp_dir} is an LM or MT experiment (unknown name "
-                           f"'{name}' and no score files): pass --task lm or --task mt")
-    notes = []
-    others = sorted(p.name for p in exp_dir.iterdir() if p.is_dir() and p.name not in layout.VARIANTS)
-    if others:
-        notes.append(f"folders ignored (not a variant): {', '.join(others)}")
-    known = paper.table(task)
-    if with_paper and name not in known:
-        notes.append(f"no paper numbers for experiment '{name}' "
-                     f"(known: {', '.join(sorted(known))})")
-
-    beams = beams_decoded(variant_dirs.values()) if task == "mt" else ()
-    variants = {}
-    for variant in layout.VARIANTS:
-        entry = {"run": variant in variant_dirs, "logs": None, "training": None, "scores": {}}
-        variants[variant] = entry
-        if not entry["run"]:
-            notes.append(f"{variant}: not run (no folder {variant}/)")
-            continue
-        d = variant_dirs[variant]
-        log = d / layout.TRAIN_LOG
-        if log.is_file():
-            entry["logs"] = parse_log(log)
-            entry["training"] = training_summary(entry["logs"])
-            if not entry["logs"]["train_inner"] and not entry["logs"]["valid"]:
-                notes.append(f"{variant}: {layout.TRAIN_LOG} has no JSON train_inner/valid records "
-                             "(was it run with --log-format json?)")
-        else:
-            notes.append(f"{variant}: {layout.TRAIN_LOG} missing (no curves, no q_n)")
-        for subset in subsets:
-            # LM: the NLL and diagnostics of every subset; MT: BLEU, and the test set's
-            # teacher-forced NLL and diagnostics
-            if task == "lm" or subset == "test":
-                data = _read_json(d / layout.score_file(subset), notes, variant)
-                if data is not None and data.get("subset", subset) != subset:
-                    notes.append(f"{variant}: {layout.score_file(subset)} is for subset "
-                                 f"'{data['subset']}'")
-                if data is not None and subset == "test" and "mean_entropy" not in data:
-                    notes.append(f"{variant}: {layout.score_file(subset)} has no prediction "
-                                 "diagnostics (score it again with this version)")
-                entry["scores"][subset] = data
-            if task == "mt":
-                for beam in beams:
-                    entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam),
-                                                                 notes, variant)
-    _check_sentence_counts(variants, notes)
-    return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants,
-            "subsets": tuple(subsets), "beams": beams, "paper": with_paper, "notes": notes}
-
-
-def beams_decoded(variant_dirs):
-    """The beam widths of the BLEU files present (a recipe's --beams), else the paper's."""
-    found = {int(m.group(1)) for d in variant_dirs for p in d.glob("bleu_*_beam*.json")
-             if (m := re.search(r"_beam(\d+)\.json$", p.name))}
-    return tuple(sorted(found)) or layout.BEAMS
-
-
-def _check_sentence_counts(variants, notes):
-    counts = {}
-    for variant, entry in variants.items():
-        for key, data in entry["scores"].items():
-            if data and is_number(data.get("sentences")):
-                counts.setdefault(key, {})[variant] = data["sentences"]
-    for key, per_variant in counts.items():
-        if len(set(per_variant.values())) > 1:
-            label = key if isinstance(key, str) else f"{key[0]} beam {key[1]}"
-            notes.append(f"{label}: variants were scored on different numbers of sentences "
-                         f"({per_variant}); their scores are not comparable")
-
-
-# ---------------------------------------------------------------------------------------------
-# rows (results.csv) and tables (results.md)
-
-
-def _score(data, key):
-    value = data.get(key) if data else None
-    return value if is_number(value) else None
-
-
-def _training_columns(training):
-    return {"updates": training.get("updates"), "final_qn": training.get("qn"),
-            "final_clip": training.get("clip"), "final_alpha": training.get("alpha")}
-
-
-def _diagnostics_columns(entry):
-    """The diagnostics table's values: score_test.json's, the training log's best epoch and gap."""
-    test, training = entry["scores"].get("test"), entry["training"] or {}
-    return {**{key: _score(test, key) for key in diagnostics.SCORE_KEYS},
-            "best_epoch": training.get("best_epoch"),
-            "train_valid_gap": training.get("train_valid_gap")}
-
-
-def _only(results, row):
-    """``row`` without the columns of subsets not scored and, without the paper, its columns."""
-    prefixes = {"test": ("test_",), "valid": ("valid_", "dev_")}  # MT calls valid "dev"
-    dropped = tuple(p for s in layout.SUBSETS if s not in results["subsets"] for p in prefixes[s])
-    dropped += () if results["paper"] else ("paper_",)
-    return {k: v for k, v in row.items() if not k.startswith(dropped)}
-
-
-def lm_rows(results):
-    name = results["experiment"]
-    base = results["variants"]["baseline"]["scores"].get("test")
-    base_ours, base_paper = _score(base, "nll_per_sentence"), paper.nll_per_sentence(name, "baseline")
-    rows = []
-    for variant, entry in results["variants"].items():
-        test, valid = entry["scores"].get("test"), entry["scores"].get("valid")
-        ours, theirs = _score(test, "nll_per_sentence"), paper.nll_per_sentence(name, variant)
-        rows.append(_only(results, {
-            "experiment": name,
-            "variant": variant,
-            "model": layout.VARIANT_NAMES[variant],
-            "test_nll_per_sentence": ours,
-            "test_ppl": _score(test, "ppl"),
-            "test_sentences": _score(test, "sentences"),
-            "valid_nll_per_sentence": _score(valid, "nll_per_sentence"),
-            "valid_ppl": _score(valid, "ppl"),
-            "delta_vs_baseline": None if ours is None or base_ours is None else ours - base_ours,
-            "paper_test_nll_per_sentence": theirs,
-            "paper_delta_vs_baseline": None if theirs is None or base_paper is None else theirs - base_paper,
-            **_training_columns(entry["training"] or {}),
-            **_diagnostics_columns(entry),
-        }))
-    return rows
-
-
-def mt_rows(results):
-    name = results["experiment"]
-    sigs = signatures(results)
-    rows = []
-    for variant, entry in results["variants"].items():
-        row = {"experiment": name, "variant": variant, "model": layout.VARIANT_NAMES[variant]}
-        for beam in results["beams"]:
-            row[f"test_bleu_beam{beam}"] = _score(entry["scores"].get(("test", beam)), "bleu")
-            row[f"dev_bleu_beam{beam}"] = _score(entry["scores"].get(("valid", beam)), "bleu")
-        for beam in results["beams"]:
-            row[f"paper_test_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "test")
-            row[f"paper_dev_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "valid")
-        row.update(_training_columns(entry["training"] or {}))
-        row.update(_diagnostics_columns(entry))
-        row["signature"] = " ; ".join(s for s, files in sigs.items()
-                                      if any(x.startswith(variant + "/") for x in files))
-        rows.append(_only(results, row))
-    return rows
-
-
-def signatures(results):
-    """{signature: [files]} over the BLEU files found."""
-    found = {}
-    for variant, entry in results["variants"].items():
-        for key, data in entry["scores"].items():
-            if data and isinstance(key, tuple) and data.get("signature"):
-                found.setdefault(data["signature"], []).append(f"{variant}/{layout.bleu_file(*key)}")
-    return found
-
-
-def _test_dev(test_key, dev_key):
-    """A "test (dev)" cell; "test" alone where the row has no ``dev_key`` column."""
-    def cell(row):
-        if dev_key not in row:
-            return fmt(row.get(test_key))
-        if row.get(test_key) is None and row.get(dev_key) is None:
-            return MISSING
-        return f"{fmt(row.get(test_key))} ({fmt(row.get(dev_key))})"
-    return cell
-
-
-# The training log's values (one meaning in every table: the last epoch of training).
-TRAINING_COLUMNS = [
-    Column("Updates", lambda row: count(row["updates"])),
-    Column("train q_n", number("final_qn", 4)),
-    Column("train clip rate", number("final_clip", 4)),
-    Column("final alpha", number("final_alpha", 4)),
-]
-TRAINING_LEGEND = (
-    "train q_n: the mean q_n (Eq. 8) over the training positions where the prediction is not "
-    "the target, as the criterion logs it, i.e. after clipping at --skd-qn-max (so it cannot "
-    "rise above that value as the paper's Fig. 3(a) does); train clip rate: the fraction of "
-    "those q_n clipped; final alpha: the SKD weight (Eq. 12). All three over the last epoch of "
-    "training (`train` record of train.log; the last `train_inner` record if no epoch "
-    f"finished). {MISSING}: not logged (the criterion is not self_kd_cross_entropy) or not run.")
-
-
-def lm_columns(results):
-    dataset = layout.LM_EXPERIMENTS.get(results["experiment"], results["experiment"])
-    columns = [
-        Column("Model", text("model"), align="left"),
-        Column("Test NLL/sent. (ours)", number("test_nll_per_sentence")),
-        Column("Δ (ours)", lambda row: signed(row["delta_vs_baseline"])),
-        Column("Test ppl (ours)", number("test_ppl")),
-    ]
-    if "valid" in results["subsets"]:
-        columns.append(Column("Valid NLL/sent. (ours)", number("valid_nll_per_sentence")))
-    if results["paper"]:
-        columns += [Column(f"Paper {dataset}", number("paper_test_nll_per_sentence")),
-                    Column("Δ (paper)", lambda row: signed(row["paper_delta_vs_baseline"]))]
-    return columns + TRAINING_COLUMNS
-
-
-def mt_columns(results):
-    columns = [Column("Model", text("model"), align="left")]
-    for beam in results["beams"]:
-        columns.append(Column(f"Beam {beam} (ours)",
-                              _test_dev(f"test_bleu_beam{beam}", f"dev_bleu_beam{beam}")))
-        if results["paper"]:
-            columns.append(Column(f"Beam {beam} (paper)", _test_dev(f"paper_test_bleu_beam{beam}",
-                                                                   f"paper_dev_bleu_beam{beam}")))
-    return columns + TRAINING_COLUMNS
-
-
-DIAGNOSTICS_TITLE = "## Prediction diagnostics (test set)"
-
-
-def diagnostics_columns():
-    return [Column("Model", text("model"), align="left")] + [
-        Column(header, formatted(key, template)) for key, header, template in diagnostics.COLUMNS]
-
-
-def markdown(results, rows, figures):
-    name, task = results["experiment"], results["task"]
-    if task == "lm":
-        lines = [
-            f"# {name}: Table 2 (language modelling), test NLL per sentence",
-            "",
-            "NLL per sentence: natural log, `</s>` included, mean over the test sentences "
-            "(`fairseq-skd-score-lm`); lower is better. Δ: difference to the baseline of the same "
-            "column. Perplexity: exp(total NLL / total tokens).",
-            "",
-            *markdown_table(lm_columns(results), rows),
-        ]
-        counts = [f"{subset} {_sentences(results, subset)}" for subset in results["subsets"]]
-        lines += ["", f"Sentences scored: {', '.join(counts)}."]
-    else:
-        pair = layout.MT_EXPERIMENTS.get(name, name)
-        dev = "valid" in results["subsets"]
-        lines = [
-            f"# {name}: Table 3 (translation), BLEU test{' (dev)' if dev else ''}",
-            "",
-            "Detokenized sacreBLEU (`fairseq-skd-bleu`), "
-            + ("test set with the development set in parentheses, as in the paper"
-               if dev else "test set")
-            + (f"; paper: {pair} rows of Table 3." if results["paper"] else "."),
-            "",
-            *markdown_table(mt_columns(results), rows),
-        ]
-        sigs = signatures(results)
-        lines.append("")
-        if len(sigs) == 1:
-            lines.append(f"sacreBLEU signature: `{next(iter(sigs))}`")
-        elif sigs:
-            lines.append("sacreBLEU signatures differ between files (scores not comparable):")
-            lines += [f"- `{sig}`: {', '.join(files)}" for sig, files in sigs.items()]
-        else:
-            lines.append(f"sacreBLEU signature: {MISSING} (no BLEU file found)")
-    lines += ["", TRAINING_LEGEND, "", DIAGNOSTICS_TITLE, "",
-              *markdown_table(diagnostics_columns(), rows), "", diagnostics.LEGEND]
-    if figures:
-        lines += ["", "## Figures", ""]
-        for drawn in figures:
-            variants = dict.fromkeys(v for panel in drawn.curves.values() for v in panel)
-            lines.append(f"- `{drawn.file}`: {drawn.caption}; curves: "
-                         + ", ".join(layout.VARIANT_NAMES[v] for v in variants))
-    lines += ["", "## Notes", ""]
-    lines += [f"- {note}" for note in results["notes"]] or ["- none: every file was found"]
-    return "\n".join(lines) + "\n"
-
-
-def _sentences(results, subset):
-    found = {data["sentences"] for entry in results["variants"].values()
-             for data in [entry["scores"].get(subset)] if data and "sentences" in data}
-    return MISSING if not found else "/".join(str(n) for n in sorted(found))
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def run(exp_dir, out=None, experiment=None, task=None, figures=True, subsets=layout.SUBSETS,
-        with_paper=True):
-    """Collect, write results.md / results.csv (and figures); returns (results, rows, markdown),
-    with the figures drawn in ``results["figures"]`` (:class:`fairseq_skd.results.figures.Drawn`)."""
-    results = collect(exp_dir, experiment, task, subsets, with_paper)
-    out = Path(out) if out else Path(exp_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = lm_rows(results) if results["task"] == "lm" else mt_rows(results)
-    results["figures"] = write_figures(results, out) if figures else []
-    md = markdown(results, rows, results["figures"])
-    write_results(out, md, rows)
-    return results, rows, md
+PAPER_EXPERIMENTS = [*layout.LM_EXPERIMENTS, *layout.MT_EXPERIMENTS]
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="fairseq-skd-collect", description=(
-        "Tables (markdown + CSV) and figures of one recipe run, in the format of Hahn & Choi "
-        "(2019) Tables 2-3 and Figs. 3-4, with the paper's numbers beside ours."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "Tables (markdown + CSV) and figures of a recipe's experiment folder: mean ± std over "
+        "its seed<N> folders, each seed's tables in the format of Hahn & Choi (2019) Tables 2-3 "
+        "and Figs. 3-4, the paper's numbers beside ours where the experiment is the paper's."))
     parser.add_argument("exp_dir", metavar="EXP_DIR",
-                        help="experiment folder (ptb, wiki2, wmt15_en_fi, wmt15_fi_en, wmt15_en_de) "
-                        f"holding variant folders ({', '.join(layout.VARIANTS)})")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: EXP_DIR)")
-    parser.add_argument("--experiment", help="experiment name for the paper's numbers "
-                        "(default: the folder's name)")
+                        help="an experiment folder (seed<N>/<variant>/ inside), or one run "
+                        "folder (<variant>/ inside)")
+    parser.add_argument("--out", metavar="DIR", help="where the tables over the seeds go "
+                        "(default: EXP_DIR; each seed's go into its folder)")
+    parser.add_argument("--name", help="the experiment's name in the titles (default: the "
+                        "folder's name)")
     parser.add_argument("--task", choices=layout.TASKS,
-                        help="LM (Table 2) or MT (Table 3); default: from the experiment name, "
-                        "else from the score files found")
+                        help="lm (Table 2) or mt (Table 3); default: from the name or the paper "
+                        "experiment, else from the score files found")
+    parser.add_argument("--paper", choices=[*PAPER_EXPERIMENTS, "none"], metavar="EXPERIMENT",
+                        help="whose numbers in the paper go beside ours: one of "
+                        f"{', '.join(PAPER_EXPERIMENTS)} or none (default: the name, if it is "
+                        "one of them, else none)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the run was a plumbing check: say so, and judge no variant")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
-    ours = parser.add_argument_group("an experiment that is not the paper's",
-                                     "fairseq-skd-demo collects each of its seeds with both")
-    ours.add_argument("--subsets", nargs="+", choices=layout.SUBSETS, default=list(layout.SUBSETS),
-                      help="the subsets scored: the tables show and expect their files only")
-    ours.add_argument("--no-paper", action="store_true", help="our numbers only, no paper columns")
     return parser
 
 
@@ -406,14 +49,21 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     require_packages("fairseq-skd-collect", [] if args.no_figures else ["matplotlib"])
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font search logs at DEBUG
+    exp_dir = Path(args.exp_dir)
+    name = args.name or exp_dir.resolve().name
+    paper_name = args.paper or (name if name in PAPER_EXPERIMENTS else "none")
     try:
-        _, _, md = run(args.exp_dir, args.out, args.experiment, args.task, not args.no_figures,
-                       args.subsets, not args.no_paper)
+        md = seeds.write(exp_dir, args.out, name, args.task,
+                         None if paper_name == "none" else paper_name, args.smoke,
+                         not args.no_figures)
     except CollectError as e:
         sys.exit(f"fairseq-skd-collect: error: {e}")
     print(md, end="")
-    print(f"written to {Path(args.out or args.exp_dir)}/ (results.md, results.csv"
-          f"{'' if args.no_figures else ', figures'})", flush=True)
+    out = Path(args.out or exp_dir)
+    print(f"\nwritten to {out}/: results.md, results.csv"
+          + ("" if args.no_figures else " and figures")
+          + ("; each seed's tables and figures in its seed<N>/ folder"
+             if layout.seed_dirs(exp_dir) else ""), flush=True)
 
 
 if __name__ == "__main__":

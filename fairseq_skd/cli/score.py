@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 
+from ..evaluation.qn import parse_qn_sigma
 from ..evaluation.scoring import TOOLS, ScoreError, score
 from .requirements import output_folder_problem
 
@@ -32,6 +33,13 @@ DESCRIPTIONS = {
           "perplexity and prediction diagnostics of a fairseq translation checkpoint on a "
           "binarized subset, against its reference translations.",
 }
+
+
+def qn_sigma(text):
+    try:
+        return parse_qn_sigma(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser(kind):
@@ -52,6 +60,10 @@ def build_parser(kind):
                         help="write one row per sentence: index (line number in the subset, from 0), "
                         "tokens (incl. </s>), nll (nats)")
     parser.add_argument("--json", metavar="JSON", help="write the summary as JSON")
+    parser.add_argument("--qn-sigma", type=qn_sigma, default="0.1", metavar="SIGMA",
+                        help="sigma at which the median q_n and clip rate of the positions where "
+                        "the argmax is not the target are measured (a number, 'auto' or 'none'; "
+                        "default: 0.1, the paper's, whatever the model was trained with)")
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per batch (optional cap)")
     return parser
@@ -76,7 +88,7 @@ def run(kind, argv=None):
             sys.exit(f"{TOOLS[kind]}: error: {output_folder_problem(flag, path)}")
     try:
         summary, scores = score(args.data, args.path, kind, args.subset, calibration, args.cpu,
-                                args.user_dir, args.max_tokens, args.batch_size)
+                                args.user_dir, args.max_tokens, args.batch_size, args.qn_sigma)
     except ScoreError as e:
         sys.exit(f"{TOOLS[kind]}: error: {e}")
     summary["data"] = args.data
@@ -86,17 +98,16 @@ def run(kind, argv=None):
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
             f.write("\n")
-    calibrated = (f", T {summary['temperature']:.3f} on {calibration}: NLL/token "
+    calibrated = (f", T {summary['temperature']:.3f} (fitted on {calibration}): NLL/token "
                   f"{summary['calibrated_nll_per_token']:.4f}" if calibration else "")
-    print(
-        f"{summary['subset']}: {summary['sentences']} sentences, {summary['tokens']} tokens, "
-        f"NLL/sentence {summary['nll_per_sentence']:.2f} nats, NLL/token "
-        f"{summary['nll_per_token']:.4f}, ppl {summary['ppl']:.2f}, entropy "
-        f"{summary['mean_entropy']:.3f}, top-1 {summary['top1_accuracy']:.3f}, max prob "
-        f"{summary['mean_max_prob']:.3f}, ECE {summary['ece']:.3f}{calibrated} "
-        f"({args.path}, {time.time() - start:.1f}s)",
-        flush=True,
-    )
+    qn = (f"; median q_n {summary['median_qn']:.3f}, clip rate {summary['clip_rate']:.3f} "
+          f"at sigma {summary['qn_sigma']:.3g}" if summary.get("median_qn") is not None else "")
+    print(f"{summary['subset']}: {summary['sentences']} sentences, {summary['tokens']} tokens, "
+          f"NLL/sentence {summary['nll_per_sentence']:.2f} nats, NLL/token "
+          f"{summary['nll_per_token']:.4f}, ppl {summary['ppl']:.2f}{calibrated}; entropy "
+          f"{summary['mean_entropy']:.3f}, top-1 {summary['top1_accuracy']:.3f}, max prob "
+          f"{summary['mean_max_prob']:.3f}, ECE {summary['ece']:.3f}{qn} "
+          f"({time.time() - start:.1f}s)", flush=True)
 
 
 def main_lm(argv=None):

@@ -1,37 +1,26 @@
-"""fairseq-train with N data-parallel workers, on GPUs or CPU cores, that never leaves orphans.
+"""fairseq-skd-train: fairseq-train with N data-parallel workers, on GPUs or CPU cores, that
+never leaves orphans, resumes past a damaged checkpoint_last.pt and can keep a quiet log.
 
-    fairseq-skd-train --nproc 2 DATA_BIN --user-dir fairseq_skd --arch ... --criterion ...
-    fairseq-skd-train DATA_BIN ...            # --nproc 1 (default): exactly fairseq-train
-    fairseq-skd-train --check baseline DATA_BIN ... --- skd DATA_BIN ...   # parse only
-
-Everything after ``--nproc N`` is fairseq-train's command line, unchanged. With N > 1:
+Everything but its own options is fairseq-train's command line, unchanged. With N > 1:
 
 - **GPUs** (CUDA available and no ``--cpu``): fairseq's own launcher, ``fairseq-train
   --distributed-world-size N``, which spawns one process per GPU (torch sets each worker to
   die with its parent).
-- **CPU**: N workers started by ``torchrun --standalone``, each running fairseq-train with
-  ``--distributed-init-method env://`` and its rank (fairseq's own inference from torchrun's
-  environment divides by the GPU count and fails on CPU), the ``gloo`` backend and
-  ``--ddp-backend legacy_ddp`` (fairseq's default ``c10d`` cannot wrap a CPU model), and
-  ``OMP_NUM_THREADS`` = the cores / N so the workers do not fight over cores.
+- **CPU**: N workers started by ``torchrun --standalone``, each running
+  :mod:`fairseq_skd.cli.train_worker` with the ``gloo`` backend and ``--ddp-backend legacy_ddp``
+  (fairseq's default ``c10d`` cannot wrap a CPU model), and ``OMP_NUM_THREADS`` = the cores / N
+  so the workers do not fight over cores.
 - ``--load-checkpoint-on-all-dp-ranks``: otherwise rank 0 broadcasts the loaded checkpoint
   and the other ranks unpickle omegaconf objects that torch's safe loader refuses, so
   resuming fails.
 
 Before training: a damaged checkpoint_last.pt (fairseq copies it non-atomically, so a kill at
 the wrong moment leaves it empty or cut short) is set aside as checkpoint_last.pt.damaged and
-replaced by the newest intact checkpoint, so the run resumes instead of failing; the data's
-dictionaries are copied into --save-dir, where the scorers check data against them.
-
-``--check`` parses each labelled command line with fairseq-train's own parser and reports, by
-label, those it would refuse (an unknown flag, a value out of range): a recipe or the study runs
-it before any work, instead of failing at the training of the one variant that rejects a flag.
+replaced by the newest intact checkpoint; the data's dictionaries are copied into --save-dir,
+where the scorers check data against them.
 
 Interrupting (Ctrl-C, SIGTERM, SIGHUP) stops every worker: the signal is passed to torchrun,
-which stops its workers. torchrun starts each worker in a session of its own, so a SIGKILL of
-the launching process group does not reach them; each CPU worker therefore asks the kernel to
-kill it when its parent dies (``PR_SET_PDEATHSIG``), and torchrun is asked the same about this
-launcher. No worker outlives the run to keep writing checkpoints.
+which stops its workers; each CPU worker also dies with its launcher (``PR_SET_PDEATHSIG``).
 
 alpha and the logged SKD statistics need nothing more: alpha is a function of the trainer's
 update count, which every worker holds identically, and every logged value is a sum that
@@ -39,45 +28,66 @@ fairseq all-reduces over the workers before ``reduce_metrics`` normalises it, so
 exactly what one worker with ``--update-freq N`` logs (tests/test_distributed.py).
 """
 
-import ctypes
+import argparse
+import collections
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
-PROG = "fairseq-skd-train"
+from fairseq_skd.cli.train_worker import PROG, die_with_parent
+
 # fairseq's DDP backends that can wrap a model on CPU workers (its default, c10d, cannot)
 CPU_DDP_BACKENDS = ("legacy_ddp", "no_c10d")
-_PR_SET_PDEATHSIG = 1
+TAIL_LINES = 15  # of a failing run's log, shown with its error
 
 
 class LaunchError(Exception):
     """A user-facing problem with the command line, raised before anything starts."""
 
 
-def die_with_parent(sig=signal.SIGKILL):
-    """Ask Linux to send ``sig`` to this process when its parent exits (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+def build_parser():
+    """fairseq-skd-train's own options (for --help and parsing; they may stand anywhere on the
+    line); everything else goes to fairseq-train."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, add_help=False, allow_abbrev=False,
+        usage=f"{PROG} [--nproc N] [--log FILE] FAIRSEQ_TRAIN_ARGS...\n"
+              f"       {PROG} --check LABEL FAIRSEQ_TRAIN_ARGS... [--- LABEL ...]",
+        description="fairseq-train with N data-parallel workers (GPUs, or CPU cores through "
+        "torchrun), resuming past a damaged checkpoint_last.pt. Every argument but the options "
+        "below is fairseq-train's, unchanged. Add --help after a fairseq-train command line "
+        "(with its --arch and --criterion) to list fairseq-train's flags, with those of the "
+        "architecture and the criterion, which fairseq-train --help leaves out.")
+    parser.add_argument("--nproc", type=worker_count, default=1, metavar="N",
+                        help="data-parallel workers: N GPUs, or N CPU workers sharing the cores "
+                        "(default 1: exactly fairseq-train)")
+    parser.add_argument("--log", metavar="FILE",
+                        help="append fairseq-train's output to FILE and print one line per "
+                        "epoch instead; a failure prints the log's last lines")
+    parser.add_argument("--check", action="store_true",
+                        help="only parse each labelled command line (separated by ---) with "
+                        "fairseq-train's parser and name those it would refuse (exit 2)")
+    parser.add_argument("-h", "--help", action="store_true", help="this message")
+    return parser
 
 
-def split_nproc(argv):
-    """(N, the rest of argv) from ``[--nproc N] fairseq-train args...``."""
-    argv = list(argv)
-    nproc = 1
-    if argv and (argv[0] == "--nproc" or argv[0].startswith("--nproc=")):
-        value = argv.pop(0).partition("=")[2] or (argv.pop(0) if argv else "")
-        try:
-            nproc = int(value)
-        except ValueError:
-            raise LaunchError(f"--nproc takes a whole number of workers, got {value!r}") from None
-        if nproc < 1:
-            raise LaunchError(f"--nproc must be at least 1, got {nproc}")
-    return nproc, argv
+def worker_count(text):
+    try:
+        nproc = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a whole number of workers, got {text!r}") from None
+    if nproc < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {nproc}")
+    return nproc
+
+
+def split_options(argv):
+    """(our options, fairseq-train's argv) from a command line that may mix them; a bad value
+    of ours exits with a usage error that names it."""
+    return build_parser().parse_known_args(argv)
 
 
 def option_value(argv, flag):
@@ -132,11 +142,9 @@ def plan(nproc, argv, cuda_devices):
         extra += ["--distributed-backend", "gloo"]
     if "--cpu" not in argv:
         extra.append("--cpu")
-    # The worker runs this file as a script, not as fairseq_skd.cli.train: importing the
-    # package first would clash with fairseq's own import of --user-dir when the two paths
-    # differ (an installed package and a checkout).
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
     command = [console_script("torchrun"), "--standalone", "--nproc-per-node", str(nproc),
-               os.path.abspath(__file__), "--as-cpu-worker", *argv, *extra]
+               worker, *argv, *extra]
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, available_cores() // nproc))
     return command, {"OMP_NUM_THREADS": threads}, "cpu"
 
@@ -154,8 +162,6 @@ def recover_last_checkpoint(argv, log):
     last = os.path.join(save_dir, "checkpoint_last.pt")
     if not os.path.exists(last):
         return None
-    # Imported here, not at the top: this file also runs as a CPU worker's script, which must not
-    # import the plugin package before fairseq imports it as --user-dir.
     from fairseq_skd.checkpoint_loading import checkpoint_problem, resumable_checkpoints
 
     problem = checkpoint_problem(last)
@@ -187,41 +193,6 @@ def keep_dictionaries(argv):
     for name in sorted(os.listdir(data)):
         if name.startswith("dict.") and name.endswith(".txt"):
             shutil.copyfile(os.path.join(data, name), os.path.join(save_dir, name))
-
-
-def run_supervised(command, env):
-    """Run ``command`` as a child that dies with this process; pass on Ctrl-C, SIGTERM and
-    SIGHUP, wait for it to stop its workers, and return its exit status."""
-    child = subprocess.Popen(command, env={**os.environ, **env},
-                             preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-    received = []
-
-    def forward(signum, _frame):
-        received.append(signum)
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
-    status = child.wait()
-    if received:
-        return 128 + received[0]
-    return status if status >= 0 else 128 - status
-
-
-def worker_main(argv):
-    """One CPU worker under torchrun: fairseq-train with the rank torchrun gave it."""
-    die_with_parent(signal.SIGKILL)
-    if os.getppid() == 1:  # torchrun died before the line above took effect
-        sys.exit(f"{PROG}: worker started after its launcher died; exiting")
-    from fairseq_cli.train import cli_main
-
-    sys.argv = ["fairseq-train", *argv,
-                "--distributed-init-method", "env://",
-                "--distributed-world-size", os.environ["WORLD_SIZE"],
-                "--distributed-rank", os.environ["RANK"],
-                "--distributed-no-spawn"]
-    cli_main()
 
 
 def fairseq_train_problems(command_lines):
@@ -268,28 +239,101 @@ def check_main(argv):
     return 2 if problems else 0
 
 
+def fairseq_help(argv):
+    """fairseq-train's help for this command line, with the flags of its --arch, --task and
+    --criterion (fairseq-train --help prints its help before it adds those)."""
+    from fairseq import options
+
+    argv = [arg for arg in argv if arg not in ("-h", "--help")]
+    if not argv or argv[0].startswith("-"):
+        argv = ["DATA", *argv]  # the data folder is not needed to list the flags
+    parser = options.get_training_parser()
+    options.parse_args_and_arch(parser, argv, parse_known=True)  # adds those flags to parser
+    parser.prog = "fairseq-train"
+    parser.print_help()
+
+
+def run_supervised(command, env, on_line=None):
+    """Run ``command`` as a child that dies with this process; pass on Ctrl-C, SIGTERM and
+    SIGHUP, wait for it to stop its workers, and return its exit status. With ``on_line``, its
+    output (stdout and stderr) is given to it a line at a time."""
+    output = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                  errors="replace") if on_line else {}
+    child = subprocess.Popen(command, env={**os.environ, **env},
+                             preexec_fn=lambda: die_with_parent(signal.SIGTERM), **output)
+    received = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    if on_line:
+        for line in child.stdout:
+            on_line(line)
+    status = child.wait()
+    if received:
+        return 128 + received[0]
+    return status if status >= 0 else 128 - status
+
+
+def run_logged(command, env, log_file, epochs):
+    """Run ``command`` with its output appended to ``log_file`` (after a line with the date and
+    the command) and a line per finished epoch on stdout (``epochs``: the last one, for the
+    time left). A failure prints the log's last lines. Returns the exit status."""
+    from fairseq_skd.results.logs import EpochProgress
+
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    progress, last = EpochProgress(epochs), collections.deque(maxlen=TAIL_LINES)
+    with open(log_file, "a", encoding="utf-8") as log:
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
+        log.flush()
+
+        def on_line(line):
+            log.write(line)
+            if line.strip():
+                last.append(line.rstrip("\n"))
+            epoch_line = progress.feed(line)
+            if epoch_line:
+                print(f"    {epoch_line}", flush=True)
+
+        status = run_supervised(command, {**env, "PYTHONUNBUFFERED": "1"}, on_line)
+    if status != 0:
+        print(f"{PROG}: error: fairseq-train exited with status {status}. The last lines of "
+              f"its output (all of it in {log_file}):\n"
+              + "".join(f"    {line}\n" for line in last or ["(no output)"]),
+              file=sys.stderr, end="", flush=True)
+    return status
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--as-cpu-worker"]:
-        return worker_main(argv[1:])
     if argv[:1] == ["--check"]:
         sys.exit(check_main(argv[1:]))
-    if argv[:1] in (["-h"], ["--help"]):
-        print(__doc__.strip())
-        return 0
     try:
-        nproc, rest = split_nproc(argv)
+        ours, rest = split_options(argv)
+        if ours.help:
+            if rest:
+                fairseq_help(rest)
+            else:
+                build_parser().print_help()
+            return 0
         cuda_devices = 0
-        if nproc > 1 and "--cpu" not in rest:
+        if ours.nproc > 1 and "--cpu" not in rest:
             import torch
 
             cuda_devices = torch.cuda.device_count()
-        command, env, kind = plan(nproc, rest, cuda_devices)
+        command, env, kind = plan(ours.nproc, rest, cuda_devices)
     except LaunchError as e:
         sys.exit(f"{PROG}: error: {e}")
     recover_last_checkpoint(rest, lambda message: print(f"{PROG}: {message}", file=sys.stderr,
                                                         flush=True))
     keep_dictionaries(rest)
+    if ours.log:
+        epochs = option_value(rest, "--max-epoch")
+        sys.exit(run_logged(command, env, ours.log, int(epochs) if epochs else None))
     if kind != "cpu":
         # fairseq-train itself (and, for GPUs, the workers torch spawns, which die with it)
         os.execvpe(command[0], command, {**os.environ, **env})

@@ -28,7 +28,9 @@ import warnings
 import torch
 
 from ..checkpoint_loading import checkpoint_problem
+from ..modules.output_embedding import find_output_embedding
 from .diagnostics import PredictionDiagnostics, fit_temperature
+from .qn import QnStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +241,10 @@ def dataset_name(task, dataset):
 
 
 def score_subset(model, task, dataset, max_tokens=4096, batch_size=None, use_cuda=False,
-                 temperature=None):
+                 temperature=None, qn=None):
     """``{id: (tokens, nll)}`` for every sentence, the PredictionDiagnostics of all tokens and,
-    with a ``temperature``, those after scaling by it (None without), from one pass."""
+    with a ``temperature``, those after scaling by it (None without), from one pass, which also
+    feeds ``qn`` (a :class:`.qn.QnStatistics`) if given."""
     scores, diagnostics = {}, PredictionDiagnostics()
     calibrated = PredictionDiagnostics(temperature) if temperature is not None else None
     for ids, lprobs, target, mask in batches(model, task, dataset, max_tokens, batch_size, use_cuda):
@@ -250,7 +253,7 @@ def score_subset(model, task, dataset, max_tokens=4096, batch_size=None, use_cud
             if index in scores:
                 raise ScoreError(f"sentence {index} was scored twice")
             scores[index] = (n, value)
-        for accumulator in filter(None, (diagnostics, calibrated)):
+        for accumulator in filter(None, (diagnostics, calibrated, qn)):
             accumulator.update(lprobs.view(-1, lprobs.size(-1)), target.view(-1), mask.view(-1))
     return scores, diagnostics, calibrated
 
@@ -291,10 +294,11 @@ def fit_subset_temperature(model, task, dataset, max_tokens=4096, batch_size=Non
 
 
 def score(data, checkpoint, kind, subset="test", calibration_subset="valid", cpu=False,
-          user_dir="auto", max_tokens=4096, batch_size=None):
+          user_dir="auto", max_tokens=4096, batch_size=None, qn_sigma=None):
     """Score ``subset``; returns (summary dict, ``{id: (tokens, nll)}``). With a
     ``calibration_subset`` the summary also holds the temperature fitted there and the test NLL
-    and diagnostics after scaling by it."""
+    and diagnostics after scaling by it; with a ``qn_sigma`` (a number or ``auto``) the median
+    q_n and clip rate at that sigma (:mod:`.qn`)."""
     use_cuda = torch.cuda.is_available() and not cpu
     model, task = load_model_and_task(checkpoint, data, kind, user_dir, use_cuda)
     dataset = load_subset(task, data, subset)
@@ -302,8 +306,11 @@ def score(data, checkpoint, kind, subset="test", calibration_subset="valid", cpu
     if calibration_subset:  # the temperature first, so the test set is read once
         calibration = load_subset(task, data, calibration_subset)
         fit = fit_subset_temperature(model, task, calibration, max_tokens, batch_size, use_cuda)
+    qn = None
+    if qn_sigma is not None:
+        qn = QnStatistics(find_output_embedding(model), task.target_dictionary.pad())
     scores, diagnostics, calibrated = score_subset(model, task, dataset, max_tokens, batch_size,
-                                                   use_cuda, fit and fit.temperature)
+                                                   use_cuda, fit and fit.temperature, qn)
     check_complete(scores, dataset, subset)
     sentences = len(scores)
     tokens = sum(n for n, _ in scores.values())
@@ -313,6 +320,8 @@ def score(data, checkpoint, kind, subset="test", calibration_subset="valid", cpu
                "nll_per_sentence": total / sentences, "nll_per_token": total / tokens,
                "ppl": math.exp(total / tokens), "checkpoint": checkpoint,
                **{key: result[key] for key in DIAGNOSTICS}, "reliability": result["reliability"]}
+    if qn is not None:
+        summary.update(qn.result(qn_sigma))
     if fit is not None:
         scaled = calibrated.result()
         summary.update({"calibration_subset": calibration_subset, "temperature": fit.temperature,

@@ -11,8 +11,7 @@ marker in every figure, so that curves that lie on each other stay visible, and 
 
 from dataclasses import dataclass, field
 
-from ..variants import ABLATIONS, ALL_NAMES
-from .layout import SKD_VARIANTS, VARIANTS
+from ..variants import NAMES, PAPER, VARIANTS, applies_skd
 from .logs import series
 
 # colour, line style, hollow marker: a curve drawn over another leaves it visible
@@ -22,10 +21,10 @@ STYLES = {
     "skd": {"color": "C2", "linestyle": "-.", "marker": "^"},
     "noise_skd": {"color": "C3", "linestyle": ":", "marker": "v"},
 }
-# the offline study's --ablation rows: the other colours, line styles and markers in turn
+# the variants beyond the paper's four: the other colours, line styles and markers in turn
 STYLES.update({variant: {"color": f"C{4 + i % 6}", "linestyle": ("-", "--", "-.", ":")[i % 4],
                          "marker": ("D", "P", "X", "<", ">", "h", "*", "p")[i % 8]}
-               for i, variant in enumerate(ABLATIONS)})
+               for i, variant in enumerate(v for v in VARIANTS if v not in PAPER)})
 QN_CLIP = 0.5  # --skd-qn-max's default, the paper's clip (Eq. 8)
 
 
@@ -46,9 +45,11 @@ def _figure(ncols=1):
     return fig, axes
 
 
-def _curves(results, kind, key, variants):
+def _curves(results, kind, key, variants=None):
+    """{variant: (updates, values)} of ``key`` in the ``kind`` records of each of ``variants``
+    (default: every variant collected) that logged it."""
     curves = {}
-    for variant in variants:
+    for variant in variants or results["variants"]:
         logs = results["variants"][variant]["logs"]
         if logs:
             xs, ys = series(logs, kind, key)
@@ -59,7 +60,7 @@ def _curves(results, kind, key, variants):
 
 def _plot(ax, curves, markevery=None):
     for variant, (xs, ys) in curves.items():
-        ax.plot(xs, ys, label=ALL_NAMES[variant], gid=variant, linewidth=1.2, markersize=5,
+        ax.plot(xs, ys, label=NAMES[variant], gid=variant, linewidth=1.2, markersize=5,
                 markerfacecolor="none", markevery=markevery, **STYLES[variant])
 
 
@@ -83,8 +84,9 @@ def plotted_variants(fig):
 def qn_alpha(results):
     """Fig. 3: (a) the logged mean q_n (b) alpha, over updates, for the SKD variants; None if
     no SKD variant logged them."""
-    qn = _curves(results, "train_inner", "skd_qn", SKD_VARIANTS)
-    alpha = _curves(results, "train_inner", "skd_alpha", SKD_VARIANTS)
+    skd = [v for v in results["variants"] if applies_skd(v)]
+    qn = _curves(results, "train_inner", "skd_qn", skd)
+    alpha = _curves(results, "train_inner", "skd_alpha", skd)
     if not qn and not alpha:
         return None
     fig, (ax_q, ax_a) = _figure(2)
@@ -102,7 +104,7 @@ def qn_alpha(results):
 def validation_curves(results, key, ylabel, title):
     """``key`` of the valid records over updates, one curve per variant that logged it; None
     if none did."""
-    curves = _curves(results, "valid", key, VARIANTS)
+    curves = _curves(results, "valid", key)
     if not curves:
         return None
     fig, (ax,) = _figure(1)
@@ -141,7 +143,7 @@ def reliability_diagram(tables, title):
         total = sum(b["count"] for b in table)
         shares[variant] = ([(b["lower"] + b["upper"]) / 2 for b in table],
                            [b["count"] / total for b in table])
-        ax.plot(confidence, accuracy, label=ALL_NAMES[variant], gid=variant, linewidth=1.2,
+        ax.plot(confidence, accuracy, label=NAMES[variant], gid=variant, linewidth=1.2,
                 markersize=5, markerfacecolor="none", **STYLES[variant])
     ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
     _finish(ax, f"(a) reliability ({title})", "accuracy of the argmax", "confidence (argmax probability)")

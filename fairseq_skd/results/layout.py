@@ -1,23 +1,27 @@
-"""The folder of one experiment, its variants and tasks.
+"""The folders a recipe writes, its tasks and the paper's experiments.
 
-One experiment folder (a recipe's ``EXP_DIR``, or one seed of the offline study)::
+An experiment folder (a recipe's ``EXP_DIR``) holds a run folder per seed; a run folder holds a
+folder per variant (``fairseq_skd/variants.py``)::
 
-    EXP_DIR/                       # ptb | wiki2 | wmt15_en_fi | wmt15_fi_en | wmt15_en_de | seed<N>
-      <variant>/                   # baseline | noise | skd | noise_skd
-        train.log                  # fairseq-train stdout, --log-format json, appended on resume
-        score_test.json            # fairseq-skd-score-lm / fairseq-skd-score-mt --json: NLL and
-                                   # prediction diagnostics (MT: teacher-forced, test only)
-        score_valid.json           # LM
-        bleu_test_beam1.json       # MT: fairseq-skd-bleu --json
-        bleu_test_beam12.json
-        bleu_valid_beam1.json
-        bleu_valid_beam12.json
-      results.md, results.csv, *.png   # fairseq-skd-collect (reliability.png from score_test.json)
+    EXP_DIR/                       # ptb | wiki2 | wmt15_en_fi | ... | synthetic | your corpus
+      results.md, results.csv      # fairseq-skd-collect: mean ± std over the seeds, every row
+      reliability.png              # the test set's reliability diagram, the seeds pooled
+      commands.sh                  # every command the recipe ran, in order
+      seed<N>/                     # one run folder per --seeds value
+        results.md, results.csv, *.png   # that seed's tables and figures
+        <variant>/                 # baseline | noise | skd | noise_skd | ...
+          train.log                # fairseq-train's output, --log-format json, appended on resume
+          score_test.json          # fairseq-skd-score-lm / fairseq-skd-score-mt --json: NLL,
+                                   # prediction diagnostics, q_n (MT: teacher-forced, test only)
+          score_valid.json         # LM
+          bleu_test_beam1.json     # MT: fairseq-skd-bleu --json, a file per subset and beam
+          ...
+
+fairseq-skd-collect also reads a single run folder given directly (variant folders in it).
 """
 
-# The paper's four rows (Tables 2 and 3), in its order (defined in fairseq_skd/variants.py).
-from ..variants import NAMES as VARIANT_NAMES  # noqa: E402,F401
-from ..variants import SKD_VARIANTS, VARIANTS  # noqa: E402,F401
+import re
+from pathlib import Path
 
 # lm: language modelling (Table 2); mt: machine translation (Table 3).
 TASKS = ("lm", "mt")
@@ -29,6 +33,7 @@ SUBSETS = ("test", "valid")
 BEAMS = (1, 12)
 
 TRAIN_LOG = "train.log"
+_SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
 def score_file(subset):
@@ -38,3 +43,14 @@ def score_file(subset):
 
 def bleu_file(subset, beam):
     return f"bleu_{subset}_beam{beam}.json"
+
+
+def seed_dir(exp_dir, seed):
+    return Path(exp_dir) / f"seed{seed}"
+
+
+def seed_dirs(exp_dir):
+    """{seed: run folder} of the ``seed<N>`` folders in ``exp_dir``, by seed."""
+    found = {int(m.group(1)): p for p in Path(exp_dir).iterdir()
+             if p.is_dir() and (m := _SEED_DIR.match(p.name))}
+    return dict(sorted(found.items()))

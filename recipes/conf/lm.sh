@@ -1,6 +1,7 @@
 # shellcheck shell=bash disable=SC2034,SC2154  # variables shared with the sourcing recipe
 # Settings of recipes/lm/run.sh (Table 2 of Hahn & Choi 2019), sourced after the options are
-# parsed ($dataset is ptb, wiki2 or corpus; $model lstm or transformer; $smoke 0 or 1). Each
+# parsed ($dataset is ptb, wiki2, synthetic or corpus; $model lstm or transformer; $smoke 0 or
+# 1). Each
 # value is marked:
 #   PAPER  taken from the paper (Section 4.1-4.2);
 #   OURS   the paper does not give it: our choice, with the reason.
@@ -15,8 +16,17 @@ arch=skd_lstm_lm
 skd_sigma=0.1
 # OURS for --corpus: PTB's (K and eta count updates of 20 sentences, see below).
 case $dataset in
-    ptb|corpus) skd_warmup=500; skd_eta=0.0002 ;;
-    wiki2)      skd_warmup=900; skd_eta=0.00011 ;;
+    ptb|corpus|synthetic) skd_warmup=500; skd_eta=0.0002 ;;
+    wiki2)                skd_warmup=900; skd_eta=0.00011 ;;
+esac
+# q_n is measured on the test set at this sigma for every variant (fairseq-skd-score-lm
+# --qn-sigma), so the rows compare the trained embeddings, not the variants' settings.
+qn_sigma=$skd_sigma
+# what is scored after training, and the paper's numbers shown beside ours (Table 2's column)
+score_subsets="valid test"
+case $dataset in
+    ptb|wiki2) paper=$dataset ;;
+    *)         paper=none ;;
 esac
 
 # ---- +Noise: OURS. The paper adds Gaussian noise to the target-side (decoder input) word
@@ -47,8 +57,8 @@ train_flags=(
     --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.5 --lr-patience 0
     --dropout 0.5                  # Zaremba's medium PTB LSTM; a 500/400 LSTM overfits PTB fast
     --max-epoch 40 --patience 5    # stop after 5 epochs without a better validation loss
-    --seed 1
 )
+log_interval=100  # updates between fairseq's train_inner log records
 
 # ---- --model transformer: OURS, fairseq's transformer_lm. Smaller than its default (6 layers
 # of 512/2048, sized for WikiText-103) since PTB and WikiText-2 are 1-2M words: 4 layers of
@@ -71,11 +81,53 @@ if [[ $model == transformer ]]; then
         --decoder-attention-heads 8 --share-decoder-input-output-embed
         --optimizer adam --adam-betas '(0.9, 0.98)' --lr 0.0005
         --lr-scheduler inverse_sqrt --warmup-updates 4000 --clip-norm 1.0
-        --dropout 0.3 --max-epoch 40 --patience 5 --seed 1
+        --dropout 0.3 --max-epoch 40 --patience 5
     )
 fi
 
-if (( smoke )); then
+# ---- --dataset synthetic: OURS, the offline study (./run.sh): a small LM on a small corpus, a
+# few minutes per run on 2 CPU cores. 6000 training sentences of the synthetic grammar (58K
+# tokens), the skd_lstm_lm model at word dim 128 with W's init std 0.8, which puts its rows
+# ~12.8 apart as the preset's 0.4 does at dim 500, so q_n starts below the clip at the paper's
+# sigma. The budget is a few hundred updates, not the paper's tens of thousands, so K and eta
+# are scaled with it: 29 updates per epoch, 6 epochs (174 updates); SKD starts after a quarter
+# of them (K = 43) and alpha reaches 1 two thirds of the way from there to the end (87 updates:
+# eta = 1/87). One thread: torch's two spinning OpenMP threads are no faster on a model this
+# small, and collapse when anything else runs on the machine.
+# With --model transformer the corpus is the same and the transformer keeps its settings.
+if [[ $dataset == synthetic ]]; then
+    synthetic_sizes=(6000 400 400)   # train, valid, test sentences
+    score_subsets=test
+    paper=ptb  # the paper's PTB numbers beside ours, as a reference point (other data)
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+if [[ $dataset == synthetic && $model == lstm ]]; then
+    skd_warmup=43
+    skd_eta=0.0114943
+    arch=skd_lstm_lm
+    train_flags=(
+        --decoder-embed-dim 128 --decoder-hidden-size 128 --decoder-out-embed-dim 128
+        --decoder-out-embed-std 0.8
+        --task language_modeling --sample-break-mode eos --tokens-per-sample 128
+        --optimizer adam --lr 0.002 --clip-norm 1.0 --dropout 0.2 --max-tokens 2000
+        --max-epoch 6 --num-workers 0
+    )
+    log_interval=5
+fi
+
+if (( smoke )) && [[ $dataset == synthetic ]]; then synthetic_sizes=(600 100 100); fi
+if (( smoke )) && [[ $dataset == synthetic && $model == lstm ]]; then
+    # The smoke test on the synthetic corpus: 600 sentences, 2 updates per epoch, 2 epochs.
+    skd_warmup=1
+    skd_eta=0.5
+    arch=skd_lstm_lm_tiny
+    train_flags=(
+        --task language_modeling --sample-break-mode eos --tokens-per-sample 128
+        --optimizer adam --lr 0.002 --clip-norm 1.0 --dropout 0.2 --max-tokens 2000
+        --max-epoch 2 --num-workers 0
+    )
+    log_interval=1
+elif (( smoke )); then
     # The smoke test: a tiny model, 2 epochs on the fixtures (~20 updates per epoch), SKD
     # starting after 10 updates and alpha growing to 0.3; checks the plumbing, not the method.
     skd_warmup=10
@@ -87,6 +139,5 @@ if (( smoke )); then
         arch=skd_lstm_lm_tiny
     fi
     train_flags+=(--max-epoch 2 --dropout 0.0)
+    log_interval=5
 fi
-log_interval=100
-if (( smoke )); then log_interval=5; fi

@@ -1,6 +1,7 @@
 # shellcheck shell=bash disable=SC2034,SC2154  # variables shared with the sourcing recipe
 # Settings of recipes/mt/run.sh (Table 3 and Fig. 4 of Hahn & Choi 2019), sourced after the
-# options are parsed ($src, $tgt, $corpus, $model, $bpe_size, $smoke set). Each value is marked:
+# options are parsed ($src, $tgt, $corpus, $dataset, $model, $bpe_size, $smoke set). Each value
+# is marked:
 #   PAPER  taken from the paper (Sections 4.1, 4.3);
 #   OURS   the paper does not give it: our choice, with the reason.
 # Change them here (or pass fairseq flags after `--`, which come last and win).
@@ -22,6 +23,8 @@ esac
 if [[ -n $bpe_size ]]; then dict_size=$bpe_size; fi
 bpe_merges=$dict_size
 bpe_vocab_threshold=50   # subword-nmt's recommended --vocabulary-threshold for apply-bpe
+tokenizer=moses          # stage 1; the BLEU scorer detokenizes the hypotheses with it
+bpe_method=subword_nmt   # stage 2; the BLEU scorer removes it from the hypotheses
 
 # ---- training-data cleaning: OURS (Moses' clean-corpus-n.perl rules): drop pairs with an empty
 # side, more than 80 tokens on a side (Moses-tokenized, before BPE), or a length ratio above 3
@@ -38,6 +41,9 @@ len_ratio=3
 skd_sigma=0.1
 skd_warmup=5000
 skd_eta=0.00002
+# q_n is measured on the test set at this sigma for every variant (fairseq-skd-score-mt
+# --qn-sigma), so the rows compare the trained embeddings, not the variants' settings.
+qn_sigma=$skd_sigma
 
 # ---- +Noise: OURS (std not in the paper): 0.1, the bound of the decoder input embeddings'
 # uniform(-0.1, 0.1) init, as for the LM (recipes/conf/lm.sh).
@@ -46,6 +52,12 @@ noise_std=0.1
 # ---- decoding: PAPER beam widths 1 and 12 (--beams, default "1 12"), BLEU on the dev and test
 # sets.
 gen_flags=(--batch-size 32 --required-batch-size-multiple 1 --lenpen 1.0)
+# what is decoded after training (BLEU per subset and beam), and the paper's rows beside ours
+score_subsets="valid test"
+case $src-$tgt in
+    en-fi|fi-en|en-de) paper=wmt15_${src}_${tgt} ;;
+esac
+if [[ -n $corpus ]]; then paper=none; fi
 
 # ---- training: OURS (the paper gives none of these).
 train_flags=(
@@ -56,7 +68,6 @@ train_flags=(
     --lr-scheduler reduce_lr_on_plateau --lr-shrink 0.5 --lr-patience 0
     --dropout 0.2
     --max-epoch 10
-    --seed 1
     # Fig. 4: validation BLEU (greedy, detokenized) every 5000 updates and at each epoch's end;
     # the best checkpoint is the one with the highest validation BLEU.
     --eval-bleu --eval-bleu-args '{"beam": 1}' --eval-bleu-detok moses --eval-bleu-remove-bpe
@@ -80,14 +91,59 @@ if [[ $model == transformer ]]; then
         --share-decoder-input-output-embed --max-tokens 4096
         --optimizer adam --adam-betas '(0.9, 0.98)' --lr 0.0005 --clip-norm 0.0
         --lr-scheduler inverse_sqrt --warmup-updates 4000 --weight-decay 0.0001
-        --dropout 0.3 --max-epoch 30 --seed 1
+        --dropout 0.3 --max-epoch 30
         --eval-bleu --eval-bleu-args '{"beam": 1}' --eval-bleu-detok moses --eval-bleu-remove-bpe
         --best-checkpoint-metric bleu --maximize-best-checkpoint-metric
         --validate-interval-updates 5000
     )
 fi
 
-if (( smoke )); then
+# ---- --dataset synthetic: OURS, the offline study (./run.sh): a small model on a small corpus, a
+# few minutes per run on 2 CPU cores. 3000 training pairs of whole words (no tokenization, no
+# BPE: the text is made that way), skd_bahdanau at dims 64-96. The budget is a few hundred
+# updates, so K and eta are scaled with it: 29 updates per epoch, 12 epochs (348 updates); SKD
+# starts after a quarter of them (K = 87) and alpha reaches 1 two thirds of the way from there
+# to the end (174 updates: eta = 1/174). Checkpoints by validation loss; validation BLEU
+# (greedy) is logged per epoch for Fig. 4. One thread, as for the LM (recipes/conf/lm.sh).
+# With --model transformer the corpus is the same and the transformer keeps its settings.
+if [[ $dataset == synthetic ]]; then
+    synthetic_sizes=(3000 200 200)   # train, valid, test pairs
+    tokenizer=none
+    bpe_method=none
+    score_subsets=test
+    paper=wmt15_en_fi  # the paper's En-Fi numbers beside ours, as a reference point (other data)
+    gen_flags=(--max-tokens 4000 --max-len-a 1.2 --max-len-b 10 --required-batch-size-multiple 1)
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+if [[ $dataset == synthetic && $model == lstm ]]; then
+    skd_warmup=87
+    skd_eta=0.00574713
+    arch=skd_bahdanau
+    train_flags=(
+        --encoder-embed-dim 64 --encoder-hidden-size 64 --decoder-embed-dim 64
+        --decoder-hidden-size 96 --decoder-attention-dim 64 --decoder-out-embed-dim 64
+        --task translation --source-lang "$src" --target-lang "$tgt"
+        --optimizer adam --lr 0.005 --clip-norm 1.0 --dropout 0.1 --max-tokens 1000
+        --eval-bleu --eval-bleu-args '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}'
+        --max-epoch 12 --num-workers 0
+    )
+    log_interval=5
+fi
+
+if (( smoke )) && [[ $dataset == synthetic ]]; then synthetic_sizes=(300 40 40); fi
+if (( smoke )) && [[ $dataset == synthetic && $model == lstm ]]; then
+    # The smoke test on the synthetic corpus: 300 pairs, 2 updates per epoch, 2 epochs.
+    skd_warmup=1
+    skd_eta=0.5
+    arch=skd_bahdanau_tiny
+    train_flags=(
+        --task translation --source-lang "$src" --target-lang "$tgt"
+        --optimizer adam --lr 0.005 --clip-norm 1.0 --dropout 0.1 --max-tokens 1000
+        --eval-bleu --eval-bleu-args '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}'
+        --max-epoch 2 --num-workers 0
+    )
+    log_interval=1
+elif (( smoke )); then
     # The smoke test: a tiny model, 2 epochs on the fixtures (~15 updates per epoch), a few
     # hundred BPE merges; checks the plumbing, not the method.
     dict_size=1000
@@ -104,6 +160,7 @@ if (( smoke )); then
         arch=skd_bahdanau_tiny
     fi
     train_flags+=(--max-epoch 2 --batch-size 32 --dropout 0.0 --validate-interval-updates 0)
+    log_interval=5
 fi
-log_interval=100
-if (( smoke )); then log_interval=5; fi
+detokenize=$tgt
+if [[ $tokenizer == none ]]; then detokenize=none; fi

@@ -4,6 +4,7 @@
 # Settings: recipes/conf/lm.sh. What is shared with the MT recipe: recipes/utils/common.sh.
 #
 #   recipes/lm/run.sh --dataset ptb                    # all stages, the four variants
+#   recipes/lm/run.sh --dataset synthetic --seeds "1 2 3"   # the offline study's LM (./run.sh)
 #   recipes/lm/run.sh --dataset wiki2 --variants "baseline skd" --stage 3 -- --fp16
 #   recipes/lm/run.sh --corpus my_text/ --model transformer --skd-args "--skd-sigma auto"
 #   recipes/lm/run.sh --dataset ptb --smoke --data-dir tests/fixtures/ptb --exp-dir /tmp/exp
@@ -18,19 +19,23 @@ set -euo pipefail
 
 usage() {
     cat <<EOF
-Usage: $0 (--dataset ptb|wiki2 | --corpus DIR) [options] [-- extra fairseq-train flags]
+Usage: $0 (--dataset ptb|wiki2|synthetic | --corpus DIR) [options] [-- extra fairseq-train flags]
 
 Stages:
-  0  data: download (or take from --data-dir / --corpus) and verify the raw files
+  0  data: download (or take from --data-dir / --corpus) and verify the raw files, or
+     generate the synthetic corpus
   1  text: one sentence per line (PTB as is; WikiText-2 split into sentences; a corpus as is
      or Moses-tokenized)
   2  binarize: fairseq-preprocess --only-source
-  3  train: fairseq-train, one run per variant (resumes from checkpoint_last.pt)
-  4  score: fairseq-skd-score-lm, per-sentence NLL, perplexity and diagnostics on valid and test
+  3  train: fairseq-train, one run per seed and variant (resumes from checkpoint_last.pt)
+  4  score: fairseq-skd-score-lm, per-sentence NLL, perplexity, diagnostics and q_n on valid
+     and test (synthetic: test)
   5  collect: fairseq-skd-collect EXP_DIR (results.md / results.csv / figures)
 
 Options:
   --dataset ptb|wiki2     the paper's corpora
+  --dataset synthetic     English-like sentences with near-synonyms, generated offline in a
+                          second (fairseq_skd/data/synthetic.py): the offline study's corpus
   --corpus DIR            your own corpus instead: DIR/train.txt, valid.txt, test.txt, raw text,
                           one sentence per line
   --tokenize none|moses   --corpus only: the text as it is (default, as PTB) or Moses-tokenized
@@ -64,17 +69,17 @@ if [[ -n $corpus ]]; then
     if [[ $tokenize == moses ]]; then check_language "$lang" "--lang"; fi
 else
     case $dataset in
-        ptb|wiki2) ;;
-        "") usage >&2; die "--dataset (ptb or wiki2) or --corpus DIR is required" ;;
-        *) usage >&2; die "unknown --dataset '$dataset' (ptb or wiki2; your own text: --corpus DIR)" ;;
+        ptb|wiki2|synthetic) ;;
+        "") usage >&2; die "--dataset (ptb, wiki2 or synthetic) or --corpus DIR is required" ;;
+        *) usage >&2; die "unknown --dataset '$dataset' (ptb, wiki2 or synthetic; your own text: --corpus DIR)" ;;
     esac
     [[ $tokenize == none && -z $vocab_size ]] || die "--tokenize and --vocab-size are for --corpus: the paper's corpora are used as published"
     name=${name:-$dataset}
     if [[ $dataset == wiki2 && $wiki2_unit == line && $name == wiki2 ]]; then name=wiki2_line; fi
 fi
 [[ $wiki2_unit == sentence || $wiki2_unit == line ]] || die "--wiki2-unit is sentence or line, not '$wiki2_unit'"
-if (( smoke )) && [[ -z $data_dir && -z $corpus ]]; then
-    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/ptb) or --corpus"
+if (( smoke )) && [[ -z $data_dir && -z $corpus && $dataset != synthetic ]]; then
+    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/ptb) or --corpus, or use --dataset synthetic"
 fi
 check_common_options
 prep_dir=${prep_dir:-data/$name}
@@ -83,8 +88,8 @@ exp_dir=${exp_dir:-exp/$name}
 . "$RECIPES_DIR/conf/lm.sh"
 check_variants
 detect_device
-log "lm recipe: $dataset ($name) model=$model variants='$variants' stages $stage..$stop_stage" \
-    "device=$device_name nproc=$nproc prep=$prep_dir exp=$exp_dir smoke=$smoke"
+log "lm recipe: $dataset ($name) model=$model variants='$variants' seeds='$seeds'" \
+    "stages $stage..$stop_stage device=$device_name nproc=$nproc prep=$prep_dir exp=$exp_dir smoke=$smoke"
 
 raw=$prep_dir/raw
 text=$prep_dir/text
@@ -96,7 +101,11 @@ if stage_enabled 3; then check_train_commands "$bin"; fi
 get_data() {
     mkdir -p "$raw"
     : >"$manifest"
-    if [[ $dataset == corpus ]]; then
+    if [[ $dataset == synthetic ]]; then
+        python3 "$USER_DIR/data/synthetic.py" "$raw" --train "${synthetic_sizes[0]}" \
+            --valid "${synthetic_sizes[1]}" --test "${synthetic_sizes[2]}" --seed 1
+        for f in train.txt valid.txt test.txt; do record_sha256 "$raw/$f" "$manifest"; done
+    elif [[ $dataset == corpus ]]; then
         # your own files: no published checksum, their sha256 recorded for the record
         for f in train.txt valid.txt test.txt; do
             record_sha256 "$corpus/$f" "$manifest"
@@ -156,6 +165,7 @@ make_text() {
             # PAPER: "We did not apply additional pre-processing for the PTB dataset."
             # fairseq adds </s> after every line, Mikolov's <eos>.
             ptb) cp "$raw/ptb.$split.txt" "$text/$split.txt" ;;
+            synthetic) cp "$raw/$split.txt" "$text/$split.txt" ;;
             wiki2) python "$RECIPES_DIR/utils/text_tools.py" wikitext-sentences \
                        "$raw/wiki.$split.tokens" "$text/$split.txt" --unit "$wiki2_unit" ;;
             corpus)
@@ -181,9 +191,10 @@ binarize() {
     nwords=()
     # fairseq's count includes its 4 special symbols (<s> <pad> </s> <unk>)
     if [[ -n $vocab_size ]]; then nwords=(--nwordssrc "$((vocab_size + 4))"); fi
-    fairseq-preprocess --only-source --task language_modeling "${nwords[@]}" \
-        --trainpref "$text/train.txt" --validpref "$text/valid.txt" --testpref "$text/test.txt" \
-        --destdir "$bin" --workers "$nj" 2>&1 | tee "$prep_dir/preprocess.log" >&2
+    step "$prep_dir/preprocess.log" "binarizing" fairseq-preprocess --only-source \
+        --task language_modeling "${nwords[@]}" --trainpref "$text/train.txt" \
+        --validpref "$text/valid.txt" --testpref "$text/test.txt" --destdir "$bin" \
+        --workers "$nj" >>"$prep_dir/preprocess.log"
     log "  dictionary: $(wc -l <"$bin/dict.txt") words (+4 special symbols)"
 }
 data_stage 2 bin "text" "binarize: fairseq-preprocess" binarize
@@ -197,26 +208,28 @@ fi
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 4; then
-    log "stage 4: score: per-sentence NLL and diagnostics on valid and test"
+    log "stage 4: score: per-sentence NLL, diagnostics and q_n on $score_subsets"
     require_tool fairseq-skd-score-lm "Install this repository's package: ./setup_env.sh (or pip install -e .)."
-    for v in $variants; do
-        ckpt=$(best_checkpoint "$v" 3)
-        for subset in valid test; do
-            out=$exp_dir/$v/score_$subset.json
+    while read -r seed v; do
+        ckpt=$(best_checkpoint "$seed" "$v" 3)
+        run=$(run_dir "$seed" "$v")
+        for subset in $score_subsets; do
+            out=$run/score_$subset.json
             if up_to_date "$out" "$ckpt"; then continue; fi
-            fairseq-skd-score-lm "$bin" --path "$ckpt" --subset "$subset" \
-                --output "$exp_dir/$v/score_$subset.tsv" --json "$out.part" "${device_flags[@]}" \
-                2>&1 | tee -a "$exp_dir/$v/score.log" >&2
+            # the same sigma for every variant: q_n then compares the models' embeddings
+            step "$run/score.log" "scoring $v, seed $seed on $subset" fairseq-skd-score-lm "$bin" \
+                --path "$ckpt" --subset "$subset" --qn-sigma "$qn_sigma" \
+                --output "$run/score_$subset.tsv" --json "$out.part" "${device_flags[@]}" \
+                | sed "s/^/  $v, seed $seed: /" >&2
             mv "$out.part" "$out"
         done
-    done
+    done < <(runs)
 fi
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 5; then
     log "stage 5: collect: fairseq-skd-collect $exp_dir"
-    # the experiment's name selects the paper's numbers printed beside ours (none for a corpus)
-    collect_stage lm "$( [[ $dataset == corpus ]] && echo "$name" || echo "$dataset" )"
+    collect_stage lm
 fi
 log "lm recipe: done"
 exit 0

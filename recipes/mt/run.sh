@@ -4,6 +4,7 @@
 # Settings: recipes/conf/mt.sh; data sources and checksums: recipes/utils/checksums.tsv.
 #
 #   recipes/mt/run.sh --pair en-fi                     # all stages, the four variants
+#   recipes/mt/run.sh --dataset synthetic --seeds "1 2 3"   # the offline study's MT (./run.sh)
 #   recipes/mt/run.sh --pair en-de --variants "baseline skd" --stage 4 -- --fp16
 #   recipes/mt/run.sh --pair en-fi --smoke --data-dir tests/fixtures/wmt15 --exp-dir /tmp/exp
 # shellcheck source-path=SCRIPTDIR disable=SC2329  # the data stages run through data_stage
@@ -17,21 +18,26 @@ set -euo pipefail
 
 usage() {
     cat <<EOF
-Usage: $0 --pair SRC-TGT [--corpus DIR] [options] [-- extra fairseq-train flags]
+Usage: $0 (--pair SRC-TGT [--corpus DIR] | --dataset synthetic) [options] [-- extra fairseq-train flags]
 
 Stages:
-  0  data: download (or take from --data-dir / --corpus) and verify the corpora, dev and test sets
-  1  tokenize: sacremoses normalize + tokenize (-a); clean the training pairs
-  2  bpe: subword-nmt joint BPE
+  0  data: download (or take from --data-dir / --corpus) and verify the corpora, dev and test
+     sets, or generate the synthetic corpus
+  1  tokenize: sacremoses normalize + tokenize (-a); clean the training pairs (synthetic: as is)
+  2  bpe: subword-nmt joint BPE (synthetic: none)
   3  binarize: fairseq-preprocess
-  4  train: fairseq-train, one run per variant (resumes from checkpoint_last.pt)
-  5  decode: fairseq-generate with each of --beams on valid and test; fairseq-skd-bleu (sacreBLEU);
-     fairseq-skd-score-mt: teacher-forced NLL and prediction diagnostics on test
+  4  train: fairseq-train, one run per seed and variant (resumes from checkpoint_last.pt)
+  5  decode: fairseq-generate with each of --beams on valid and test (synthetic: test);
+     fairseq-skd-bleu (sacreBLEU); fairseq-skd-score-mt: teacher-forced NLL, prediction
+     diagnostics and q_n on test
   6  collect: fairseq-skd-collect EXP_DIR (results.md / results.csv / figures)
 
 Options:
   --pair SRC-TGT          en-fi, fi-en or en-de: the paper's WMT'15 data; with --corpus any
                           two language codes (e.g. en-tr)
+  --dataset synthetic     English-like sentences and their translations into a made-up
+                          language with synonyms of its own (fairseq_skd/data/synthetic.py,
+                          pair en-xx): the offline study's corpus
   --corpus DIR            your own parallel corpus: DIR/train.SRC train.TGT valid.SRC valid.TGT
                           test.SRC test.TGT, raw untokenized text, one sentence a line
   --bpe-size N            joint BPE merges and dictionary size (default: the paper's 10000 for
@@ -42,21 +48,32 @@ EOF
 }
 
 pair=
+dataset=
 bpe_size=
 beams="1 12"
 stop_stage=6
-options="$common_options pair bpe_size beams"
+options="$common_options pair dataset bpe_size beams"
 switches=$common_switches
 # shellcheck source=../utils/parse_options.sh
 . "$RECIPES_DIR/utils/parse_options.sh"
 use_repo_venv
 
-[[ -n $pair ]] || { usage >&2; die "--pair SRC-TGT is required (en-fi, fi-en, en-de; with --corpus any two language codes)"; }
+case $dataset in
+    "") ;;
+    synthetic)
+        [[ -z $corpus && -z $data_dir ]] || die "--dataset synthetic is generated: it takes no --corpus or --data-dir"
+        [[ -z $pair || $pair == en-xx ]] || die "--dataset synthetic is English to a made-up language: its pair is en-xx, not $pair"
+        pair=en-xx ;;
+    *) usage >&2; die "unknown --dataset '$dataset' (synthetic; the paper's data: --pair en-fi|fi-en|en-de; your own: --corpus DIR)" ;;
+esac
+[[ -n $pair ]] || { usage >&2; die "--pair SRC-TGT is required (en-fi, fi-en, en-de; with --corpus any two language codes), or --dataset synthetic"; }
 [[ $pair =~ ^[a-z]{2,3}-[a-z]{2,3}$ ]] || { usage >&2; die "unknown --pair '$pair': SRC-TGT with two language codes, e.g. en-fi"; }
 src=${pair%-*}
 tgt=${pair#*-}
 [[ $src != "$tgt" ]] || die "--pair $pair: the source and target languages must differ"
-if [[ -n $corpus ]]; then
+if [[ $dataset == synthetic ]]; then
+    name=${name:-synthetic_en_xx}
+elif [[ -n $corpus ]]; then
     name=${name:-$(basename "$(cd "$corpus" && pwd)")}
     check_corpus_files "$corpus" "train.$src" "train.$tgt" "valid.$src" "valid.$tgt" "test.$src" "test.$tgt"
     for split in train valid test; do check_parallel "$corpus/$split.$src" "$corpus/$split.$tgt"; done
@@ -71,8 +88,8 @@ else
 fi
 [[ -z $bpe_size || $bpe_size =~ ^[1-9][0-9]*$ ]] || die "--bpe-size takes a number, not '$bpe_size'"
 for beam in $beams; do [[ $beam =~ ^[1-9][0-9]*$ ]] || die "--beams takes beam widths >= 1, not '$beams'"; done
-if (( smoke )) && [[ -z $data_dir && -z $corpus ]]; then
-    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/wmt15) or --corpus"
+if (( smoke )) && [[ -z $data_dir && -z $corpus && $dataset != synthetic ]]; then
+    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/wmt15) or --corpus, or use --dataset synthetic"
 fi
 check_common_options
 prep_dir=${prep_dir:-data/$name}
@@ -81,14 +98,14 @@ exp_dir=${exp_dir:-exp/$name}
 . "$RECIPES_DIR/conf/mt.sh"
 check_variants
 detect_device
-log "mt recipe: pair=$pair ($name) model=$model variants='$variants' stages $stage..$stop_stage" \
-    "device=$device_name nproc=$nproc prep=$prep_dir exp=$exp_dir smoke=$smoke"
+log "mt recipe: pair=$pair ($name) model=$model variants='$variants' seeds='$seeds'" \
+    "stages $stage..$stop_stage device=$device_name nproc=$nproc prep=$prep_dir exp=$exp_dir smoke=$smoke"
 
 # ---- the WMT'15 data (http://www.statmt.org/wmt15/translation-task.html): for each part,
 # "ARCHIVE FILE_en FILE_x" with FILE the name of a file inside ARCHIVE (x = fi or de). The
 # archives' URLs and checksums are in recipes/utils/checksums.tsv.
-if [[ -n $corpus ]]; then
-    :  # your own corpus: no parts, no archives
+if [[ -n $corpus || $dataset == synthetic ]]; then
+    :  # your own corpus or the synthetic one: no parts, no archives
 elif [[ $src == de || $tgt == de ]]; then
     x=de
     train_parts=(
@@ -236,7 +253,19 @@ get_wmt_data() {
         done
     fi
 }
-if [[ -n $corpus ]]; then
+get_synthetic() {
+    mkdir -p "$raw"
+    : >"$manifest"
+    python3 "$USER_DIR/data/synthetic.py" "$raw" --parallel --tgt "$tgt" \
+        --train "${synthetic_sizes[0]}" --valid "${synthetic_sizes[1]}" --test "${synthetic_sizes[2]}" --seed 1
+    for split in train valid test; do
+        for l in "$src" "$tgt"; do record_sha256 "$raw/$split.$l" "$manifest"; done
+        log "  $split: $(wc -l <"$raw/$split.$src") sentence pairs"
+    done
+}
+if [[ $dataset == synthetic ]]; then
+    data_stage 0 data "" "data: the synthetic en-xx corpus" get_synthetic
+elif [[ -n $corpus ]]; then
     data_stage 0 data "" "data: $pair corpus $corpus" get_corpus
 else
     data_stage 0 data "" "data: WMT'15 $pair training corpora, dev and test sets" get_wmt_data
@@ -244,8 +273,15 @@ fi
 
 # ----------------------------------------------------------------------------------------------
 tokenize() {
-    require_tool sacremoses "Install it: pip install sacremoses (./setup_env.sh does)."
     mkdir -p "$tok"
+    if [[ $tokenizer == none ]]; then  # text that is tokenized already, nothing to clean
+        for split in train valid test; do
+            for l in "$src" "$tgt"; do cp "$raw/$split.$l" "$tok/$split.$l"; done
+        done
+        for l in "$src" "$tgt"; do cp "$raw/train.$l" "$tok/train.clean.$l"; done
+        return 0
+    fi
+    require_tool sacremoses "Install it: pip install sacremoses (./setup_env.sh does)."
     for split in train valid test; do
         for l in "$src" "$tgt"; do
             # Moses' punctuation normalization, then tokenization with aggressive hyphen
@@ -263,8 +299,16 @@ data_stage 1 tok "data" "tokenize: sacremoses normalize + tokenize -a; clean the
 
 # ----------------------------------------------------------------------------------------------
 apply_bpe() {
-    require_tool subword-nmt "Install it: pip install subword-nmt (./setup_env.sh does)."
     mkdir -p "$bpe"
+    if [[ $bpe_method == none ]]; then  # whole words
+        for split in train valid test; do
+            in=$split
+            if [[ $split == train ]]; then in=train.clean; fi
+            for l in "$src" "$tgt"; do cp "$tok/$in.$l" "$bpe/$split.$l"; done
+        done
+        return 0
+    fi
+    require_tool subword-nmt "Install it: pip install subword-nmt (./setup_env.sh does)."
     # --total-symbols: -s counts the characters too, so the joint vocabulary is ~dict_size
     subword-nmt learn-joint-bpe-and-vocab --input "$tok/train.clean.$src" "$tok/train.clean.$tgt" \
         -s "$bpe_merges" --total-symbols -o "$bpe/codes" \
@@ -285,10 +329,10 @@ data_stage 2 bpe "tok" "bpe: joint BPE, about $dict_size symbols" apply_bpe
 binarize() {
     require_tool fairseq-preprocess "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
     rm -rf "$bin"
-    fairseq-preprocess --source-lang "$src" --target-lang "$tgt" \
-        --trainpref "$bpe/train" --validpref "$bpe/valid" --testpref "$bpe/test" \
-        --nwordssrc "$dict_size" --nwordstgt "$dict_size" \
-        --destdir "$bin" --workers "$nj" 2>&1 | tee "$prep_dir/preprocess.log" >&2
+    step "$prep_dir/preprocess.log" "binarizing" fairseq-preprocess --source-lang "$src" \
+        --target-lang "$tgt" --trainpref "$bpe/train" --validpref "$bpe/valid" \
+        --testpref "$bpe/test" --nwordssrc "$dict_size" --nwordstgt "$dict_size" \
+        --destdir "$bin" --workers "$nj" >>"$prep_dir/preprocess.log"
     log "  dictionaries: $src $(wc -l <"$bin/dict.$src.txt"), $tgt $(wc -l <"$bin/dict.$tgt.txt") (+4 special symbols)"
 }
 data_stage 3 bin "bpe" "binarize: fairseq-preprocess, dictionaries of at most $dict_size" binarize
@@ -302,43 +346,46 @@ fi
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 5; then
-    log "stage 5: decode: beams $beams on valid and test; detokenized sacreBLEU; test-set diagnostics"
+    log "stage 5: decode: beams $beams on $score_subsets; detokenized sacreBLEU; test-set diagnostics and q_n"
     require_tool fairseq-generate "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
     require_tool fairseq-skd-bleu "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     require_tool fairseq-skd-score-mt "Install this repository's package: ./setup_env.sh (or pip install -e .)."
-    for v in $variants; do
-        ckpt=$(best_checkpoint "$v" 4)
-        for subset in valid test; do
+    while read -r seed v; do
+        ckpt=$(best_checkpoint "$seed" "$v" 4)
+        run=$(run_dir "$seed" "$v")
+        for subset in $score_subsets; do
             for beam in $beams; do
-                gen=$exp_dir/$v/gen_${subset}_beam$beam.txt
-                out=$exp_dir/$v/bleu_${subset}_beam$beam.json
+                gen=$run/gen_${subset}_beam$beam.txt
+                out=$run/bleu_${subset}_beam$beam.json
                 if up_to_date "$out" "$ckpt"; then continue; fi
-                fairseq-generate "$bin" --user-dir "$USER_DIR" --path "$ckpt" \
+                step "$run/generate.log" "translating $subset with $v, seed $seed, beam $beam" \
+                    fairseq-generate "$bin" --user-dir "$USER_DIR" --path "$ckpt" \
                     --gen-subset "$subset" --beam "$beam" "${gen_flags[@]}" "${device_flags[@]}" \
-                    >"$gen.part" 2>>"$exp_dir/$v/generate.log"
+                    >"$gen.part"
                 mv "$gen.part" "$gen"
                 # BPE removed, detokenized, scored against the raw (untokenized) references
-                fairseq-skd-bleu --generate-output "$gen" --reference "$raw/$subset.$tgt" \
-                    --bpe subword_nmt --detokenize-lang "$tgt" --json "$out.part" \
-                    2>&1 | tee -a "$exp_dir/$v/bleu.log" >&2
+                step "$run/bleu.log" "scoring $gen" fairseq-skd-bleu --generate-output "$gen" \
+                    --reference "$raw/$subset.$tgt" --bpe "$bpe_method" --detokenize-lang "$detokenize" \
+                    --json "$out.part" | sed -n "1s/^/  $v, seed $seed: $subset beam $beam: /p" >&2
                 mv "$out.part" "$out"
             done
         done
-        # teacher-forced on the references: NLL, calibration and the reliability table that
-        # fairseq-skd-collect tables and draws (temperature fitted on valid)
-        out=$exp_dir/$v/score_test.json
+        # teacher-forced on the references: NLL, calibration, the reliability table that
+        # fairseq-skd-collect tables and draws (temperature fitted on valid), and q_n at the
+        # same sigma for every variant
+        out=$run/score_test.json
         if up_to_date "$out" "$ckpt"; then continue; fi
-        fairseq-skd-score-mt "$bin" --path "$ckpt" --subset test --json "$out.part" \
-            "${device_flags[@]}" 2>&1 | tee -a "$exp_dir/$v/score.log" >&2
+        step "$run/score.log" "scoring $v, seed $seed on test" fairseq-skd-score-mt "$bin" \
+            --path "$ckpt" --subset test --qn-sigma "$qn_sigma" --json "$out.part" \
+            "${device_flags[@]}" | sed "s/^/  $v, seed $seed: /" >&2
         mv "$out.part" "$out"
-    done
+    done < <(runs)
 fi
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 6; then
     log "stage 6: collect: fairseq-skd-collect $exp_dir"
-    # the experiment's name selects the paper's numbers printed beside ours (none for a corpus)
-    collect_stage mt "$( [[ -n $corpus ]] && echo "$name" || echo "wmt15_${src}_${tgt}" )"
+    collect_stage mt
 fi
 log "mt recipe: done"
 exit 0

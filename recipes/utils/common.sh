@@ -29,10 +29,11 @@ require_tool() {
 
 # ------------------------------------------------------------------ options and stages
 # The options and switches every recipe has (for parse_options.sh), with their defaults.
-common_options="stage stop_stage variants data_dir corpus name prep_dir exp_dir model skd_args nj nproc"
+common_options="stage stop_stage variants seeds data_dir corpus name prep_dir exp_dir model skd_args nj nproc"
 common_switches="cpu smoke"
 stage=0
-variants="baseline noise skd noise_skd"
+variants=paper
+seeds=1
 data_dir=
 corpus=
 name=
@@ -44,12 +45,17 @@ nj=$(nproc 2>/dev/null || echo 1)
 nproc=1
 cpu=0
 smoke=0
+VARIANTS_PY="$USER_DIR/variants.py"   # the variants' one home; a script, no torch needed
 
 common_usage() {
     cat <<EOF
   --stage N               first stage to run (default 0)
   --stop-stage M          last stage to run (default: the last)
-  --variants "LIST"       subset of: baseline noise skd noise_skd (default: all four)
+  --variants "LIST"       the variants to train, names or groups (default: paper, the four
+                          rows baseline noise skd noise_skd; all: every variant):
+                          $(python3 "$VARIANTS_PY" expand all | tr '\n' ' ')
+  --seeds "LIST"          one training per seed and variant (default 1); the tables give
+                          mean ± std over the seeds and say which variant beat the baseline
   --data-dir DIR          take the paper's raw files from DIR (searched recursively) instead
                           of downloading them
   --name NAME             the experiment's name: data/NAME and exp/NAME (default: the
@@ -58,14 +64,14 @@ common_usage() {
   --exp-dir DIR           where runs and results go (default exp/NAME)
   --model lstm|transformer  the paper's LSTM model (default) or fairseq's transformer
                           (settings in recipes/conf, marked OURS)
-  --skd-args "FLAGS"      fairseq-train flags for the SKD variants only (skd, noise_skd),
+  --skd-args "FLAGS"      fairseq-train flags for the variants that apply SKD only,
                           e.g. --skd-args "--skd-sigma auto"; flags after -- go to every variant
   --nj N                  parallel jobs for data preparation (default: number of cores)
   --nproc N               data-parallel training workers (default 1): N GPUs, or on CPU N
                           workers sharing the cores (fairseq-skd-train --nproc)
   --cpu                   train on CPU even when a GPU is available
   --smoke                 tiny model and 2 epochs: a check of the plumbing in minutes on a CPU
-                          (with --data-dir or --corpus)
+                          (with --data-dir, --corpus or --dataset synthetic)
   -h, --help              this message
 Everything after '--' is appended to fairseq-train for every variant (e.g. -- --fp16).
 EOF
@@ -78,6 +84,14 @@ check_common_options() {
     [[ $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc takes a number of workers >= 1, not '$nproc'"
     [[ $nj =~ ^[1-9][0-9]*$ ]] || die "--nj takes a number of jobs >= 1, not '$nj'"
     [[ $model == lstm || $model == transformer ]] || die "--model is lstm or transformer, not '$model'"
+    local seed
+    [[ -n ${seeds// /} ]] || die "--seeds is empty: give one or more seeds, e.g. --seeds \"1 2 3\""
+    for seed in $seeds; do
+        [[ $seed =~ ^[0-9]{1,10}$ ]] && (( 10#$seed < 4294967296 )) \
+            || die "--seeds takes whole numbers from 0 to 2**32 - 1 (fairseq's range), not '$seed'"
+    done
+    [[ -z $(tr ' ' '\n' <<<"$seeds" | sed '/^$/d' | sort | uniq -d) ]] \
+        || die "--seeds $seeds: each seed once (a repeated seed trains the same run twice and counts it as two)"
     if [[ -n $data_dir && -n $corpus ]]; then
         die "--data-dir is for the paper's datasets and --corpus for your own: give one of them"
     fi
@@ -240,37 +254,32 @@ check_language() {
 }
 
 # ------------------------------------------------------------------ fairseq
-# Variant -> criterion flags, as fairseq_skd/variants.py says (tests/test_recipes.py checks that
-# both agree). Needs: skd_sigma skd_warmup skd_eta noise_std, and skd_args (flags for the SKD
-# variants only, split on spaces). Sets the array variant_flags.
-variant_criterion_flags() {
-    local skd=(--criterion self_kd_cross_entropy --skd-sigma "$skd_sigma"
-               --skd-warmup-updates "$skd_warmup" --skd-alpha-step "$skd_eta")
-    local only_skd=()
-    read -r -a only_skd <<<"${skd_args:-}"
-    case $1 in
-        baseline)  variant_flags=(--criterion cross_entropy) ;;
-        # +Noise: plain cross-entropy (alpha stays 0) with noisy decoder input embeddings
-        noise)     variant_flags=(--criterion self_kd_cross_entropy --skd-alpha-max 0
-                                  --target-embed-noise "$noise_std") ;;
-        skd)       variant_flags=("${skd[@]}" "${only_skd[@]}") ;;
-        noise_skd) variant_flags=("${skd[@]}" --target-embed-noise "$noise_std" "${only_skd[@]}") ;;
-        *) die "unknown variant '$1' (known: baseline noise skd noise_skd)" ;;
-    esac
-}
-
+# check_variants: expands --variants (names and groups) into the variants' names, through
+# fairseq_skd/variants.py, which refuses unknown ones naming the known.
 check_variants() {
-    local v
-    [[ -n ${variants// /} ]] || die "--variants is empty (known: baseline noise skd noise_skd)"
-    for v in $variants; do variant_criterion_flags "$v"; done
+    local expanded
+    expanded=$(python3 "$VARIANTS_PY" expand "$variants" 2>&1) || die "--variants: ${expanded#error: }"
+    variants=$(tr '\n' ' ' <<<"$expanded")
+    variants=${variants% }
 }
 
-# train_command VARIANT DATA_BIN: VARIANT's fairseq-train flags, in the array train_args. Needs
-# the settings (arch, train_flags, log_interval), device_flags and extra.
+# variant_criterion_flags VARIANT: what VARIANT adds to fairseq-train, from fairseq_skd/variants.py
+# (needs the settings skd_sigma skd_warmup skd_eta noise_std, and skd_args). Sets the array
+# variant_flags.
+variant_criterion_flags() {
+    local flags
+    flags=$(python3 "$VARIANTS_PY" flags "$1" --sigma "$skd_sigma" --warmup "$skd_warmup" \
+        --alpha-step "$skd_eta" --noise-std "$noise_std" --skd-args "${skd_args:-}" 2>&1) \
+        || die "variant $1: ${flags#error: }"
+    mapfile -t variant_flags <<<"$flags"
+}
+
+# train_command VARIANT SEED DATA_BIN: VARIANT's fairseq-train flags for SEED, in the array
+# train_args. Needs the settings (arch, train_flags, log_interval), device_flags and extra.
 train_command() {
     variant_criterion_flags "$1"
-    train_args=("$2" --user-dir "$USER_DIR" --arch "$arch" "${train_flags[@]}" "${variant_flags[@]}"
-                --update-epoch-batch-itr True --required-batch-size-multiple 1
+    train_args=("$3" --user-dir "$USER_DIR" --arch "$arch" "${train_flags[@]}" "${variant_flags[@]}"
+                --seed "$2" --update-epoch-batch-itr True --required-batch-size-multiple 1
                 --keep-last-epochs 2 --log-format json --log-interval "$log_interval"
                 --no-progress-bar "${device_flags[@]}" "${extra[@]}")
 }
@@ -282,79 +291,112 @@ check_train_commands() {
     local v check=()
     require_tool fairseq-skd-train "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     for v in $variants; do
-        train_command "$v" "$1"
+        train_command "$v" 1 "$1"
         check+=("$v" "${train_args[@]}" ---)
     done
     fairseq-skd-train --check "${check[@]}" \
         || die "fix the flags named above (after -- or in --skd-args); nothing was run"
 }
 
-# train_stage DATA_BIN: every variant's training (resumed where it stopped, skipped when done).
-train_stage() {
-    local v
-    require_tool fairseq-skd-train "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
-    for v in $variants; do
-        train_command "$v" "$1"
-        log "  $v: ${variant_flags[*]}"
-        run_train "$exp_dir/$v" "${train_args[@]}"
+# runs: "SEED VARIANT" a line, every run of the experiment in the order they are trained.
+runs() {
+    local seed v
+    for seed in $seeds; do
+        for v in $variants; do echo "$seed $v"; done
     done
 }
 
-# best_checkpoint VARIANT TRAIN_STAGE: EXP_DIR/VARIANT/checkpoint_best.pt, which must exist.
+# run_dir SEED VARIANT: where that run's checkpoints, log and scores go.
+run_dir() { echo "$exp_dir/seed$1/$2"; }
+
+# train_stage DATA_BIN: every run's training (resumed where it stopped, skipped when done).
+train_stage() {
+    local seed v i=0 n
+    require_tool fairseq-skd-train "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
+    n=$(runs | wc -l)
+    while read -r seed v; do
+        i=$((i + 1))
+        train_command "$v" "$seed" "$1"
+        run_train "$(run_dir "$seed" "$v")" "$v, seed $seed (run $i of $n)" "${train_args[@]}"
+    done < <(runs)
+}
+
+# best_checkpoint SEED VARIANT TRAIN_STAGE: that run's checkpoint_best.pt, which must exist.
 best_checkpoint() {
-    local ckpt=$exp_dir/$1/checkpoint_best.pt
-    [[ -f $ckpt ]] || die "$ckpt not found: run stage $2 (train) for $1 first"
+    local ckpt
+    ckpt=$(run_dir "$1" "$2")/checkpoint_best.pt
+    [[ -f $ckpt ]] || die "$ckpt not found: run stage $3 (train) for $2, seed $1 first"
     echo "$ckpt"
 }
 
 # up_to_date OUT CKPT: OUT exists and is newer than CKPT (then it is not made again).
 up_to_date() {
-    if [[ -f $1 && $1 -nt $2 ]]; then
-        log "  $1 exists, skipped"
-        return 0
-    fi
-    return 1
+    [[ -f $1 && $1 -nt $2 ]]
 }
 
-# collect_stage TASK EXPERIMENT: fairseq-skd-collect EXP_DIR (tables and figures), unless its
-# results are newer than every score file and log. EXPERIMENT selects the paper's numbers;
-# a --corpus run has none to show.
+# record_command ARGS...: append the command, quoted, to EXP_DIR/commands.sh (every command the
+# recipe runs, in order, to re-run any step by hand).
+record_command() {
+    mkdir -p "$exp_dir"
+    [[ -f $exp_dir/commands.sh ]] \
+        || printf '#!/usr/bin/env bash\n# Every command the recipe ran, in order.\n' >"$exp_dir/commands.sh"
+    { printf '%q ' "$@"; printf '\n'; } >>"$exp_dir/commands.sh"
+}
+
+# step LOG WHAT CMD...: run CMD (recorded in commands.sh) with its stderr appended to LOG; its
+# stdout goes where the caller sends it. A failure stops the recipe with LOG's last lines.
+step() {
+    local log_file=$1 what=$2 status=0
+    shift 2
+    record_command "$@"
+    mkdir -p "$(dirname "$log_file")"
+    "$@" 2>>"$log_file" || status=$?
+    if (( status != 0 )); then
+        log "ERROR: $what failed: $(basename "$1") exited with status $status. The last lines of $log_file:"
+        grep -v '^[[:space:]]*$' "$log_file" | tail -n 15 | sed 's/^/    /' >&2
+        die "$what failed (the command is the last line of $exp_dir/commands.sh)"
+    fi
+}
+
+# collect_stage TASK: fairseq-skd-collect EXP_DIR (tables over the seeds, each seed's tables and
+# figures), unless its results are newer than every score file and log. $paper names the
+# paper experiment whose numbers are printed beside ours (none for a corpus).
 collect_stage() {
-    local ours=()
-    if [[ -n $corpus ]]; then ours=(--no-paper); fi
+    local args=(--task "$1" --name "$name" --paper "$paper")
+    if (( smoke )); then args+=(--smoke); fi
     require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" \( -name '*.json' -o -name train.log \) \
             -newer "$exp_dir/results.md") ]]; then
-        log "  $exp_dir/results.md is newer than every score file and log, skipped"
+        log "  $exp_dir/results.md is newer than every score file and log, kept"
+        cat "$exp_dir/results.md"
     else
-        fairseq-skd-collect "$exp_dir" --experiment "$2" --task "$1" "${ours[@]}"
-        log "  wrote $exp_dir/results.md"
+        record_command fairseq-skd-collect "$exp_dir" "${args[@]}"
+        fairseq-skd-collect "$exp_dir" "${args[@]}" || die "fairseq-skd-collect $exp_dir failed"
     fi
 }
 
-# run_train SAVE_DIR ARGS...: fairseq-train with $nproc data-parallel workers
-# (fairseq-skd-train --nproc), its output appended to SAVE_DIR/train.log.
-# An interrupted run resumes from SAVE_DIR/checkpoint_last.pt (fairseq's default for the same
-# --save-dir; a damaged one is replaced by the newest intact checkpoint first); a finished one
-# leaves SAVE_DIR/.train.done and is skipped next time.
+# run_train SAVE_DIR WHAT ARGS...: fairseq-train with $nproc data-parallel workers
+# (fairseq-skd-train --nproc), its output appended to SAVE_DIR/train.log and a line per epoch
+# on the terminal. An interrupted run resumes from SAVE_DIR/checkpoint_last.pt (fairseq's
+# default for the same --save-dir; a damaged one is replaced by the newest intact checkpoint
+# first); a finished one leaves SAVE_DIR/.train.done and is skipped next time.
 run_train() {
-    local save_dir=$1
-    shift
+    local save_dir=$1 what=$2 status=0
+    shift 2
     if [[ -f $save_dir/.train.done ]]; then
-        log "  $save_dir: trained already (.train.done), skipped"
+        log "  $what: trained already ($save_dir/.train.done), skipped"
         return 0
     fi
     mkdir -p "$save_dir"
     if [[ -f $save_dir/checkpoint_last.pt ]]; then
-        log "  $save_dir: resuming from checkpoint_last.pt"
+        log "  $what: resuming from $save_dir/checkpoint_last.pt"
     fi
-    local train=(fairseq-skd-train --nproc "${nproc:-1}" "$@" --save-dir "$save_dir")
-    {
-        printf '# %s' "$(date '+%Y-%m-%d %H:%M:%S')"
-        printf ' %q' "${train[@]}"
-        printf '\n'
-    } >>"$save_dir/train.log"
-    "${train[@]}" 2>&1 | tee -a "$save_dir/train.log" >&2
+    log "  $what: training, fairseq's log in $save_dir/train.log"
+    local train=(fairseq-skd-train --nproc "${nproc:-1}" --log "$save_dir/train.log" "$@"
+                 --save-dir "$save_dir")
+    record_command "${train[@]}"
+    "${train[@]}" || status=$?
+    (( status == 0 )) || die "training $what failed (status $status); its log: $save_dir/train.log"
     [[ -f $save_dir/checkpoint_best.pt && -f $save_dir/checkpoint_last.pt ]] \
         || die "fairseq-train ended without $save_dir/checkpoint_best.pt / checkpoint_last.pt; see $save_dir/train.log"
     touch "$save_dir/.train.done"
