@@ -40,8 +40,10 @@ case $task in
     both) tasks=(lm mt) ;;
     *) echo "run.sh: --task is lm, mt or both, not '$task'" >&2; exit 1 ;;
 esac
-if [[ -e $out && ! -d $out ]]; then
-    echo "run.sh: --out $out is a file, not a folder" >&2
+existing=$out
+while [[ ! -e $existing && $existing != "$(dirname "$existing")" ]]; do existing=$(dirname "$existing"); done
+if [[ -e $existing && ! -d $existing ]]; then
+    echo "run.sh: --out $out: $existing is a file, not a folder" >&2
     exit 1
 fi
 

@@ -118,48 +118,14 @@ def test_bleu_refuses_an_unknown_detokenizer_language(tmp_path):
 
 
 @pytest.mark.parametrize("argv,named", [
-    (["--nproc", "0"], "--nproc must be at least 1"),
-    (["--nproc", "two"], "--nproc takes a whole number"),
+    (["--nproc", "0"], "argument --nproc: must be at least 1, got 0"),
+    (["--nproc", "two"], "argument --nproc: takes a whole number of workers, got 'two'"),
     (["--nproc", "2", "--cpu", "--ddp-backend", "c10d"], "--ddp-backend c10d"),
     (["--nproc", "2", "--cpu", "--distributed-world-size", "4"], "--distributed-world-size 4"),
 ])
 def test_train_launcher_refuses_settings_that_cannot_work(argv, named, tmp_path):
     refused([BIN / "fairseq-skd-train", *argv, "data-bin", "--save-dir", tmp_path / "run"], named)
     assert not (tmp_path / "run").exists()
-
-
-# --- fairseq-skd-demo (in this process: its checks come before any import-heavy work) -----------
-
-
-@pytest.mark.parametrize("argv,named", [
-    (["--seeds", "-1"], "--seeds must be between 0 and 2**32 - 1"),
-    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
-    (["--epochs", "-2"], "--epochs must be at least 1, got -2"),
-    (["--seeds", "1", "1"], "--seeds 1 1: each seed once"),
-    (["--", "--skd-sigma", "0.3"], "the lm baseline run's fairseq-train would refuse"),
-    (["--task", "mt", "--", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
-])
-def test_demo_refuses_bad_options_before_writing_anything(argv, named, tmp_path, capsys):
-    from fairseq_skd.cli import demo
-
-    (tmp_path / "out" / "lm").mkdir(parents=True)
-    (tmp_path / "out" / "lm" / "kept.txt").write_text("written by an earlier run\n")
-    before = snapshot(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        demo.main(["--smoke", "--out", str(tmp_path / "out"), *argv])
-    assert e.value.code == 2
-    assert named in capsys.readouterr().err
-    assert snapshot(tmp_path) == before
-
-
-def test_demo_refuses_an_output_folder_under_a_file(tmp_path, capsys):
-    from fairseq_skd.cli import demo
-
-    (tmp_path / "file").write_text("not a folder\n")
-    with pytest.raises(SystemExit) as e:
-        demo.main(["--smoke", "--out", str(tmp_path / "file" / "demo")])
-    assert e.value.code == 2
-    assert f"{tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
 
 
 # --- the recipes ------------------------------------------------------------------------------------
@@ -189,6 +155,31 @@ def mt_corpus(tmp_path):
         for lang in ("en", "tr"):
             (corpus / f"{split}.{lang}").write_text("a b c\nd e\n")
     return corpus
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--seeds", "-1"], "--seeds takes whole numbers from 0 to 2**32 - 1 (fairseq's range), not '-1'"),
+    (["--seeds", "4294967296"], "not '4294967296'"),
+    (["--seeds", "1 2 1"], "--seeds 1 2 1: each seed once"),
+    (["--seeds", " "], "--seeds is empty"),
+    (["--variants", "skd typo"], "--variants: unknown variant 'typo'"),
+])
+def test_recipe_refuses_bad_seeds_and_variants_before_writing_anything(argv, named, tmp_path):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "kept.txt").write_text("written by an earlier run\n")
+    refused(recipe(LM_RECIPE, "--dataset", "synthetic", "--smoke", "--exp-dir", tmp_path / "exp",
+                   "--prep-dir", tmp_path / "data", *argv), named, watch=[tmp_path])
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--task", "both_of_them"], "--task is lm, mt or both, not 'both_of_them'"),
+    (["--out", "{file}/study"], "is a file, not a folder"),
+])
+def test_the_main_job_refuses_bad_options_before_writing_anything(argv, named, tmp_path):
+    (tmp_path / "file").write_text("not a folder\n")
+    argv = [arg.replace("{file}", str(tmp_path / "file")) for arg in argv]
+    refused([REPO / "run.sh", *argv], named, watch=[tmp_path])
 
 
 def test_recipe_refuses_a_stage_range_that_selects_nothing(tmp_path):

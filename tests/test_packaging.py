@@ -22,7 +22,6 @@ OWN_DEPENDENCIES = {"sacrebleu", "sacremoses", "subword-nmt", "matplotlib", "ten
                     "tensorboardx"}  # names as pip normalises them
 NEVER_DECLARED = {"torch", "fairseq", "fairseq-fixed", "torchaudio"}  # setup_env.sh pins them
 CONSOLE_SCRIPTS = {
-    "fairseq-skd-demo": "fairseq_skd.cli.demo:main",
     "fairseq-skd-score-lm": "fairseq_skd.cli.score:main_lm",
     "fairseq-skd-score-mt": "fairseq_skd.cli.score:main_mt",
     "fairseq-skd-bleu": "fairseq_skd.cli.score_bleu:main",
@@ -79,7 +78,7 @@ def test_wheel_metadata_declares_the_plugins_own_dependencies_and_not_torch_or_f
     assert metadata.get_payload().strip() == (REPO / "README.md").read_text().strip()
 
 
-def test_wheel_has_the_license_every_module_and_the_four_console_scripts(wheel):
+def test_wheel_has_the_license_every_module_and_the_console_scripts(wheel):
     licenses = [p for p in wheel if re.fullmatch(r"fairseq_skd-[^/]+\.dist-info/(licenses/)?LICENSE", p)]
     assert len(licenses) == 1
     assert wheel[licenses[0]].decode() == (REPO / "LICENSE").read_text()
@@ -132,8 +131,17 @@ def test_collect_needs_matplotlib_only_for_figures(tmp_path):
     assert "needs the Python package" not in out.stderr
 
 
-def test_demo_checks_before_it_trains(tmp_path):
-    out = run_without(["matplotlib", "sacremoses"],
-                      ["fairseq-skd-demo", "--smoke", "--out", str(tmp_path / "demo")], tmp_path)
-    assert_says_it_needs(out, "fairseq-skd-demo", "matplotlib", "sacremoses")
-    assert not (tmp_path / "demo").exists()
+def test_a_recipe_checks_its_packages_before_its_first_stage(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    out = subprocess.run(["bash", str(REPO / "recipes" / "lm" / "run.sh"), "--dataset", "synthetic",
+                          "--smoke", "--exp-dir", str(tmp_path / "exp"), "--prep-dir",
+                          str(tmp_path / "data")], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=str(site),
+                                  PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        "lm/run.sh: needs the Python package 'matplotlib': pip install matplotlib (or, in the "
+        "fairseq-skd repository, ./setup_env.sh or pip install .)")
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "data").exists()

@@ -96,6 +96,9 @@ def test_lm_all_stages(runs):
     results = (exp / "results.md").read_text()
     assert "| Baseline |" in results and "| +SKD |" in results
     assert (exp / "results.csv").is_file()
+    commands = (exp / "commands.sh").read_text()
+    assert "fairseq-skd-train --nproc 2 --log" in commands
+    exp = exp / "seed1"  # the default --seeds 1
     for variant in VARIANTS.split():
         for name in ("train.log", "checkpoint_best.pt", "checkpoint_last.pt"):
             assert (exp / variant / name).is_file(), f"{variant}/{name}"
@@ -108,8 +111,7 @@ def test_lm_all_stages(runs):
         # --update-epoch-batch-itr always; extra flags after `--` reach fairseq-train last
         assert "--update-epoch-batch-itr True" in log
         assert "--seed 2" in log.splitlines()[0].split("--no-progress-bar")[-1]
-        assert "fairseq-skd-train --nproc 2" in log.splitlines()[0]
-        assert "training on 2 devices" in log
+        assert "torchrun" in log.splitlines()[0] and "training on 2 devices" in log
     assert "self_kd_cross_entropy" in (exp / "skd" / "train.log").read_text()
     assert '"skd_alpha"' in (exp / "skd" / "train.log").read_text()
 
@@ -118,10 +120,11 @@ def test_mt_all_stages(runs):
     tmp, err, _ = runs["mt"]
     for stage in range(7):
         assert f"stage {stage}: " in err
-    exp = tmp / "exp"
+    exp = tmp / "exp" / "seed1"
     results = (exp / "results.md").read_text()
     assert "| Baseline |" in results and "| +SKD |" in results
     assert "nrefs:1|case:mixed|eff:no|tok:13a" in results
+    assert "| test BLEU beam 1 | test BLEU beam 12 |" in (tmp / "exp" / "results.md").read_text()
     n = {"valid": count_segs(FIXTURES / "wmt15" / "dev" / "newsdev2015-enfi-src.en.sgm"),
          "test": count_segs(FIXTURES / "wmt15" / "test" / "newstest2015-enfi-src.en.sgm")}
     for variant in VARIANTS.split():
@@ -145,15 +148,15 @@ def test_mt_all_stages(runs):
 @pytest.mark.parametrize("name", ["lm", "mt"])
 def test_rerun_is_a_noop(runs, name):
     tmp, _, _ = runs[name]
-    ckpt = tmp / "exp" / "skd" / "checkpoint_best.pt"
+    ckpt = tmp / "exp" / "seed1" / "skd" / "checkpoint_best.pt"
     before = ckpt.stat().st_mtime_ns
     start = time.time()
     proc = run(LM, *lm_args(tmp)) if name == "lm" else run(MT, *mt_args(tmp))
     assert time.time() - start < 30
     assert ckpt.stat().st_mtime_ns == before
-    assert "trained already (.train.done), skipped" in proc.stderr
-    assert "fairseq-train" not in proc.stderr.replace("fairseq-train ended", "")
-    assert "results.md is newer than every score file and log, skipped" in proc.stderr
+    assert proc.stderr.count("trained already") == 2
+    assert "training, fairseq's log" not in proc.stderr
+    assert "results.md is newer than every score file and log, kept" in proc.stderr
 
 
 def test_lm_stage_selection(tmp_path):
@@ -278,13 +281,13 @@ def test_checksums(tmp_path):
 def test_lm_resume_appends(runs):
     """An unfinished training resumes from checkpoint_last.pt and appends to train.log."""
     tmp, _, _ = runs["lm"]
-    run_dir = tmp / "exp" / "skd"
+    run_dir = tmp / "exp" / "seed1" / "skd"
     (run_dir / ".train.done").unlink()
     log_before = (run_dir / "train.log").read_text()
     updates = json.loads(log_before[log_before.rindex('{"epoch": 2'):].splitlines()[0])
     proc = run(LM, *lm_args(tmp, "--variants", "skd", "--stage", "3", "--stop-stage", "3",
                             "--nproc", 2, "--", "--max-epoch", "3"))
-    assert "resuming from checkpoint_last.pt" in proc.stderr
+    assert f"resuming from {run_dir}/checkpoint_last.pt" in proc.stderr
     log = (run_dir / "train.log").read_text()
     assert log.startswith(log_before)  # appended, not rewritten
     added = log[len(log_before):]
@@ -293,19 +296,29 @@ def test_lm_resume_appends(runs):
     assert '"epoch": 3' in added and (run_dir / ".train.done").is_file()
 
 
-@pytest.mark.parametrize("variant", skd_variants.VARIANTS)
-def test_the_recipes_variants_are_those_of_fairseq_skd_variants(variant, tmp_path):
-    """The bash copy of the four variants (utils/common.sh) agrees with fairseq_skd/variants.py,
-    --skd-args reaching the SKD variants only."""
-    proc = bash(f"skd_sigma=0.3; skd_warmup=7; skd_eta=0.05; noise_std=0.2; "
-                f"skd_args='--skd-qn-max 0.4 --skd-lambda 0.9'; variant_criterion_flags {variant}; "
-                "printf '%s\\n' \"${variant_flags[@]}\"; echo \"default: $variants\"", tmp_path)
+def test_the_recipes_take_every_variant_from_fairseq_skd_variants(tmp_path):
+    """The recipes ask fairseq_skd/variants.py for each variant's flags (no copy in bash):
+    every variant, --skd-args reaching the ones that apply SKD only; groups expand."""
+    script = ("skd_sigma=0.3; skd_warmup=7; skd_eta=0.05; noise_std=0.2; "
+              "skd_args='--skd-qn-max 0.4 --skd-lambda 0.9'; echo \"default: $variants\"; "
+              "variants='paper skd_topk skd'; check_variants; echo \"expanded: $variants\"; "
+              "for v in $(python3 $VARIANTS_PY expand all); do variant_criterion_flags $v; "
+              "echo \"$v: ${variant_flags[*]}\"; done")
+    proc = bash(script, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    *flags, default = proc.stdout.splitlines()
-    assert flags == skd_variants.criterion_flags(
-        variant, 0.3, 7, 0.05, 0.2, skd_args=["--skd-qn-max", "0.4", "--skd-lambda", "0.9"])
-    assert ("--skd-qn-max" in flags) == (variant in skd_variants.SKD_VARIANTS)
-    assert default == "default: " + " ".join(skd_variants.VARIANTS)
+    default, expanded, *lines = proc.stdout.splitlines()
+    assert default == "default: paper"
+    assert expanded == "expanded: baseline noise skd noise_skd skd_topk"
+    flags = dict(line.split(": ", 1) for line in lines)
+    assert list(flags) == list(skd_variants.VARIANTS)
+    for variant, line in flags.items():
+        assert line.split() == skd_variants.criterion_flags(
+            variant, 0.3, 7, 0.05, 0.2, skd_args=["--skd-qn-max", "0.4", "--skd-lambda", "0.9"])
+        assert ("--skd-qn-max" in line) == skd_variants.applies_skd(variant), variant
+    assert flags["baseline"] == "--criterion cross_entropy"
+    assert "--skd-alpha-max 0" in flags["noise"] and "--skd-alpha-max 0" in flags["label_smoothing"]
+    proc = bash("variants='skd nonsense'; check_variants", tmp_path)
+    assert proc.returncode != 0 and "--variants: unknown variant 'nonsense'" in proc.stderr
 
 
 def corpus_from_fixtures(root):
@@ -343,9 +356,11 @@ def test_a_corpus_of_ones_own_with_a_transformer(corpus_runs, name, experiment):
     exp = root / "exp" / experiment  # named after the corpus folder, under the current folder
     results = (exp / "results.md").read_text()
     assert "| Baseline |" in results and "| +SKD |" in results
-    header = next(line for line in results.splitlines() if line.startswith("| Model"))
+    header = next(line for line in results.splitlines() if line.startswith("| model"))
     assert "paper" not in header.lower() and "no paper numbers" not in results  # ours only
     assert (root / "data" / experiment / "MANIFEST.sha256").is_file()  # sha256 recorded
+    exp = exp / "seed1"
+    results = (exp / "results.md").read_text()
     for variant in ("baseline", "skd"):
         command = (exp / variant / "train.log").read_text().splitlines()[0]
         arch = "transformer_lm" if name == "lm" else "transformer_iwslt_de_en"

@@ -4,8 +4,9 @@ and the folders it will write into exist (rather than fail after the work is don
 torch and fairseq are what every tool needs and what the environment is built around; the
 packages checked here are the plugin's own dependencies (pyproject.toml), which an environment
 made by hand may lack. Each tool calls :func:`require_packages` as the first thing in ``main()``,
-so a missing package is reported in one line before any work starts (fairseq-skd-demo would
-otherwise train every variant and only then fail).
+and the recipes run this file before their first stage, so a missing package is reported in one
+line before any work starts (a recipe would otherwise train every variant and only then fail to
+draw its figures).
 """
 
 import importlib.util
@@ -44,3 +45,9 @@ def output_folder_problem(flag, path):
     if os.path.isdir(folder):
         return None
     return f"{flag} {path}: the folder {folder} does not exist; create it or write elsewhere"
+
+
+if __name__ == "__main__":
+    # The recipes' check before their first stage: ``python3 requirements.py PROG PACKAGE...``
+    # (run as a script: it needs neither torch nor fairseq).
+    require_packages(sys.argv[1], sys.argv[2:])

@@ -87,6 +87,10 @@ exp_dir=${exp_dir:-exp/$name}
 # shellcheck source=../conf/lm.sh
 . "$RECIPES_DIR/conf/lm.sh"
 check_variants
+packages=()
+if stage_enabled 1 && [[ $tokenize == moses ]]; then packages+=(sacremoses); fi
+if stage_enabled 5; then packages+=(matplotlib); fi
+require_python_packages "${packages[@]}"
 detect_device
 log "lm recipe: $dataset ($name) model=$model variants='$variants' seeds='$seeds'" \
     "stages $stage..$stop_stage device=$device_name nproc=$nproc prep=$prep_dir exp=$exp_dir smoke=$smoke"

@@ -97,6 +97,12 @@ exp_dir=${exp_dir:-exp/$name}
 # shellcheck source=../conf/mt.sh
 . "$RECIPES_DIR/conf/mt.sh"
 check_variants
+packages=()
+if stage_enabled 1 && [[ $tokenizer == moses ]] || stage_enabled 5; then packages+=(sacremoses); fi
+if stage_enabled 2 && [[ $bpe_method == subword_nmt ]]; then packages+=(subword_nmt); fi
+if stage_enabled 5; then packages+=(sacrebleu); fi
+if stage_enabled 6; then packages+=(matplotlib); fi
+require_python_packages "${packages[@]}"
 detect_device
 log "mt recipe: pair=$pair ($name) model=$model variants='$variants' seeds='$seeds'" \
     "stages $stage..$stop_stage device=$device_name nproc=$nproc prep=$prep_dir exp=$exp_dir smoke=$smoke"

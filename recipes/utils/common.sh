@@ -107,6 +107,13 @@ check_common_options() {
     done
 }
 
+# require_python_packages NAME...: stop before any stage, in one line, when a Python package that
+# the selected stages need is missing (fairseq_skd/cli/requirements.py, the tools' own check).
+require_python_packages() {
+    python3 "$USER_DIR/cli/requirements.py" "$(basename "$(dirname "$0")")/$(basename "$0")" "$@" \
+        || exit 1
+}
+
 # stage_enabled N: is stage N inside [--stage, --stop-stage]?
 stage_enabled() { (( stage <= $1 && $1 <= stop_stage )); }
 
