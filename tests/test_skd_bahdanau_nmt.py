@@ -12,6 +12,7 @@ from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
 import fairseq_skd  # noqa: F401
 from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel
+from fairseq_skd.modules.lstm_layers import SplitInputLSTMCell
 from fairseq_skd.modules.output_embedding import find_output_embedding
 
 from helpers import (USER_DIR, build_model, generate, greedy, incremental_lprobs,
@@ -159,6 +160,75 @@ def test_lstm_step_matches_reference_bahdanau_step():
         z = t @ dec.fc_out.weight.t() + dec.fc_out.bias
     torch.testing.assert_close(logits[:, 0], z, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(extra["attn"][0][:, 0], alpha, atol=1e-6, rtol=1e-6)
+
+
+def test_parameter_names_and_shapes_are_those_of_saved_checkpoints():
+    """Checkpoints of earlier versions hold these (skd_bahdanau_tiny, 24 words: embeddings 32,
+    encoder 2 x 64, attention and decoder 64, readout 32) and load strictly."""
+    model = nmt_model()
+    assert {name: tuple(p.shape) for name, p in model.state_dict().items()} == {
+        "encoder.embed_tokens.weight": (24, 32),
+        **{f"encoder.lstm.{name}_l0{direction}": shape
+           for direction in ("", "_reverse")
+           for name, shape in (("weight_ih", (256, 32)), ("weight_hh", (256, 64)),
+                               ("bias_ih", (256,)), ("bias_hh", (256,)))},
+        "encoder.attention_key_proj.weight": (64, 128),
+        "encoder.attention_key_proj.bias": (64,),
+        "decoder.attention_v": (64,),
+        "decoder.embed_tokens.weight": (24, 32),
+        "decoder.init_state_proj.weight": (128, 64),
+        "decoder.init_state_proj.bias": (128,),
+        "decoder.attention_query_proj.weight": (64, 64),
+        "decoder.rnn.weight_ih": (256, 32 + 128),
+        "decoder.rnn.weight_hh": (256, 64),
+        "decoder.rnn.bias_ih": (256,),
+        "decoder.rnn.bias_hh": (256,),
+        "decoder.readout.weight": (64, 64 + 32 + 128),
+        "decoder.readout.bias": (64,),
+        "decoder.fc_out.weight": (24, 32),
+        "decoder.fc_out.bias": (24,),
+    }
+
+
+def test_split_input_lstm_cell_equals_lstm_cell():
+    """Steps of SplitInputLSTMCell (the known input x projected for all steps at once, then
+    [u_t; h_{t-1}] at each step) give nn.LSTMCell's (h, c) on [x_t; u_t] with the same weights,
+    and the same gradients, through a step input that depends on h_{t-1} as a context does."""
+    torch.manual_seed(0)
+    bsz, steps, known_size, step_size, hidden_size = 3, 4, 5, 6, 7
+    cell = SplitInputLSTMCell(known_size, step_size, hidden_size)
+    assert all(p.abs().max() <= 0.1 for p in cell.parameters())  # fairseq lstm's init
+    reference = torch.nn.LSTMCell(known_size + step_size, hidden_size)
+    reference.load_state_dict(cell.state_dict())  # the same names and shapes
+    x = torch.randn(bsz, steps, known_size)
+    feedback = torch.randn(hidden_size, step_size)
+    h0, c0 = torch.randn(bsz, hidden_size), torch.randn(bsz, hidden_size)
+    output_grad = torch.randn(steps, 2, bsz, hidden_size)
+
+    def unroll(module, split):
+        inputs = [t.clone().requires_grad_() for t in (x, feedback, h0, c0)]
+        known, weight, hidden, memory = inputs
+        if split:
+            known_gates, step_weight = module.input_gates(known).unbind(1), module.step_weight()
+        states = []
+        for t in range(steps):
+            u = torch.tanh(hidden @ weight)
+            if split:
+                hidden, memory = module.step(known_gates[t], u, (hidden, memory), step_weight)
+            else:
+                hidden, memory = module(torch.cat([known[:, t], u], dim=1), (hidden, memory))
+            states.append(torch.stack([hidden, memory]))
+        states = torch.stack(states)
+        states.backward(output_grad)
+        return states.detach(), [t.grad for t in inputs], [p.grad for p in module.parameters()]
+
+    states, input_grads, param_grads = unroll(cell, split=True)
+    ref_states, ref_input_grads, ref_param_grads = unroll(reference, split=False)
+    torch.testing.assert_close(states, ref_states)
+    assert states.abs().max() > 0.1
+    for grad, ref_grad in zip(input_grads + param_grads, ref_input_grads + ref_param_grads):
+        torch.testing.assert_close(grad, ref_grad)
+        assert ref_grad.abs().max() > 1e-3
 
 
 def test_encoder_handles_padding():
