@@ -12,6 +12,7 @@ from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
 import fairseq_skd  # noqa: F401
 from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel
+from fairseq_skd.modules.additive_attention import additive_attention
 from fairseq_skd.modules.lstm_layers import SplitInputLSTMCell
 from fairseq_skd.modules.output_embedding import find_output_embedding
 
@@ -229,6 +230,51 @@ def test_split_input_lstm_cell_equals_lstm_cell():
     for grad, ref_grad in zip(input_grads + param_grads, ref_input_grads + ref_param_grads):
         torch.testing.assert_close(grad, ref_grad)
         assert ref_grad.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float16, 2e-3)])
+def test_additive_attention_equals_the_formula(dtype, tol):
+    """alpha = softmax_j(v^T tanh(W_a s + k_j)) over the words that are not padding and
+    context = sum_j alpha_j h_j, computed here in float64 as written from the same inputs; in
+    float32 the gradients too. In float16 the padding mask and the softmax run in float and are
+    cast back."""
+    g = torch.Generator().manual_seed(0)
+    bsz, srclen, query_size, attention_dim, value_size = 3, 5, 4, 6, 7
+    shapes = [(bsz, query_size), (attention_dim, query_size), (attention_dim,),
+              (bsz, srclen, attention_dim), (bsz, srclen, value_size)]
+    tensors = [torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype) for shape in shapes]
+    # left-padded, unpadded, right-padded
+    padding_mask = torch.tensor([[True, True, False, False, False], [False] * 5,
+                                 [False, False, False, True, True]])
+
+    def attend(query, query_weight, v, keys, annotations):
+        return additive_attention(F.linear(query, query_weight), keys, v, annotations, padding_mask)
+
+    def formula(query, query_weight, v, keys, annotations):
+        scores = torch.tanh((query @ query_weight.t())[:, None, :] + keys) @ v  # B x S
+        scores = scores.masked_fill(padding_mask, float("-inf"))
+        weights = torch.exp(scores - scores.max(dim=1, keepdim=True)[0])
+        alpha = weights / weights.sum(dim=1, keepdim=True)
+        return (alpha[:, :, None] * annotations).sum(dim=1), alpha
+
+    inputs = [t.clone().requires_grad_(dtype != torch.float16) for t in tensors]
+    ref_inputs = [t.double().requires_grad_() for t in tensors]
+    context, alpha = attend(*inputs)
+    ref_context, ref_alpha = formula(*ref_inputs)
+    assert context.dtype == alpha.dtype == dtype
+    assert alpha.masked_select(padding_mask).abs().sum() == 0
+    torch.testing.assert_close(alpha.double(), ref_alpha, atol=tol, rtol=0)
+    torch.testing.assert_close(context.double(), ref_context, atol=tol, rtol=tol)
+    assert 0.1 < ref_alpha.max() < 0.95 and ref_context.abs().max() > 0.5
+    if dtype == torch.float16:
+        return
+    output_grads = [torch.randn(*t.shape, generator=g, dtype=torch.float64)
+                    for t in (ref_context, ref_alpha)]
+    torch.autograd.backward([context, alpha], [t.to(dtype) for t in output_grads])
+    torch.autograd.backward([ref_context, ref_alpha], output_grads)
+    for t, ref in zip(inputs, ref_inputs):
+        torch.testing.assert_close(t.grad.double(), ref.grad, atol=10 * tol, rtol=10 * tol)
+        assert ref.grad.abs().max() > 1e-2
 
 
 def test_encoder_handles_padding():

@@ -15,10 +15,8 @@ Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
 - decoder initial state: [s_0; m_0] = tanh(W_s bwd_1 + b_s) (Bahdanau's s_0 = tanh(W_s bwd_1);
   an LSTM also needs a memory cell m_0, taken from the same projection).
 - decoder step i (prefix-length-independent cost):
-      e_ij  = v^T tanh(W_a s_{i-1} + U_a h_j)      (padding masked with -inf, in float32;
-                                                   computed as 2 v^T sigmoid(2 (...)), which
-                                                   differs by a constant the softmax ignores)
-      a_ij  = softmax_j(e_ij),  c_i = sum_j a_ij h_j
+      e_ij  = v^T tanh(W_a s_{i-1} + U_a h_j)      (padding masked with -inf, in float32)
+      a_ij  = softmax_j(e_ij),  c_i = sum_j a_ij h_j   (``additive_attention``)
       s_i   = LSTM([E y_{i-1}; c_i], (s_{i-1}, m_{i-1}))  (``SplitInputLSTMCell``)
       t_i   = maxout_2(U_o s_i + V_o E y_{i-1} + C_o c_i)       (deep output, pool size 2)
       z_i   = W t_i + b,   p(y_i) = softmax(z_i)
@@ -65,7 +63,6 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fairseq import utils
 from fairseq.models import (
     FairseqEncoder,
@@ -77,6 +74,7 @@ from fairseq.models.lstm import LSTM, Embedding, Linear
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
+from ..modules.additive_attention import additive_attention
 from ..modules.lstm_layers import (DecoderEmbedding, LSTMDecoderBase, ScaledLinear,
                                    SplitInputLSTMCell, add_lstm_args, add_output_embedding_args,
                                    check_output_embedding_args, left_pad_index, set_defaults,
@@ -305,23 +303,12 @@ class SKDBahdanauDecoder(LSTMDecoderBase):
         # emb_gates[i]: the backward of T selects would fill T full-size zero grads
         emb_gates = self.rnn.input_gates(emb).unbind(1)
         step_weight = self.rnn.step_weight()
-        # v^T tanh(z) = 2 v^T sigmoid(2 z) - sum(v), and the softmax over source words ignores
-        # the constant: the same attention weights, and torch.sigmoid is several times faster
-        # than torch.tanh on CPU (0.4 vs 2.7 ms for 96 x 30 x 256 floats on one core).
-        # The factor 2 inside goes on the keys once and on W_a, not on B x S x A every step.
-        v2 = 2.0 * self.attention_v
-        keys2 = 2.0 * keys
-        query_weight2 = 2.0 * self.attention_query_proj.weight
 
         hiddens, contexts, alphas = [], [], []
         for i in range(seqlen):
-            query2 = F.linear(hidden, query_weight2)  # 2 W_a s_{i-1}: B x A
-            scores = torch.matmul((keys2 + query2.unsqueeze(1)).sigmoid_(), v2)  # B x S
-            # FP16 support: mask and normalise in float, cast back
-            alpha = F.softmax(
-                scores.float().masked_fill(padding_mask, float("-inf")), dim=-1
-            ).type_as(scores)
-            context = torch.bmm(alpha.unsqueeze(1), annotations).squeeze(1)  # B x C
+            context, alpha = additive_attention(
+                self.attention_query_proj(hidden), keys, self.attention_v, annotations, padding_mask
+            )
             hidden, cell = self.rnn.step(emb_gates[i], context, (hidden, cell), step_weight)
             hiddens.append(hidden)
             contexts.append(context)
