@@ -12,6 +12,8 @@ from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
 import fairseq_skd  # noqa: F401
 from fairseq_skd.models.skd_bahdanau_nmt import SKDBahdanauModel
+from fairseq_skd.modules.additive_attention import additive_attention
+from fairseq_skd.modules.lstm_layers import SplitInputLSTMCell
 from fairseq_skd.modules.output_embedding import find_output_embedding
 
 from helpers import (USER_DIR, build_model, generate, greedy, incremental_lprobs,
@@ -159,6 +161,120 @@ def test_lstm_step_matches_reference_bahdanau_step():
         z = t @ dec.fc_out.weight.t() + dec.fc_out.bias
     torch.testing.assert_close(logits[:, 0], z, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(extra["attn"][0][:, 0], alpha, atol=1e-6, rtol=1e-6)
+
+
+def test_parameter_names_and_shapes_are_those_of_saved_checkpoints():
+    """Checkpoints of earlier versions hold these (skd_bahdanau_tiny, 24 words: embeddings 32,
+    encoder 2 x 64, attention and decoder 64, readout 32) and load strictly."""
+    model = nmt_model()
+    assert {name: tuple(p.shape) for name, p in model.state_dict().items()} == {
+        "encoder.embed_tokens.weight": (24, 32),
+        **{f"encoder.lstm.{name}_l0{direction}": shape
+           for direction in ("", "_reverse")
+           for name, shape in (("weight_ih", (256, 32)), ("weight_hh", (256, 64)),
+                               ("bias_ih", (256,)), ("bias_hh", (256,)))},
+        "encoder.attention_key_proj.weight": (64, 128),
+        "encoder.attention_key_proj.bias": (64,),
+        "decoder.attention_v": (64,),
+        "decoder.embed_tokens.weight": (24, 32),
+        "decoder.init_state_proj.weight": (128, 64),
+        "decoder.init_state_proj.bias": (128,),
+        "decoder.attention_query_proj.weight": (64, 64),
+        "decoder.rnn.weight_ih": (256, 32 + 128),
+        "decoder.rnn.weight_hh": (256, 64),
+        "decoder.rnn.bias_ih": (256,),
+        "decoder.rnn.bias_hh": (256,),
+        "decoder.readout.weight": (64, 64 + 32 + 128),
+        "decoder.readout.bias": (64,),
+        "decoder.fc_out.weight": (24, 32),
+        "decoder.fc_out.bias": (24,),
+    }
+
+
+def test_split_input_lstm_cell_equals_lstm_cell():
+    """Steps of SplitInputLSTMCell (the known input x projected for all steps at once, then
+    [u_t; h_{t-1}] at each step) give nn.LSTMCell's (h, c) on [x_t; u_t] with the same weights,
+    and the same gradients, through a step input that depends on h_{t-1} as a context does."""
+    torch.manual_seed(0)
+    bsz, steps, known_size, step_size, hidden_size = 3, 4, 5, 6, 7
+    cell = SplitInputLSTMCell(known_size, step_size, hidden_size)
+    assert all(p.abs().max() <= 0.1 for p in cell.parameters())  # fairseq lstm's init
+    reference = torch.nn.LSTMCell(known_size + step_size, hidden_size)
+    reference.load_state_dict(cell.state_dict())  # the same names and shapes
+    x = torch.randn(bsz, steps, known_size)
+    feedback = torch.randn(hidden_size, step_size)
+    h0, c0 = torch.randn(bsz, hidden_size), torch.randn(bsz, hidden_size)
+    output_grad = torch.randn(steps, 2, bsz, hidden_size)
+
+    def unroll(module, split):
+        inputs = [t.clone().requires_grad_() for t in (x, feedback, h0, c0)]
+        known, weight, hidden, memory = inputs
+        if split:
+            known_gates, step_weight = module.input_gates(known).unbind(1), module.step_weight()
+        states = []
+        for t in range(steps):
+            u = torch.tanh(hidden @ weight)
+            if split:
+                hidden, memory = module.step(known_gates[t], u, (hidden, memory), step_weight)
+            else:
+                hidden, memory = module(torch.cat([known[:, t], u], dim=1), (hidden, memory))
+            states.append(torch.stack([hidden, memory]))
+        states = torch.stack(states)
+        states.backward(output_grad)
+        return states.detach(), [t.grad for t in inputs], [p.grad for p in module.parameters()]
+
+    states, input_grads, param_grads = unroll(cell, split=True)
+    ref_states, ref_input_grads, ref_param_grads = unroll(reference, split=False)
+    torch.testing.assert_close(states, ref_states)
+    assert states.abs().max() > 0.1
+    for grad, ref_grad in zip(input_grads + param_grads, ref_input_grads + ref_param_grads):
+        torch.testing.assert_close(grad, ref_grad)
+        assert ref_grad.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float16, 2e-3)])
+def test_additive_attention_equals_the_formula(dtype, tol):
+    """alpha = softmax_j(v^T tanh(W_a s + k_j)) over the words that are not padding and
+    context = sum_j alpha_j h_j, computed here in float64 as written from the same inputs; in
+    float32 the gradients too. In float16 the padding mask and the softmax run in float and are
+    cast back."""
+    g = torch.Generator().manual_seed(0)
+    bsz, srclen, query_size, attention_dim, value_size = 3, 5, 4, 6, 7
+    shapes = [(bsz, query_size), (attention_dim, query_size), (attention_dim,),
+              (bsz, srclen, attention_dim), (bsz, srclen, value_size)]
+    tensors = [torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype) for shape in shapes]
+    # left-padded, unpadded, right-padded
+    padding_mask = torch.tensor([[True, True, False, False, False], [False] * 5,
+                                 [False, False, False, True, True]])
+
+    def attend(query, query_weight, v, keys, annotations):
+        return additive_attention(F.linear(query, query_weight), keys, v, annotations, padding_mask)
+
+    def formula(query, query_weight, v, keys, annotations):
+        scores = torch.tanh((query @ query_weight.t())[:, None, :] + keys) @ v  # B x S
+        scores = scores.masked_fill(padding_mask, float("-inf"))
+        weights = torch.exp(scores - scores.max(dim=1, keepdim=True)[0])
+        alpha = weights / weights.sum(dim=1, keepdim=True)
+        return (alpha[:, :, None] * annotations).sum(dim=1), alpha
+
+    inputs = [t.clone().requires_grad_(dtype != torch.float16) for t in tensors]
+    ref_inputs = [t.double().requires_grad_() for t in tensors]
+    context, alpha = attend(*inputs)
+    ref_context, ref_alpha = formula(*ref_inputs)
+    assert context.dtype == alpha.dtype == dtype
+    assert alpha.masked_select(padding_mask).abs().sum() == 0
+    torch.testing.assert_close(alpha.double(), ref_alpha, atol=tol, rtol=0)
+    torch.testing.assert_close(context.double(), ref_context, atol=tol, rtol=tol)
+    assert 0.1 < ref_alpha.max() < 0.95 and ref_context.abs().max() > 0.5
+    if dtype == torch.float16:
+        return
+    output_grads = [torch.randn(*t.shape, generator=g, dtype=torch.float64)
+                    for t in (ref_context, ref_alpha)]
+    torch.autograd.backward([context, alpha], [t.to(dtype) for t in output_grads])
+    torch.autograd.backward([ref_context, ref_alpha], output_grads)
+    for t, ref in zip(inputs, ref_inputs):
+        torch.testing.assert_close(t.grad.double(), ref.grad, atol=10 * tol, rtol=10 * tol)
+        assert ref.grad.abs().max() > 1e-2
 
 
 def test_encoder_handles_padding():

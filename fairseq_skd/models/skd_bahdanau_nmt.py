@@ -15,11 +15,9 @@ Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
 - decoder initial state: [s_0; m_0] = tanh(W_s bwd_1 + b_s) (Bahdanau's s_0 = tanh(W_s bwd_1);
   an LSTM also needs a memory cell m_0, taken from the same projection).
 - decoder step i (prefix-length-independent cost):
-      e_ij  = v^T tanh(W_a s_{i-1} + U_a h_j)      (padding masked with -inf, in float32;
-                                                   computed as 2 v^T sigmoid(2 (...)), which
-                                                   differs by a constant the softmax ignores)
-      a_ij  = softmax_j(e_ij),  c_i = sum_j a_ij h_j
-      s_i   = LSTM([E y_{i-1}; c_i], (s_{i-1}, m_{i-1}))
+      e_ij  = v^T tanh(W_a s_{i-1} + U_a h_j)      (padding masked with -inf, in float32)
+      a_ij  = softmax_j(e_ij),  c_i = sum_j a_ij h_j   (``additive_attention``)
+      s_i   = LSTM([E y_{i-1}; c_i], (s_{i-1}, m_{i-1}))  (``SplitInputLSTMCell``)
       t_i   = maxout_2(U_o s_i + V_o E y_{i-1} + C_o c_i)       (deep output, pool size 2)
       z_i   = W t_i + b,   p(y_i) = softmax(z_i)
   (Bahdanau's readout reads s_{i-1}; we read the new state s_i, as dl4mt/Nematus do, so the
@@ -27,7 +25,8 @@ Structure (Bahdanau et al. 2015, Appendix A, with LSTM cells):
   embedding that SKD measures distances in; ``get_output_embedding_matrix()`` returns it.
 - teacher-forced training runs the recurrence step by step (attention depends on s_{i-1}), but
   everything that does not depend on the recurrence (the embedding part of the LSTM input
-  projection, the readout, the softmax) is computed for all positions at once.
+  projection, ``SplitInputLSTMCell.input_gates``, the readout, the softmax) is computed for all
+  positions at once.
 - incremental decoding keeps (s, m) in one cached dict; ``reorder_incremental_state`` and
   ``reorder_encoder_out`` index_select(0, new_order) (all tensors are batch-first). The cache,
   E, W and b are those of ``LSTMDecoderBase`` (modules/lstm_layers.py), shared with skd_lstm_lm.
@@ -64,7 +63,6 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fairseq import utils
 from fairseq.models import (
     FairseqEncoder,
@@ -72,13 +70,15 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.models.lstm import LSTM, Embedding, Linear, LSTMCell
+from fairseq.models.lstm import LSTM, Embedding, Linear
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from ..modules.lstm_layers import (DecoderEmbedding, LSTMDecoderBase, ScaledLinear, add_lstm_args,
-                                   add_output_embedding_args, check_output_embedding_args,
-                                   left_pad_index, set_defaults, shares_output_embedding)
+from ..modules.additive_attention import additive_attention
+from ..modules.lstm_layers import (DecoderEmbedding, LSTMDecoderBase, ScaledLinear,
+                                   SplitInputLSTMCell, add_lstm_args, add_output_embedding_args,
+                                   check_output_embedding_args, left_pad_index, set_defaults,
+                                   shares_output_embedding)
 
 DEFAULT_MAX_SOURCE_POSITIONS = 1e5
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
@@ -244,7 +244,7 @@ class SKDBahdanauDecoder(LSTMDecoderBase):
         embed_tokens=None,
     ):
         super().__init__(args, dictionary, max_target_positions, embed_tokens)  # dropouts, E
-        self.embed_dim = embed_dim = args.decoder_embed_dim
+        embed_dim = args.decoder_embed_dim
         self.hidden_size = hidden_size = args.decoder_hidden_size
         self.encoder_output_units = encoder_output_units
         self.out_embed_dim = args.decoder_out_embed_dim
@@ -259,9 +259,8 @@ class SKDBahdanauDecoder(LSTMDecoderBase):
         # W_a (the bias b_a is in the encoder's U_a) and v
         self.attention_query_proj = Linear(hidden_size, attention_dim, bias=False)
         self.attention_v = nn.Parameter(torch.empty(attention_dim).uniform_(-0.1, 0.1))
-        # input [E y_{i-1}; c_i]; its weights are used in the manual step below (same gate
-        # order and maths as nn.LSTMCell: i, f, g, o).
-        self.rnn = LSTMCell(embed_dim + encoder_output_units, hidden_size)
+        # input [E y_{i-1}; c_i]: E y_{i-1} is known before the loop, c_i computed at step i
+        self.rnn = SplitInputLSTMCell(embed_dim, encoder_output_units, hidden_size)
         # U_o, V_o, C_o as one projection of [s_i; E y_{i-1}; c_i] to 2 * readout (maxout pairs)
         self.readout = ReadoutLinear(
             hidden_size + embed_dim + encoder_output_units, self.out_embed_dim
@@ -300,35 +299,17 @@ class SKDBahdanauDecoder(LSTMDecoderBase):
 
         emb = self.dropout_in_module(self.embed_tokens(prev_output_tokens))  # B x T x E
         bsz, seqlen = prev_output_tokens.size()
-        weight_ih, weight_hh = self.rnn.weight_ih, self.rnn.weight_hh
-        # the embedding part of the LSTM input projection, for all steps at once (B x T x 4H);
-        # unbind, not emb_gates[i]: the backward of T selects would fill T full-size zero grads
-        emb_gates = F.linear(
-            emb, weight_ih[:, : self.embed_dim], self.rnn.bias_ih + self.rnn.bias_hh
-        ).unbind(1)
-        # [c_i; s_{i-1}] -> gates in one matmul per step
-        recurrent_weight = torch.cat([weight_ih[:, self.embed_dim :], weight_hh], dim=1).t()
-        # v^T tanh(z) = 2 v^T sigmoid(2 z) - sum(v), and the softmax over source words ignores
-        # the constant: the same attention weights, and torch.sigmoid is several times faster
-        # than torch.tanh on CPU (0.4 vs 2.7 ms for 96 x 30 x 256 floats on one core).
-        # The factor 2 inside goes on the keys once and on W_a, not on B x S x A every step.
-        v2 = 2.0 * self.attention_v
-        keys2 = 2.0 * keys
-        query_weight2 = 2.0 * self.attention_query_proj.weight
+        # the embedding part of the LSTM input projection, for all steps at once; unbind, not
+        # emb_gates[i]: the backward of T selects would fill T full-size zero grads
+        emb_gates = self.rnn.input_gates(emb).unbind(1)
+        step_weight = self.rnn.step_weight()
 
         hiddens, contexts, alphas = [], [], []
         for i in range(seqlen):
-            query2 = F.linear(hidden, query_weight2)  # 2 W_a s_{i-1}: B x A
-            scores = torch.matmul((keys2 + query2.unsqueeze(1)).sigmoid_(), v2)  # B x S
-            # FP16 support: mask and normalise in float, cast back
-            alpha = F.softmax(
-                scores.float().masked_fill(padding_mask, float("-inf")), dim=-1
-            ).type_as(scores)
-            context = torch.bmm(alpha.unsqueeze(1), annotations).squeeze(1)  # B x C
-            gates = torch.addmm(emb_gates[i], torch.cat([context, hidden], dim=1), recurrent_weight)
-            in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=1)
-            cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
-            hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
+            context, alpha = additive_attention(
+                self.attention_query_proj(hidden), keys, self.attention_v, annotations, padding_mask
+            )
+            hidden, cell = self.rnn.step(emb_gates[i], context, (hidden, cell), step_weight)
             hiddens.append(hidden)
             contexts.append(context)
             alphas.append(alpha)

@@ -1,8 +1,8 @@
-"""Layers shared by the paper's two LSTM models (skd_lstm_lm, skd_bahdanau), with their flags.
+"""The layers of the paper's two LSTM models (skd_lstm_lm, skd_bahdanau), with their flags.
 
 fairseq's models/lstm.py already has the layers with fairseq lstm's init (uniform(+-0.1), the
-padding row of an embedding zero): the models import ``Embedding``, ``LSTM``, ``LSTMCell`` and
-``Linear`` from there, as fairseq's own lstm_lm does. What is SKD's own lives here:
+padding row of an embedding zero): the models import ``Embedding``, ``LSTM`` and ``Linear``
+from there, as fairseq's own lstm_lm does. What is SKD's own lives here:
 
 - the output word embeddings W, the softmax layer z = W x + b that SKD measures distances in:
   their flags (``add_output_embedding_args``), checks (``check_output_embedding_args``) and
@@ -12,6 +12,8 @@ padding row of an embedding zero): the models import ``Embedding``, ``LSTM``, ``
   outputs, and the recurrent state of incremental decoding in one cached dict;
 - the flags of one LSTM (``add_lstm_args``) and ``left_pad_index`` for the models' LSTMs, which
   run over right-padded rows;
+- ``SplitInputLSTMCell``, skd_bahdanau's decoder cell: nn.LSTMCell with the part of its input
+  that is known before the loop (the previous words) projected for all steps at once;
 - ``set_defaults``, fairseq's ``args.x = getattr(args, "x", default)`` for a preset's table of
   defaults.
 """
@@ -19,6 +21,7 @@ padding row of an embedding zero): the models import ``Embedding``, ``LSTM``, ``
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from fairseq.models import FairseqIncrementalDecoder
 from fairseq.models.lstm import Embedding
 from fairseq.modules import FairseqDropout
@@ -101,6 +104,45 @@ def ScaledLinear(in_features, out_features, std):
     nn.init.normal_(m.weight, 0.0, std)
     nn.init.zeros_(m.bias)
     return m
+
+
+class SplitInputLSTMCell(nn.LSTMCell):
+    """fairseq lstm's ``LSTMCell`` (an nn.LSTMCell with uniform(+-0.1) init; the same parameter
+    names, so checkpoints of it load, and the same gates i, f, g, o) for an input [x_t; u_t] of
+    which x_t is known for all steps before the loop (a decoder's previous-word embeddings) and
+    u_t only at step t (an attention context).
+
+    ``input_gates(x)`` applies x's columns of W_ih, and both biases, to every step in one
+    matmul; ``step`` adds [u_t; h_{t-1}] times the other columns and W_hh in one matmul per step
+    (their weight, ``step_weight()``, built once per sequence) and updates (h, c).
+    """
+
+    def __init__(self, known_input_size, step_input_size, hidden_size):
+        super().__init__(known_input_size + step_input_size, hidden_size)
+        self.known_input_size = known_input_size
+        # fairseq lstm's init (after nn.LSTMCell's own, as fairseq's LSTMCell draws it)
+        for param in self.parameters():
+            nn.init.uniform_(param, -0.1, 0.1)
+
+    def input_gates(self, x: Tensor) -> Tensor:
+        """x's share of the gates, biases included: ... x known_input_size -> ... x 4H."""
+        return F.linear(x, self.weight_ih[:, : self.known_input_size], self.bias_ih + self.bias_hh)
+
+    def step_weight(self) -> Tensor:
+        """[W_ih's u columns, W_hh]^T, (step_input_size + H) x 4H: ``step``'s weight."""
+        return torch.cat([self.weight_ih[:, self.known_input_size :], self.weight_hh], dim=1).t()
+
+    def step(
+        self, x_gates: Tensor, u: Tensor, hx: Tuple[Tensor, Tensor], step_weight: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """(h_t, c_t) from x_t's gates (B x 4H, from ``input_gates``), u_t (B x step_input_size)
+        and hx = (h_{t-1}, c_{t-1}): what ``self(torch.cat([x_t, u_t], 1), hx)`` gives."""
+        hidden, cell = hx
+        gates = torch.addmm(x_gates, torch.cat([u, hidden], dim=1), step_weight)
+        in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=1)
+        cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+        hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
+        return hidden, cell
 
 
 def DecoderEmbedding(args, dictionary):
