@@ -11,6 +11,7 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -171,3 +172,20 @@ def test_a_damaged_checkpoint_last_is_replaced_by_the_newest_intact_one(lm_bin, 
     assert (save_dir / "checkpoint_last.pt.damaged").read_bytes() == content[: len(content) // 2]
     w_ref, w = weights(reference), weights(save_dir)
     assert all(torch.equal(w_ref[k], w[k]) for k in w_ref)
+
+
+def test_the_cpu_worker_imports_nothing_of_the_plugin_nor_fairseq_at_its_start():
+    """torchrun runs cli/train_worker.py as a script; fairseq then imports the plugin from
+    --user-dir's path. Had the worker imported fairseq_skd first (from wherever Python finds
+    it), fairseq would refuse the second import when the paths differ. Loading the file
+    imports only the standard library; fairseq comes inside main(), the plugin never."""
+    worker = Path(USER_DIR) / "cli" / "train_worker.py"
+    probe = ("import runpy, sys; before = set(sys.modules); "
+             f"runpy.run_path({str(worker)!r}, run_name='torchrun_worker'); "
+             "print(sorted(m for m in set(sys.modules) - before if not m.startswith('_')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    packages = {m.split(".")[0] for m in eval(out.stdout)}
+    assert "ctypes" in packages  # what the worker needs to die with its launcher
+    assert packages <= set(sys.stdlib_module_names), packages - set(sys.stdlib_module_names)
+    source = worker.read_text()
+    assert "fairseq_skd" not in source.split('if __name__ == "__main__":')[0].split('"""', 2)[2]

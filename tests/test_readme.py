@@ -147,6 +147,7 @@ def test_the_hydra_config_trains_and_refuses_a_bad_value(tiny_lm, tmp_path):
     out = subprocess.run(argv + tiny, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert '"train_skd_alpha"' in out.stdout + out.stderr and (tmp_path / "ckpt" / "checkpoint_best.pt").is_file()
+    assert "'dropout': 0.5" in out.stdout + out.stderr  # the recipe's model, as the YAML says
     bad = subprocess.run(argv + tiny + ["+criterion.skd_qn_max=1.5"], cwd=REPO, capture_output=True,
                          text=True)
     assert bad.returncode != 0

@@ -387,3 +387,82 @@ def parse_log_records(text):
     from fairseq_skd.results.logs import raw_records
 
     return raw_records(text, "train_inner")
+
+
+def recipe_train_flags(conf, *settings, variant="skd"):
+    """--arch, the training flags and VARIANT's criterion flags of recipes/conf/CONF.sh with
+    ``settings`` (bash assignments, e.g. dataset=ptb), as the recipe builds them."""
+    script = (f"set -euo pipefail; log() {{ :; }}; {'; '.join(settings)}; . recipes/conf/{conf}.sh; "
+              "printf '%s\\n' --arch \"$arch\" \"${train_flags[@]}\"; "
+              f"python3 fairseq_skd/variants.py flags {variant} --sigma \"$skd_sigma\" "
+              "--warmup \"$skd_warmup\" --alpha-step \"$skd_eta\" --noise-std \"$noise_std\"")
+    out = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def fairseq_config(argv):
+    """fairseq-train's configuration (omegaconf) for ``argv``, as it parses it."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(),
+                                       ["DATA", "--user-dir", str(REPO / "fairseq_skd"), *argv])
+    return convert_namespace_to_omegaconf(args)
+
+
+def settings(cfg):
+    """{(group, key): value} of a configuration; a legacy architecture's model is a Namespace."""
+    found = {}
+    for group in ("common", "task", "model", "criterion", "optimizer", "lr_scheduler",
+                  "optimization", "dataset", "checkpoint"):
+        values = cfg[group]
+        items = vars(values).items() if not hasattr(values, "items") else values.items()
+        found.update({(group, key): value for key, value in items})
+    return found
+
+
+# Set by the recipe for every dataset (train_command) or by the hydra run itself, and copies of
+# other fields that fairseq's argparse path fills in (hydra interpolates them).
+NOT_TRAINING_SETTINGS = {("task", "data"), ("common", "user_dir"), ("checkpoint", "save_dir"),
+                         ("common", "log_format"), ("common", "log_interval"),
+                         ("dataset", "required_batch_size_multiple"),
+                         ("dataset", "update_epoch_batch_itr"), ("dataset", "batch_size_valid"),
+                         ("task", "batch_size"), ("task", "batch_size_valid"),
+                         ("optimizer", "lr"), ("lr_scheduler", "lr"), ("model", "data"),
+                         ("optimization", "max_update")}
+
+
+COMPONENTS = {"task": "--task", "model": "--arch", "criterion": "--criterion",
+              "optimizer": "--optimizer", "lr_scheduler": "--lr-scheduler"}
+
+
+def yaml_as_flags(yaml):
+    """The fairseq-train flags that a fairseq-hydra-train YAML's fields stand for."""
+    argv = []
+    for group, fields in yaml.items():
+        for key, value in fields.items():
+            if value == "???" or (group, key) in NOT_TRAINING_SETTINGS:
+                continue
+            flag = COMPONENTS[group] if key == "_name" else "--" + key.replace("_", "-")
+            if value is True:
+                argv.append(flag)
+            elif isinstance(value, list):
+                argv += [flag, f"({', '.join(map(str, value))})" if len(value) > 1 else str(value[0])]
+            elif value is not False:
+                argv += [flag, str(value)]
+    return argv
+
+
+def test_the_hydra_config_trains_the_lm_recipes_ptb_model():
+    """recipes/hydra/skd_lstm_lm.yaml is the LM recipe's PTB +SKD run: its fields, read as
+    fairseq-train flags, give fairseq the configuration the recipe's command line gives it, every
+    training setting alike (not the data, output and logging the two runners set themselves)."""
+    from omegaconf import OmegaConf
+
+    recipe = settings(fairseq_config(recipe_train_flags("lm", "dataset=ptb", "model=lstm", "smoke=0")))
+    yaml = OmegaConf.to_container(OmegaConf.load(REPO / "recipes" / "hydra" / "skd_lstm_lm.yaml"))
+    hydra = settings(fairseq_config(yaml_as_flags(yaml)))
+    differ = {k: (recipe.get(k), hydra.get(k)) for k in set(recipe) | set(hydra)
+              if k not in NOT_TRAINING_SETTINGS and recipe.get(k) != hydra.get(k)}
+    assert differ == {}, f"(recipe, YAML) differ in {differ}"
+    assert recipe["model", "dropout"] == 0.5 and recipe["criterion", "skd_sigma"] == "0.1"
