@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 
+from . import HelpFormatter
 from ..evaluation.qn import parse_qn_sigma
 from ..evaluation.scoring import TOOLS, ScoreError, score
 from .requirements import output_folder_problem
@@ -44,7 +45,7 @@ def qn_sigma(text):
 
 def build_parser(kind):
     parser = argparse.ArgumentParser(prog=TOOLS[kind], description=DESCRIPTIONS[kind],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("data", metavar="DATA_BIN",
                         help="fairseq-preprocess output folder (dictionaries, <subset>.bin/.idx)")
     parser.add_argument("--path", required=True, metavar="CKPT", help="model checkpoint (.pt)")

@@ -22,6 +22,7 @@ import os
 import re
 import sys
 
+from fairseq_skd.cli import HelpFormatter
 from fairseq_skd.cli.requirements import output_folder_problem, require_packages
 from fairseq_skd.evaluation.languages import detokenizer_language_problem
 
@@ -37,7 +38,7 @@ def build_parser():
         prog="fairseq-skd-bleu",
         description="Detokenized sacreBLEU of fairseq-generate hypotheses (H- lines) against raw "
         "reference text, with a check that no sentence was dropped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--generate-output", required=True, metavar="GEN.txt",
                         help="fairseq-generate stdout (other lines than H-<id> are ignored)")
@@ -45,9 +46,10 @@ def build_parser():
                         help="raw (untokenized, no BPE) reference file(s), one sentence a line")
     parser.add_argument("--bpe", choices=["subword_nmt", "none"], default="subword_nmt",
                         help="BPE to remove from the hypotheses ('@@ ' continuation markers)")
-    parser.add_argument("--detokenize-lang", default="en", metavar="{en,fi,de,...,none}",
-                        help="target language for the Moses detokenizer; 'none' skips detokenization")
-    parser.add_argument("--tokenize", default="13a", help="sacreBLEU's tokenizer (its default is 13a)")
+    parser.add_argument("--detokenize-lang", default="en", metavar="LANG",
+                        help="the target language's ISO 639-1 code (en, fi, de, ...) for the Moses "
+                        "detokenizer, or none to skip detokenization")
+    parser.add_argument("--tokenize", default="13a", help="sacreBLEU's tokenizer")
     parser.add_argument("--json", metavar="OUT.json", help="write {bleu, signature, sentences, ...}")
     parser.add_argument("--hypotheses-out", metavar="HYP.txt",
                         help="write the detokenized hypotheses that were scored, in corpus order")

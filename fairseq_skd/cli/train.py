@@ -242,8 +242,11 @@ def check_main(argv):
 def fairseq_help(argv):
     """fairseq-train's help for this command line, with the flags of its --arch, --task and
     --criterion (fairseq-train --help prints its help before it adds those)."""
+    import logging
+
     from fairseq import options
 
+    logging.getLogger("fairseq").setLevel(logging.WARNING)  # not its INFO line about --user-dir
     argv = [arg for arg in argv if arg not in ("-h", "--help")]
     if not argv or argv[0].startswith("-"):
         argv = ["DATA", *argv]  # the data folder is not needed to list the flags

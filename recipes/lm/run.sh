@@ -78,12 +78,7 @@ else
     if [[ $dataset == wiki2 && $wiki2_unit == line && $name == wiki2 ]]; then name=wiki2_line; fi
 fi
 [[ $wiki2_unit == sentence || $wiki2_unit == line ]] || die "--wiki2-unit is sentence or line, not '$wiki2_unit'"
-if (( smoke )) && [[ -z $data_dir && -z $corpus && $dataset != synthetic ]]; then
-    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/ptb) or --corpus, or use --dataset synthetic"
-fi
 check_common_options
-prep_dir=${prep_dir:-data/$name}
-exp_dir=${exp_dir:-exp/$name}
 # shellcheck source=../conf/lm.sh
 . "$RECIPES_DIR/conf/lm.sh"
 check_variants
@@ -204,11 +199,7 @@ binarize() {
 data_stage 2 bin "text" "binarize: fairseq-preprocess" binarize
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 3; then
-    log "stage 3: train: $variants"
-    [[ -f $prep_dir/.bin.done ]] || die "no binarized data in $bin: run stage 2 first"
-    train_stage "$bin"
-fi
+train_stage 3 "$bin"
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 4; then

@@ -88,12 +88,7 @@ else
 fi
 [[ -z $bpe_size || $bpe_size =~ ^[1-9][0-9]*$ ]] || die "--bpe-size takes a number, not '$bpe_size'"
 for beam in $beams; do [[ $beam =~ ^[1-9][0-9]*$ ]] || die "--beams takes beam widths >= 1, not '$beams'"; done
-if (( smoke )) && [[ -z $data_dir && -z $corpus && $dataset != synthetic ]]; then
-    die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/wmt15) or --corpus, or use --dataset synthetic"
-fi
 check_common_options
-prep_dir=${prep_dir:-data/$name}
-exp_dir=${exp_dir:-exp/$name}
 # shellcheck source=../conf/mt.sh
 . "$RECIPES_DIR/conf/mt.sh"
 check_variants
@@ -344,11 +339,7 @@ binarize() {
 data_stage 3 bin "bpe" "binarize: fairseq-preprocess, dictionaries of at most $dict_size" binarize
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 4; then
-    log "stage 4: train: $variants"
-    [[ -f $prep_dir/.bin.done ]] || die "no binarized data in $bin: run stage 3 first"
-    train_stage "$bin"
-fi
+train_stage 4 "$bin"
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 5; then

@@ -77,8 +77,14 @@ Everything after '--' is appended to fairseq-train for every variant (e.g. -- --
 EOF
 }
 
-# check_common_options: the values every recipe takes, checked before any work.
+# check_common_options: the values every recipe takes, checked before any work; the data and
+# experiment folders named after $name unless given.
 check_common_options() {
+    if (( smoke )) && [[ -z $data_dir && -z $corpus && $dataset != synthetic ]]; then
+        die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/$(basename "$(dirname "$0")" | sed 's/lm/ptb/; s/mt/wmt15/')) or --corpus, or use --dataset synthetic"
+    fi
+    prep_dir=${prep_dir:-data/$name}
+    exp_dir=${exp_dir:-exp/$name}
     [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || die "--stage and --stop-stage take numbers"
     (( stage <= stop_stage )) || die "--stage $stage --stop-stage $stop_stage selects no stage (the first comes after the last)"
     [[ $nproc =~ ^[1-9][0-9]*$ ]] || die "--nproc takes a number of workers >= 1, not '$nproc'"
@@ -316,14 +322,18 @@ runs() {
 # run_dir SEED VARIANT: where that run's checkpoints, log and scores go.
 run_dir() { echo "$exp_dir/seed$1/$2"; }
 
-# train_stage DATA_BIN: every run's training (resumed where it stopped, skipped when done).
+# train_stage N DATA_BIN: stage N, when selected: every run's training (resumed where it stopped,
+# skipped when done), after the binarizing stage N - 1.
 train_stage() {
     local seed v i=0 n
+    stage_enabled "$1" || return 0
+    log "stage $1: train: $variants; seeds $seeds"
+    [[ -f $prep_dir/.bin.done ]] || die "no binarized data in $2: run stage $(($1 - 1)) first"
     require_tool fairseq-skd-train "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
     n=$(runs | wc -l)
     while read -r seed v; do
         i=$((i + 1))
-        train_command "$v" "$seed" "$1"
+        train_command "$v" "$seed" "$2"
         run_train "$(run_dir "$seed" "$v")" "$v, seed $seed (run $i of $n)" "${train_args[@]}"
     done < <(runs)
 }
