@@ -52,14 +52,14 @@ def test_range_text_and_what_it_allows():
     assert Choices(("l2", "dot")).problem("cos") == "must be one of ('l2', 'dot'), got 'cos'"
 
 
-def test_help_ends_with_the_allowed_range():
+def test_help_ends_with_the_default_and_the_allowed_range():
     text = " ".join(skd_parser().format_help().split())  # argparse wraps lines
     assert ("--skd-qn-max SKD_QN_MAX clip of q_n (Eq. 8: the prediction is never more right than "
-            "the target); with topk/full, the clip of the total non-target mass (range (0, 1])"
+            "the target); with topk/full, the clip of the total non-target mass (default: 0.5; range (0, 1])"
             in text)
-    assert "distances (watch skd_clip) (range (0, inf) or 'auto') --skd-sigma-refresh" in text
+    assert "distances (watch skd_clip) (default: 0.1; range (0, inf) or 'auto') --skd-sigma-refresh" in text
     assert "--label-smoothing LABEL_SMOOTHING epsilon of label" in text
-    assert "on every other word (range [0, 1)) --target-embed-noise" in text
+    assert "on every other word (default: 0.0; range [0, 1)) --target-embed-noise" in text
     assert "--skd-soft-targets {predicted,topk,full} predicted: the paper's" in text
 
 

@@ -95,9 +95,10 @@ class Choices:
 
 def flag(default, help, allowed: Optional[Range] = None):
     """A config field with its help and allowed range. What ``--help`` shows is ``help`` followed
-    by the range, "(range (0, 1])". ChoiceEnum and bool fields take their values from their type
-    and need no ``allowed``."""
-    shown = help if allowed is None else f"{help} (range {allowed})"
+    by the default and the range, "(default: 0.5; range (0, 1])" (fairseq's parser shows no
+    defaults of its own). ChoiceEnum and bool fields take their values from their type and need
+    no ``allowed``."""
+    shown = f"{help} (default: {default}" + ("" if allowed is None else f"; range {allowed}") + ")"
     return dataclasses.field(default=default,
                              metadata={"help": shown, "description": help, "allowed": allowed})
 

@@ -35,7 +35,7 @@ esac
 # and shrinks relative to them as they grow; the same value as the repository's demo.
 noise_std=0.1
 
-# ---- what a Wiki-2 "sentence" is: OURS, see recipes/README.md. The paper only "added an <EOS>
+# ---- what a Wiki-2 "sentence" is: OURS, see docs/recipes.md. The paper only "added an <EOS>
 # to every sentence"; WikiText lines are paragraphs (~88 tokens), and the paper's Wiki-2 NLL of
 # ~119 nats per sentence only fits sentences of ~25 tokens (at a perplexity of ~120), so we split
 # lines after sentence-final ". ? !" tokens. `--wiki2-unit line` keeps one line = one sentence.

@@ -10,7 +10,7 @@
         Drop training pairs with an empty side, a side longer than N tokens, or a token-length
         ratio above R (Moses' clean-corpus-n.perl rules; tokens are space-separated words).
     text_tools.py wikitext-sentences IN OUT [--unit sentence|line]
-        WikiText-2 to one sentence per line; see recipes/README.md ("What is a sentence in
+        WikiText-2 to one sentence per line; see docs/recipes.md ("What is a sentence in
         WikiText-2"). Empty lines are dropped; every other token is kept as it is.
     text_tools.py language CODE
         Whether sacremoses can be given the language CODE, and which of its rules it applies

@@ -1,6 +1,9 @@
-"""README.md's commands, run as written (with tiny data put in place of the user's), so the
-front door cannot drift from the code. ./test.sh is what CI runs; ./run.sh calls the same
-fairseq-skd-demo that tests/test_demo.py runs in smoke mode."""
+"""The commands of README.md and docs/*.md, run as written (with tiny data put in place of the
+user's), so the docs cannot drift from the code; and the README's flag table against the
+criterion's config. ./test.sh is what CI runs; tests/test_study.py runs docs/study.md's
+./run.sh command and tests/test_recipes.py the recipes on the same fixtures as docs/recipes.md.
+Commands in ```text blocks need the network, several machines or a GPU: the tests below run the
+torchrun one in its one-machine form."""
 
 import os
 import re
@@ -21,30 +24,51 @@ from helpers import (
     preprocess_translation,
 )
 
-README = (REPO / "README.md").read_text()
+DOCS = {path.relative_to(REPO).as_posix(): path.read_text()
+        for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]}
+README = DOCS["README.md"]
 
 
-def bash_commands(language="bash"):
-    """Every command in README's bash (or other) blocks, joined across backslash continuations."""
+def bash_commands(language="bash", doc=None):
+    """Every command in the bash (or other) blocks of ``doc`` (default: every doc), joined across
+    backslash continuations."""
     commands = []
-    for block in re.findall(rf"```{language}\n(.*?)```", README, flags=re.S):
-        for command in block.replace("\\\n", " ").splitlines():
-            command = command.split("#")[0].strip()
-            if command:
-                commands.append(command)
+    for name, text in DOCS.items():
+        if doc not in (None, name):
+            continue
+        for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.S):
+            for command in block.replace("\\\n", " ").splitlines():
+                command = command.split("  #")[0].strip()
+                if command:
+                    commands.append(command)
     return commands
 
 
-def readme_commands(program):
-    return [c for c in bash_commands() if c.startswith(program)]
+def doc_commands(program, doc="README.md"):
+    return [c for c in bash_commands(doc=doc) if c.startswith(program)]
 
 
-def test_every_readme_command_is_one_that_the_tests_or_ci_run():
-    # ./test.sh: CI runs it; ./run.sh: fairseq-skd-demo, which tests/test_demo.py runs;
-    # fairseq-train / fairseq-generate: run below as written
-    assert {c.split()[0] for c in bash_commands()} == {
-        "./run.sh", "./test.sh", "fairseq-train", "fairseq-generate", "fairseq-skd-train",
-        "fairseq-hydra-train", "fairseq-skd-average"}
+# Where each doc's commands run: the number of commands per (doc, program). A command added to a
+# doc fails here until a test runs it.
+RUN = {
+    ("README.md", "./run.sh"): 1,  # tests/test_study.py runs it with docs/study.md's options
+    ("README.md", "./test.sh"): 1,  # CI
+    ("README.md", "fairseq-train"): 1, ("README.md", "fairseq-generate"): 1,
+    ("README.md", "fairseq-skd-train"): 1,
+    ("docs/study.md", "./run.sh"): 1,  # tests/test_study.py
+    ("docs/recipes.md", "recipes/lm/run.sh"): 2, ("docs/recipes.md", "recipes/mt/run.sh"): 1,
+    ("docs/several-workers.md", "fairseq-skd-train"): 1,
+    ("docs/tools.md", "fairseq-hydra-train"): 1, ("docs/tools.md", "fairseq-skd-average"): 1,
+}
+
+
+def test_every_command_of_the_docs_is_one_that_the_tests_or_ci_run():
+    found = {}
+    for doc in DOCS:
+        for command in bash_commands(doc=doc):
+            key = (doc, command.split()[0])
+            found[key] = found.get(key, 0) + 1
+    assert found == RUN
 
 
 def test_quick_start_has_exactly_the_two_scripts_and_ci_runs_the_test_one():
@@ -59,8 +83,8 @@ def test_quick_start_has_exactly_the_two_scripts_and_ci_runs_the_test_one():
 
 
 def test_the_add_skd_commands_run_as_written(tmp_path):
-    train = readme_commands("fairseq-train")
-    generate = readme_commands("fairseq-generate")
+    train = doc_commands("fairseq-train")
+    generate = doc_commands("fairseq-generate")
     assert len(train) == 1 and len(generate) == 1
     data_bin = preprocess_translation(make_reverse_translation_data(tmp_path / "data", n_train=200),
                                       joined_dictionary=True)
@@ -93,7 +117,7 @@ SHORT_RUN = ["--cpu", "--max-update", "4", "--encoder-layers", "1", "--decoder-l
 
 
 def test_the_multi_worker_command_runs_as_written_with_two_cpu_workers(joined_mt_bin, tmp_path):
-    (command,) = readme_commands("fairseq-skd-train")
+    (command,) = doc_commands("fairseq-skd-train", "docs/several-workers.md")
     argv = shlex.split(command.replace("data-bin/iwslt14.de-en", str(joined_mt_bin))
                        .replace("checkpoints/skd", str(tmp_path / "ckpt"))
                        .replace("--nproc 8", "--nproc 2"))
@@ -108,8 +132,8 @@ def test_the_multi_node_torchrun_command_runs_on_one_machine(joined_mt_bin, tmp_
     """README's 2 x 8 GPU torchrun command as 1 machine x 2 CPU workers, through fairseq's own
     reading of torchrun's environment. That reading divides the rank by the GPU count, so the
     workers are told there is one GPU (they train on CPU: --cpu)."""
-    (torchrun,) = [c for c in bash_commands("text") if c.startswith("torchrun")]
-    (flags,) = readme_commands("fairseq-skd-train")
+    (torchrun,) = [c for c in bash_commands("text", "docs/several-workers.md") if c.startswith("torchrun")]
+    (flags,) = doc_commands("fairseq-skd-train", "docs/several-workers.md")
     flags = flags.split("--user-dir fairseq_skd", 1)[1].replace("checkpoints/skd",
                                                                  str(tmp_path / "ckpt"))
     with socket.socket() as s:
@@ -137,7 +161,7 @@ def test_the_multi_node_torchrun_command_runs_on_one_machine(joined_mt_bin, tmp_
 
 
 def test_the_hydra_config_trains_and_refuses_a_bad_value(tiny_lm, tmp_path):
-    (command,) = readme_commands("fairseq-hydra-train")
+    (command,) = doc_commands("fairseq-hydra-train", "docs/tools.md")
     _, data_bin, _ = tiny_lm
     argv = shlex.split(command.replace("$PWD/data-bin/ptb", str(data_bin))
                        .replace("$PWD/fairseq_skd", USER_DIR))
@@ -169,7 +193,7 @@ def test_tensorboard_event_files_hold_the_skd_scalars(tiny_lm):
 
 
 def test_the_python_example_runs_as_written(tiny_lm, tiny_mt):
-    (code,) = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    (code,) = re.findall(r"```python\n(.*?)```", DOCS["docs/models.md"], flags=re.S)
     for name, (_, data_bin, checkpoint) in (("lm", tiny_lm), ("mt", tiny_mt)):
         code = (code.replace(f'"checkpoints/{name}/checkpoint_best.pt"', repr(str(checkpoint)))
                 .replace(f'"checkpoints/{name}"', repr(str(checkpoint.parent)))
@@ -184,7 +208,7 @@ def test_the_python_example_runs_as_written(tiny_lm, tiny_mt):
 def test_the_averaging_command_averages(tiny_mt, tmp_path):
     import torch
 
-    (command,) = readme_commands("fairseq-skd-average")
+    (command,) = doc_commands("fairseq-skd-average", "docs/tools.md")
     folder = tmp_path / "mt"
     shutil.copytree(tiny_mt[2].parent, folder)
     argv = shlex.split(command.replace("checkpoints/mt", str(folder)))
@@ -195,3 +219,91 @@ def test_the_averaging_command_averages(tiny_mt, tmp_path):
     assert average.keys() == first.keys()
     for name, value in average.items():
         assert torch.allclose(value, (first[name] + second[name]) / 2), name
+
+
+def table_rows(text, first_header):
+    """{first cell: [cells]} of the markdown table whose header starts with ``first_header``."""
+    table = text.split(f"| {first_header} |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    rows = {}
+    for line in table:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_readme_flag_table_is_the_criterions_config():
+    """Every flag of self_kd_cross_entropy's config, in its order, with its default and allowed
+    values, as the config's fields say (fairseq_skd/criterions/config_fields.py)."""
+    from fairseq_skd.criterions.config_fields import describe_flags
+    from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyConfig
+
+    rows = table_rows(README, "flag")
+    flags = describe_flags(SelfKDCrossEntropyConfig)
+    assert list(rows) == [f"`{f.flag}`" for f in flags]
+    for f in flags:
+        _paper, default, allowed, _meaning = rows[f"`{f.flag}`"]
+        assert default == str(f.default), f.flag
+        assert allowed == str(f.allowed), f.flag
+
+
+def test_fairseq_skd_train_help_lists_the_criterions_flags_with_defaults_and_ranges():
+    from fairseq_skd.criterions.config_fields import describe_flags
+    from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyConfig
+
+    (command,) = doc_commands("fairseq-skd-train")
+    argv = shlex.split(command)
+    out = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.startswith("usage: fairseq-train") and "INFO" not in out.stdout + out.stderr
+    help_text = " ".join(out.stdout.split())  # argparse wraps the lines
+    for f in describe_flags(SelfKDCrossEntropyConfig):
+        described = help_text.split(f" {f.flag} ", 1)[1]
+        if hasattr(f.allowed, "interval"):
+            assert f"(default: {f.default}; range {f.allowed})" in described.split(" --skd-")[0] \
+                or f"(default: {f.default}; range {f.allowed})" in described[:600], (f.flag, described[:600])
+        else:  # choices: argparse lists them beside the flag
+            assert described.startswith("{" + ",".join(f.allowed.values) + "}"), f.flag
+            assert f"(default: {f.default})" in described[:600], f.flag
+    assert "--decoder-layers" in help_text  # the architecture's flags too
+
+
+def test_the_criterion_python_example_runs():
+    (code,) = re.findall(r"```python\n(.*?)```", DOCS["docs/criterion.md"], flags=re.S)
+    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.splitlines()[0] == "--skd-sigma 0.1 (0, inf) or 'auto'"
+
+
+def test_the_recipe_commands_of_the_docs_take_their_options_and_prepare_their_data(tmp_path):
+    """docs/recipes.md's recipe commands, up to their data stage (tests/test_recipes.py runs
+    the same recipes on the same fixtures through every stage)."""
+    for i, command in enumerate(bash_commands(doc="docs/recipes.md")):
+        argv = shlex.split(re.sub(r"/tmp/exp/\S+", str(tmp_path / f"exp{i}"), command))
+        if argv[-1] == "--help":
+            out = subprocess.run(["bash", *argv], cwd=REPO, capture_output=True, text=True, check=True)
+            assert out.stdout.startswith("Usage:") and "--seeds" in out.stdout
+            continue
+        out = subprocess.run(["bash", *argv, "--stop-stage", "0", "--prep-dir", str(tmp_path / f"data{i}")],
+                             cwd=REPO, capture_output=True, text=True, env=recipe_env())
+        assert out.returncode == 0, (command, out.stderr[-2000:])
+        assert (tmp_path / f"data{i}" / ".data.done").is_file(), command
+
+
+def test_the_run_sh_commands_in_the_docs_text_take_their_options(tmp_path):
+    """The ./run.sh commands the docs quote in their text, up to the data stage."""
+    commands = sorted({c for text in DOCS.values() for c in re.findall(r"`(\./run\.sh[^`]*)`", text)})
+    assert "./run.sh --variants all" in commands and "./run.sh --task lm --seeds 1" in commands
+    for i, command in enumerate(commands):
+        argv = shlex.split(command)
+        extra = argv.index("--") if "--" in argv else len(argv)
+        argv[extra:extra] = ["--stop-stage", "0", "--out", str(tmp_path / f"out{i}")]
+        out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=recipe_env())
+        assert out.returncode == 0, (command, out.stderr[-2000:])
+        assert list((tmp_path / f"out{i}" / "data").glob("*/.data.done")), command
+
+
+def recipe_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")
+    env.pop("VIRTUAL_ENV", None)
+    return env
