@@ -72,3 +72,38 @@ def resumable_checkpoints(save_dir):
     pattern = re.compile(r"checkpoint(\d+|_\d+_\d+|_best)\.pt$")
     paths = [os.path.join(save_dir, name) for name in os.listdir(save_dir) if pattern.match(name)]
     return sorted(paths, key=os.path.getmtime, reverse=True)
+
+
+# --- the dictionaries a checkpoint was trained with ----------------------------------------------
+
+
+def dictionary_words(path):
+    """The words of a fairseq dictionary file (``word count`` lines), in order."""
+    with open(path, encoding="utf-8") as f:
+        return [line.rsplit(" ", 1)[0] if " " in line.strip() else line.strip()
+                for line in f if line.strip()]
+
+
+def training_dictionary(checkpoint, name, recorded_data=None):
+    """The copy of dictionary file ``name`` that ``checkpoint`` was trained with: beside the
+    checkpoint (fairseq-skd-train keeps one there), else in the data folder its configuration
+    records; None if neither has it."""
+    places = [os.path.dirname(os.path.abspath(checkpoint))]
+    recorded = str(recorded_data or "").split(os.pathsep)[0]
+    if recorded:
+        places.append(recorded)
+    return next((os.path.join(p, name) for p in places if os.path.isfile(os.path.join(p, name))),
+                None)
+
+
+def dictionary_difference(words, other_words):
+    """How two dictionaries' words differ ("9 and 10 words; the first difference is word 4:
+    'cat' against 'dog'"), or None if they are the same. fairseq's dictionaries start with 4
+    special symbols that dictionary files leave out, so word k of a file is index k + 4."""
+    if words == other_words:
+        return None
+    sizes = f"{len(words)} and {len(other_words)} words"
+    i = next((i for i, (a, b) in enumerate(zip(words, other_words)) if a != b), None)
+    if i is None:
+        return f"{sizes}; the first {min(len(words), len(other_words))} are the same"
+    return f"{sizes}; the first difference is word {i + 1}: {words[i]!r} against {other_words[i]!r}"

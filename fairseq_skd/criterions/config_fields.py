@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import math
 import numbers
+import os
 from enum import Enum
 from typing import Any, NamedTuple, Optional
 
@@ -93,12 +94,35 @@ class Choices:
         return f"must be one of {self.values}, got {value!r}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Existing files (or folders), one or several joined by ``separator`` (None: one only);
+    the empty default means none is given."""
+
+    kind: str = "file"
+    separator: Optional[str] = ":"
+
+    def __str__(self):
+        several = f", or PATH1{self.separator}PATH2..." if self.separator else ""
+        return f"an existing {self.kind}{several}"
+
+    def problem(self, value) -> Optional[str]:
+        if value in ("", None):
+            return None
+        exists = os.path.isdir if self.kind == "folder" else os.path.isfile
+        for path in (str(value).split(self.separator) if self.separator else [str(value)]):
+            if not exists(path):
+                return f"must name an existing {self.kind}: {path!r} is not one"
+        return None
+
+
 def flag(default, help, allowed: Optional[Range] = None):
     """A config field with its help and allowed range. What ``--help`` shows is ``help`` followed
     by the default and the range, "(default: 0.5; range (0, 1])" (fairseq's parser shows no
     defaults of its own). ChoiceEnum and bool fields take their values from their type and need
     no ``allowed``."""
-    shown = f"{help} (default: {default}" + ("" if allowed is None else f"; range {allowed}") + ")"
+    allowed_text = "" if allowed is None else f"; range {allowed}" if isinstance(allowed, Range) else f"; {allowed}"
+    shown = f"{help} (default: {'none' if default == '' else default}{allowed_text})"
     return dataclasses.field(default=default,
                              metadata={"help": shown, "description": help, "allowed": allowed})
 
@@ -203,7 +227,7 @@ class _RangeCheckingParser:
     def __init__(self, parser, config_cls):
         self._parser = parser
         self._ranged = {flag_name(f.name): f for f in flag_fields(config_cls)
-                        if isinstance(allowed_values(f), Range)}
+                        if isinstance(allowed_values(f), (Range, Paths))}
 
     def add_argument(self, *names, **kwargs):
         field = next((self._ranged[name] for name in names if name in self._ranged), None)

@@ -87,9 +87,11 @@ def skd_alpha(num_updates: int, warmup_updates: int, alpha_step: float, alpha_ma
 
 @register_criterion("self_kd_cross_entropy", dataclass=SelfKDCrossEntropyConfig)
 class SelfKDCrossEntropyCriterion(FairseqCriterion):
+    NAME, CONFIG = "self_kd_cross_entropy", SelfKDCrossEntropyConfig
+
     def __init__(self, cfg: SelfKDCrossEntropyConfig, task):
         super().__init__(task)
-        check_config(SelfKDCrossEntropyConfig, cfg, "self_kd_cross_entropy")
+        check_config(self.CONFIG, cfg, self.NAME)
         self.sentence_avg = cfg.sentence_avg
         sigma = SIGMA.parse(cfg.skd_sigma)
         self.auto_sigma = sigma == "auto"
@@ -119,7 +121,7 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
     def add_args(cls, parser):
         """The config's flags, with their ranges checked when the command line is parsed, so a
         bad value stops fairseq-train with a usage error before any data or model is loaded."""
-        add_checked_args(parser, SelfKDCrossEntropyConfig)
+        add_checked_args(parser, cls.CONFIG)
 
     @property
     def alpha(self) -> float:
@@ -156,13 +158,25 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
         return self._neighbour_state[1]
 
     def forward(self, model, sample, reduce=True):
+        net_output, output_embed = self.run_model(model, sample)
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        loss, _, logging_output = self.self_kd_loss(model, lprobs, target, output_embed, sample,
+                                                    reduce)
+        return loss, logging_output["sample_size"], logging_output
+
+    def run_model(self, model, sample):
+        """The model's output on the batch and W; in training, the update number first (alpha)
+        and the +Noise hooks."""
         if model.training:
             self.num_updates = attach_update_counter(model).num_updates
             if self.target_embed_noise > 0:
                 self._install_target_embed_noise(model)
         output_embed = find_output_embedding(model)
-        net_output = model(**sample["net_input"])
-        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        return model(**sample["net_input"]), output_embed
+
+    def self_kd_loss(self, model, lprobs, target, output_embed, sample, reduce=True):
+        """(loss, nll_loss, logging output) of the batch: the SKD loss in training, the plain
+        NLL as the loss in validation; the logging output holds ``sample_size``."""
         # Validation applies alpha = 0: its loss is the plain NLL, and that is what it logs.
         alpha = self.alpha if model.training else 0.0
         sigma = self.current_sigma(output_embed)
@@ -202,7 +216,7 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
                 "skd_qn_sum": stats["qn"],
                 "skd_clipped": stats["clipped"],
             })
-        return loss, sample_size, logging_output
+        return loss, nll_loss, logging_output
 
     # fairseq's own: log-probabilities and targets, the first --ignore-prefix-size tokens cut
     get_lprobs_and_target = LabelSmoothedCrossEntropyCriterion.get_lprobs_and_target

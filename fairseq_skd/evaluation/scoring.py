@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from ..checkpoint_loading import checkpoint_problem
+from ..checkpoint_loading import checkpoint_problem, dictionary_words, training_dictionary
 from ..modules.output_embedding import find_output_embedding
 from .diagnostics import PredictionDiagnostics, fit_temperature
 from .qn import QnStatistics
@@ -103,24 +103,17 @@ def dictionary_names(kind, task_cfg, data):
     return [f"dict.{src}.txt", f"dict.{tgt}.txt"]
 
 
-def dictionary_words(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.rsplit(" ", 1)[0] if " " in line.strip() else line.strip()
-                for line in f if line.strip()]
-
-
 def check_dictionaries(checkpoint, task_cfg, data, names):
     """Each of ``names`` in ``data`` must be, word for word, the dictionary the model was trained
     with. Returns the training copies compared against (none found: a warning, no check)."""
     recorded = str(task_cfg.get("data") or "").split(os.pathsep)[0]
-    places = [os.path.dirname(os.path.abspath(checkpoint))] + ([recorded] if recorded else [])
     compared = []
     for name in names:
         given = os.path.join(data, name)
         if not os.path.isfile(given):
             raise ScoreError(f"{given} not found: DATA_BIN must be a fairseq-preprocess output "
                              f"folder with the dictionary the model was trained with ({name})")
-        trained = next((os.path.join(p, name) for p in places if os.path.isfile(os.path.join(p, name))), None)
+        trained = training_dictionary(checkpoint, name, recorded)
         if trained is None:
             logger.warning(f"no copy of the training dictionary {name} beside {checkpoint} or in "
                            f"{recorded or 'its recorded data folder'}: cannot check that {given} "

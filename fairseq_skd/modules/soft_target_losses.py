@@ -130,3 +130,18 @@ def topk_soft_target_loss(lprobs, target, weight, neighbours, sigma, skd_weight,
         w[:, 0] += 1.0 - skd_weight
     lp = lprobs.gather(1, candidates)
     return -(w.to(lp.dtype) * lp).sum(-1), mass, clipped
+
+
+def teacher_kl(student_lprobs, teacher_probs, teacher_ids=None):
+    """KL(p_teacher || p_student) per position [N], float32: word-level distillation from a
+    teacher (Hinton et al. 2015; Kim and Rush 2016), the soft target a distribution the teacher
+    gives.
+
+    ``student_lprobs`` [N x V]: the student's log-probabilities (at the distillation's
+    temperature); ``teacher_probs``: the teacher's probabilities over the whole vocabulary
+    [N x V], or over ``teacher_ids`` [N x K] (its K most likely words, renormalised) [N x K].
+    The teacher is a target: no gradient flows into it. Terms where the teacher gives 0 are 0.
+    """
+    p = teacher_probs.detach().float()
+    lp = student_lprobs if teacher_ids is None else student_lprobs.gather(1, teacher_ids)
+    return (torch.xlogy(p, p) - p * lp.float()).sum(-1)
