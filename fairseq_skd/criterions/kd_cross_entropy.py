@@ -34,7 +34,6 @@ from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.logging import metrics
 
-from ..modules.skd_losses import row_argmax
 from ..modules.soft_target_losses import teacher_kl
 from .config_fields import Paths, Range, flag
 from .self_kd_cross_entropy import SelfKDCrossEntropyConfig, SelfKDCrossEntropyCriterion
@@ -69,6 +68,8 @@ class KDCrossEntropyCriterion(SelfKDCrossEntropyCriterion):
         """``teacher``: models already in memory (an OnlineTeacher), for Python callers; fairseq
         builds the criterion from the config alone."""
         super().__init__(cfg, task)
+        # without SKD the hard term is cross-entropy (or label smoothing): no q_n to measure
+        self.measure_qn = cfg.skd_alpha_max > 0
         self.kd_alpha = cfg.kd_alpha
         self.kd_temperature = cfg.kd_temperature
         self.kd_topk = cfg.kd_topk
@@ -116,8 +117,9 @@ class KDCrossEntropyCriterion(SelfKDCrossEntropyCriterion):
         keep = target.reshape(-1).ne(self.padding_idx)
         kd = (temperature * temperature * teacher_kl(student, teacher.probs, teacher.ids)
               ).masked_fill(~keep, 0.0)
-        with torch.no_grad():
-            agree = (row_argmax(lprobs.detach()).eq(teacher.argmax) & keep).sum()
+        with torch.no_grad():  # the teacher's word is the student's most likely one too
+            best = lprobs.detach().amax(-1)
+            agree = (lprobs.detach().gather(1, teacher.argmax[:, None]).squeeze(1).eq(best) & keep).sum()
             logging = {"kd_loss": kd.detach().sum(), "kd_agree": agree,
                        "kd_teacher_nll": teacher.target_nll.masked_fill(~keep, 0.0).sum(),
                        "kd_positions": keep.sum()}

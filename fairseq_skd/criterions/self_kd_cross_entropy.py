@@ -29,7 +29,8 @@ from omegaconf import II
 from ..modules.embedding_distance import DISTANCES, auto_sigma, mean_nearest_neighbour_distance, nearest_neighbours
 from ..modules.output_embedding import find_output_embedding
 from ..modules.saturation_warning import SaturationWarning
-from ..modules.skd_losses import full_skd_loss, predicted_skd_loss, topk_skd_loss
+from ..modules.skd_losses import (full_skd_loss, hard_target_loss, predicted_skd_loss,
+                                 topk_skd_loss)
 from ..modules.target_embedding_noise import TargetEmbeddingNoise
 from ..modules.update_counter import attach_update_counter
 from .config_fields import Range, add_checked_args, check_config, flag
@@ -107,6 +108,8 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
         self.topk_refresh = cfg.skd_topk_refresh
         self.distance = str(cfg.skd_distance)
         self.label_smoothing = cfg.label_smoothing
+        # q_n is measured (and logged) also while alpha is 0, the +Noise rows' view of W
+        self.measure_qn = True
         self.target_embed_noise = cfg.target_embed_noise
         self.ignore_prefix_size = cfg.ignore_prefix_size
         # The update number of the latest training forward (from the model's UpdateCounter).
@@ -183,7 +186,11 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
         common = dict(sigma=sigma, skd_weight=alpha * self.skd_lambda, qn_max=self.qn_max,
                       ignore_index=self.padding_idx, reduce=reduce, distance=self.distance,
                       label_smoothing=self.label_smoothing)
-        if self.soft_targets == "predicted":
+        if common["skd_weight"] == 0 and not self.measure_qn:
+            loss, nll_loss = hard_target_loss(lprobs, target, self.padding_idx, reduce,
+                                              self.label_smoothing)
+            stats = {}
+        elif self.soft_targets == "predicted":
             loss, nll_loss, stats = predicted_skd_loss(lprobs, target, output_embed, **common)
         elif self.soft_targets == "full":
             loss, nll_loss, stats = full_skd_loss(lprobs, target, output_embed, **common)

@@ -117,6 +117,12 @@ def check_teacher_checkpoint(path, task):
     return state
 
 
+def softmax_(logits):
+    """softmax over the last dimension, in place (float32)."""
+    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(-1, keepdim=True))
+
+
 class OnlineTeacher:
     """One or more models (an ensemble) run on every training batch, frozen and in eval mode."""
 
@@ -151,11 +157,11 @@ class OnlineTeacher:
         for model in self.models:
             model.eval()
             logits = model(**sample["net_input"])[0].float()
-            member = torch.softmax(logits / temperature, dim=-1)
-            probs = member if probs is None else probs.add_(member)
             if temperature != 1:
-                plain = torch.softmax(logits, dim=-1)
+                plain = softmax_(logits.clone())
                 target_probs = plain if target_probs is None else target_probs.add_(plain)
+            member = softmax_(logits.div_(temperature))  # in place: one [B x T x V] buffer
+            probs = member if probs is None else probs.add_(member)
         probs = flat_positions(probs.div_(len(self.models)), ignore_prefix_size)
         plain = probs if target_probs is None else flat_positions(
             target_probs.div_(len(self.models)), ignore_prefix_size)
@@ -163,6 +169,7 @@ class OnlineTeacher:
         target_nll = -plain.gather(1, target[:, None]).squeeze(1).clamp(min=1e-45).log()
         if topk:
             values, ids = probs.topk(topk, dim=-1)
+            del probs, plain  # the [N x V] buffers: free before the student's backward
             return TeacherDistribution(values / values.sum(-1, keepdim=True), ids, ids[:, 0],
                                        target_nll)
         return TeacherDistribution(probs, None, probs.argmax(-1), target_nll)
@@ -298,8 +305,16 @@ class CachedTeacher:
     def __init__(self, prefix, topk, pad):
         from fairseq.data.indexed_dataset import MMapIndexedDataset
 
-        self.data = {kind: MMapIndexedDataset(f"{prefix}.{kind}") for kind, _ in CacheWriter.KINDS}
         self.topk, self.pad = topk, pad
+        # fairseq's reader widens every item to int64; the raw files are read as stored
+        self.index, self.data = {}, {}
+        for kind, dtype in CacheWriter.KINDS:
+            index = MMapIndexedDataset.Index(f"{prefix}.{kind}.idx")
+            # copies: the index's arrays live in a file mapping it closes when it goes
+            self.index[kind] = (index._pointers // np.dtype(dtype).itemsize,
+                                np.array(index.sizes, dtype=np.int64))
+            del index
+            self.data[kind] = np.memmap(f"{prefix}.{kind}.bin", dtype=dtype, mode="r")
 
     @classmethod
     def open(cls, cache_dir, task, topk, temperature):
@@ -332,27 +347,29 @@ class CachedTeacher:
     def place(self, like):
         pass  # read from disk into the batch's device at each batch
 
+    def rows(self, kind, index, count):
+        start, size = self.index[kind][0][index], self.index[kind][1][index]
+        if size != count:
+            raise TeacherError(
+                f"--kd-teacher-cache: sample {index} has {count // (self.topk if kind != 'nll' else 1)} "
+                f"target positions but the cache holds {size // (self.topk if kind != 'nll' else 1)}: "
+                "the cache is of other data")
+        return self.data[kind][start:start + size]
+
     def distribution(self, sample, temperature, topk, ignore_prefix_size=0):
         target = sample["target"]
         batch, width = target.shape
         lengths = target.ne(self.pad).sum(1).tolist()
-        ids = torch.zeros(batch, width, self.topk, dtype=torch.long)
-        probs = torch.zeros(batch, width, self.topk, dtype=torch.float32)
-        nll = torch.zeros(batch, width, dtype=torch.float32)
+        ids = np.zeros((batch, width, self.topk), dtype=np.int64)
+        bits = np.zeros((batch, width, self.topk), dtype=np.uint16)  # float16 probabilities
+        nll = np.zeros((batch, width), dtype=np.int32)  # float32 NLL
         for b, index in enumerate(sample["id"].tolist()):
             n = lengths[b]
-            row_ids = self.data["ids"][index]
-            if row_ids.numel() != n * self.topk:
-                raise TeacherError(
-                    f"--kd-teacher-cache: sample {index} has {n} target positions but the cache "
-                    f"holds {row_ids.numel() // self.topk}: the cache is of other data")
-            ids[b, :n] = row_ids.view(n, self.topk)
-            # fairseq's reader widens every item to int64: narrow it back to the stored bits
-            probs[b, :n] = torch.from_numpy(self.data["probs"][index].numpy().astype(np.uint16)
-                                            .view(np.float16).astype(np.float32)).view(n, self.topk)
-            nll[b, :n] = torch.from_numpy(self.data["nll"][index].numpy().astype(np.int32)
-                                          .view(np.float32).copy())
-        device = target.device
-        ids, probs, nll = (flat_positions(t, ignore_prefix_size).to(device) for t in (ids, probs, nll))
+            ids[b, :n] = self.rows("ids", index, n * self.topk).reshape(n, self.topk)
+            bits[b, :n] = self.rows("probs", index, n * self.topk).reshape(n, self.topk)
+            nll[b, :n] = self.rows("nll", index, n)
+        probs = torch.from_numpy(bits.view(np.float16)).float()
+        ids, probs, nll = (flat_positions(t, ignore_prefix_size).to(target.device) for t in
+                           (torch.from_numpy(ids), probs, torch.from_numpy(nll.view(np.float32))))
         probs = probs / probs.sum(-1, keepdim=True).clamp(min=1e-12)
         return TeacherDistribution(probs, ids, ids[:, 0], nll)

@@ -111,6 +111,13 @@ def _without_skd(lprobs, target, ignore_index, reduce, label_smoothing):
     return (loss, nll_loss) if reduce else (loss.view(-1), nll_loss.view(-1))
 
 
+def hard_target_loss(lprobs, target, ignore_index=None, reduce=True, label_smoothing=0.0):
+    """(loss, nll_loss) with no soft target of the model's own: fairseq's cross_entropy, or its
+    label_smoothed_cross_entropy with ``label_smoothing`` > 0, exactly."""
+    lprobs = lprobs.reshape(-1, lprobs.size(-1))
+    return _without_skd(lprobs, target.reshape(-1), ignore_index, reduce, label_smoothing)
+
+
 def _finish(loss, nll_loss, lprobs, keep, label_smoothing, reduce):
     """Mix in label smoothing and sum: per-position loss and NLL [N] -> the returned pair."""
     if label_smoothing > 0:
