@@ -9,8 +9,13 @@ that it needs neither torch nor fairseq), and the results tables take the names 
 - +SKD: ``self_kd_cross_entropy`` (sigma, and alpha = 0 for K updates, then + eta per update).
 - +Noise+SKD: both.
 - The ablation rows: +SKD with one option changed, and label smoothing with and without SKD.
+- KD: word-level distillation from a teacher (``kd_cross_entropy``, a = 0.5, T = 1): a trained
+  checkpoint (the recipes' ``--teacher PATH``), by default the same seed's Baseline (a
+  born-again network: the teacher is the student's size); +SKD+KD adds SKD's self-targets to
+  the hard-target half.
 
-``--variants`` of the recipes takes names and the groups ``paper`` (the four rows) and ``all``.
+``--variants`` of the recipes takes names and the groups ``paper`` (the four rows),
+``distillation`` (the baseline, KD and +SKD+KD) and ``all`` (every variant but the KD ones).
 """
 
 import argparse
@@ -31,11 +36,16 @@ VARIANTS = {
     "skd_qn_max_0.25": ("+SKD (q_n clipped at 0.25)", ["--skd-qn-max", "0.25"]),
     "label_smoothing": ("Label smoothing 0.1", None),
     "skd_label_smoothing": ("+SKD (label smoothing 0.1)", ["--label-smoothing", "0.1"]),
+    "kd": ("KD (a 0.5)", None),
+    "skd_kd": ("+SKD+KD (a 0.5)", None),
 }
 NAMES = {variant: name for variant, (name, _) in VARIANTS.items()}
 PAPER = ("baseline", "noise", "skd", "noise_skd")
-GROUPS = {"paper": PAPER, "all": tuple(VARIANTS)}
+DISTILLED = ("kd", "skd_kd")  # from a teacher
+GROUPS = {"paper": PAPER, "distillation": ("baseline", *DISTILLED),
+          "all": tuple(v for v in VARIANTS if v not in DISTILLED)}
 LABEL_SMOOTHING = "0.1"
+KD_ALPHA, KD_TEMPERATURE = "0.5", "1.0"
 
 
 class VariantError(ValueError):
@@ -72,15 +82,27 @@ def uses_skd_criterion(variant):
 
 def applies_skd(variant):
     """Whether alpha grows above 0 in the variant (the ones ``--skd-args`` go to)."""
-    return VARIANTS[variant][1] is not None or variant == "noise_skd"
+    return VARIANTS[variant][1] is not None or variant in ("noise_skd", "skd_kd")
 
 
-def criterion_flags(variant, sigma, warmup_updates, alpha_step, noise_std, skd_args=()):
+def needs_teacher(variant):
+    return variant in DISTILLED
+
+
+def criterion_flags(variant, sigma, warmup_updates, alpha_step, noise_std, skd_args=(),
+                    teacher=None):
     """What ``variant`` adds to fairseq-train. ``skd_args``: extra flags for the variants that
-    apply SKD (alpha > 0) only."""
+    apply SKD (alpha > 0) only; ``teacher``: the checkpoint the KD variants distil from."""
     known(variant)
-    skd = ["--criterion", "self_kd_cross_entropy", "--skd-sigma", str(sigma),
-           "--skd-warmup-updates", str(warmup_updates), "--skd-alpha-step", str(alpha_step)]
+    schedule = ["--skd-sigma", str(sigma), "--skd-warmup-updates", str(warmup_updates),
+                "--skd-alpha-step", str(alpha_step)]
+    skd = ["--criterion", "self_kd_cross_entropy", *schedule]
+    if needs_teacher(variant):
+        if not teacher:
+            raise VariantError(f"variant {variant} distils from a teacher: give its checkpoint")
+        kd = ["--criterion", "kd_cross_entropy", "--kd-teacher", str(teacher),
+              "--kd-alpha", KD_ALPHA, "--kd-temperature", KD_TEMPERATURE]
+        return kd if variant == "kd" else [*kd, *schedule, "--skd-alpha-max", "1", *skd_args]
     plain = ["--criterion", "self_kd_cross_entropy", "--skd-alpha-max", "0"]  # alpha stays 0
     if variant == "baseline":
         return ["--criterion", "cross_entropy"]
@@ -106,6 +128,7 @@ def main(argv=None):
     for option in ("--sigma", "--warmup", "--alpha-step", "--noise-std"):
         flags.add_argument(option, required=True)
     flags.add_argument("--skd-args", default="")
+    flags.add_argument("--teacher", default=None)
     args = parser.parse_args(argv)
     try:
         if args.command == "expand":
@@ -114,7 +137,8 @@ def main(argv=None):
             lines = [NAMES[known(args.variant)]]
         else:
             lines = criterion_flags(known(args.variant), args.sigma, args.warmup,
-                                    args.alpha_step, args.noise_std, shlex.split(args.skd_args))
+                                    args.alpha_step, args.noise_std, shlex.split(args.skd_args),
+                                    args.teacher)
     except VariantError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

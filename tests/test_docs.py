@@ -59,6 +59,8 @@ RUN = {
     ("docs/recipes.md", "recipes/lm/run.sh"): 2, ("docs/recipes.md", "recipes/mt/run.sh"): 1,
     ("docs/several-workers.md", "fairseq-skd-train"): 1,
     ("docs/tools.md", "fairseq-hydra-train"): 1, ("docs/tools.md", "fairseq-skd-average"): 1,
+    ("docs/distillation.md", "fairseq-train"): 2, ("docs/distillation.md", "fairseq-skd-cache-teacher"): 1,
+    ("docs/distillation.md", "recipes/lm/run.sh"): 1,
 }
 
 
@@ -307,3 +309,60 @@ def recipe_env():
     env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")
     env.pop("VIRTUAL_ENV", None)
     return env
+
+
+def test_the_distillation_flag_table_is_the_criterions_config():
+    from fairseq_skd.criterions.config_fields import describe_flags
+    from fairseq_skd.criterions.kd_cross_entropy import KDCrossEntropyConfig
+
+    rows = table_rows(DOCS["docs/distillation.md"], "flag")
+    flags = [f for f in describe_flags(KDCrossEntropyConfig) if f.flag.startswith("--kd-")]
+    assert list(rows) == [f"`{f.flag}`" for f in flags]
+    for f in flags:
+        default, allowed, _meaning = rows[f"`{f.flag}`"]
+        assert (default, allowed) == (str(f.default), str(f.allowed)), f.flag
+
+
+def test_the_distillation_commands_run_as_written(joined_mt_bin, tmp_path):
+    """docs/distillation.md: online, then the cache and a student trained from it, on tiny data
+    with a tiny transformer teacher, one epoch each (the sizes cut down by flags that come
+    last)."""
+    teacher_dir = tmp_path / "checkpoints" / "teacher"
+    tiny = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+            "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+            "--decoder-ffn-embed-dim", "64", "--max-epoch", "1", "--cpu", "--warmup-updates", "10"]
+    subprocess.run([str(BIN / "fairseq-skd-train"), str(joined_mt_bin), "--user-dir", USER_DIR,
+                    "--task", "translation", "--arch", "transformer_iwslt_de_en",
+                    "--optimizer", "adam", "--lr", "5e-4", "--max-tokens", "4096",
+                    "--save-dir", str(teacher_dir), *tiny], check=True, capture_output=True)
+
+    def localise(command):
+        argv = shlex.split(command.replace("data-bin/iwslt14.de-en", str(joined_mt_bin))
+                           .replace("checkpoints/", f"{tmp_path}/checkpoints/"))
+        argv[0] = str(BIN / argv[0])
+        return argv + (tiny if "fairseq-train" in argv[0] else ["--cpu"])
+
+    online, cached = doc_commands("fairseq-train", "docs/distillation.md")
+    (cache,) = doc_commands("fairseq-skd-cache-teacher", "docs/distillation.md")
+    for command in (online, cache, cached):
+        out = subprocess.run(localise(command), capture_output=True, text=True)
+        assert out.returncode == 0, (command, out.stderr[-3000:])
+    assert (joined_mt_bin / "teacher-top8" / "meta.json").is_file()
+    for student in ("student", "student-cached"):
+        log = (tmp_path / "checkpoints" / student / "checkpoint_last.pt")
+        assert log.is_file(), student
+
+
+def test_the_distillation_recipe_command_trains_the_baseline_first_as_the_teacher(tmp_path):
+    (command,) = doc_commands("recipes/lm/run.sh", "docs/distillation.md")
+    argv = shlex.split(command.replace("/tmp/exp/kd", str(tmp_path / "exp")))
+    out = subprocess.run(["bash", *argv, "--prep-dir", str(tmp_path / "data")], cwd=REPO,
+                         capture_output=True, text=True, env=recipe_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = (tmp_path / "exp" / "results.md").read_text()
+    assert "| Baseline |" in results and "| KD (a 0.5) |" in results and "| +SKD+KD (a 0.5) |" in results
+    teacher = tmp_path / "exp" / "seed1" / "baseline" / "checkpoint_best.pt"
+    for variant in ("kd", "skd_kd"):
+        command = (tmp_path / "exp" / "seed1" / variant / "train.log").read_text().splitlines()[0]
+        assert f"--kd-teacher {teacher}" in command, variant
+    assert "--skd-alpha-max 1" in (tmp_path / "exp" / "seed1" / "skd_kd" / "train.log").read_text()

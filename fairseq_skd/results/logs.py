@@ -181,7 +181,8 @@ def duration(seconds):
 _EPOCH_VALUES = [
     ("train_loss", "train loss", "{:.3f}"), ("train_nll_loss", "nll", "{:.3f}"),
     ("train_skd_alpha", "alpha", "{:.2f}"), ("train_skd_qn", "q_n", "{:.3f}"),
-    ("train_skd_clip", "clip", "{:.3f}"), ("valid_loss", "valid loss", "{:.3f}"),
+    ("train_skd_clip", "clip", "{:.3f}"), ("train_kd_loss", "kd", "{:.3f}"),
+    ("train_kd_agree", "agree", "{:.3f}"), ("valid_loss", "valid loss", "{:.3f}"),
     ("valid_bleu", "valid BLEU", "{:.2f}"),
 ]
 

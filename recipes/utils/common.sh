@@ -29,7 +29,7 @@ require_tool() {
 
 # ------------------------------------------------------------------ options and stages
 # The options and switches every recipe has (for parse_options.sh), with their defaults.
-common_options="stage stop_stage variants seeds data_dir corpus name prep_dir exp_dir model skd_args nj nproc"
+common_options="stage stop_stage variants seeds data_dir corpus name prep_dir exp_dir model skd_args teacher nj nproc"
 common_switches="cpu smoke"
 stage=0
 variants=paper
@@ -41,6 +41,7 @@ prep_dir=
 exp_dir=
 model=lstm
 skd_args=
+teacher=
 nj=$(nproc 2>/dev/null || echo 1)
 nproc=1
 cpu=0
@@ -52,7 +53,8 @@ common_usage() {
   --stage N               first stage to run (default 0)
   --stop-stage M          last stage to run (default: the last)
   --variants "LIST"       the variants to train, names or groups (default: paper, the four
-                          rows baseline noise skd noise_skd; all: every variant):
+                          rows baseline noise skd noise_skd; distillation: baseline kd skd_kd;
+                          all: every variant but the KD ones):
                           $(python3 "$VARIANTS_PY" expand all | tr '\n' ' ')
   --seeds "LIST"          one training per seed and variant (default 1); the tables give
                           mean ± std over the seeds and say which variant beat the baseline
@@ -66,6 +68,8 @@ common_usage() {
                           (settings in recipes/conf, marked OURS)
   --skd-args "FLAGS"      fairseq-train flags for the variants that apply SKD only,
                           e.g. --skd-args "--skd-sigma auto"; flags after -- go to every variant
+  --teacher PATH          the checkpoint the KD variants (kd, skd_kd) distil from, trained
+                          with this data's dictionaries (default: the same seed's baseline)
   --nj N                  parallel jobs for data preparation (default: number of cores)
   --nproc N               data-parallel training workers (default 1): N GPUs, or on CPU N
                           workers sharing the cores (fairseq-skd-train --nproc)
@@ -103,6 +107,7 @@ check_common_options() {
     fi
     if [[ -n $data_dir && ! -d $data_dir ]]; then die "--data-dir $data_dir is not a folder"; fi
     if [[ -n $corpus && ! -d $corpus ]]; then die "--corpus $corpus is not a folder"; fi
+    if [[ -n $teacher && ! -f $teacher ]]; then die "--teacher $teacher: no such file"; fi
     local flag
     for flag in "${extra[@]}"; do
         case $flag in
@@ -274,23 +279,33 @@ check_variants() {
     expanded=$(python3 "$VARIANTS_PY" expand "$variants" 2>&1) || die "--variants: ${expanded#error: }"
     variants=$(tr '\n' ' ' <<<"$expanded")
     variants=${variants% }
+    if [[ -z $teacher && " $variants " =~ \ (kd|skd_kd)\  && ! " $variants " =~ \ baseline\  ]]; then
+        die "--variants $variants: the KD variants distil from the same seed's baseline unless" \
+            "--teacher PATH names a teacher: add baseline to --variants or give --teacher"
+    fi
 }
 
-# variant_criterion_flags VARIANT: what VARIANT adds to fairseq-train, from fairseq_skd/variants.py
-# (needs the settings skd_sigma skd_warmup skd_eta noise_std, and skd_args). Sets the array
-# variant_flags.
+# variant_criterion_flags VARIANT [TEACHER]: what VARIANT adds to fairseq-train, from
+# fairseq_skd/variants.py (needs the settings skd_sigma skd_warmup skd_eta noise_std, and
+# skd_args). Sets the array variant_flags.
 variant_criterion_flags() {
     local flags
     flags=$(python3 "$VARIANTS_PY" flags "$1" --sigma "$skd_sigma" --warmup "$skd_warmup" \
-        --alpha-step "$skd_eta" --noise-std "$noise_std" --skd-args "${skd_args:-}" 2>&1) \
-        || die "variant $1: ${flags#error: }"
+        --alpha-step "$skd_eta" --noise-std "$noise_std" --skd-args "${skd_args:-}" \
+        --teacher "${2:-}" 2>&1) || die "variant $1: ${flags#error: }"
     mapfile -t variant_flags <<<"$flags"
+}
+
+# teacher_of SEED: the checkpoint the KD variants of SEED distil from: --teacher, else that
+# seed's baseline (born-again), which the train stage trains first.
+teacher_of() {
+    if [[ -n $teacher ]]; then echo "$teacher"; else echo "$(run_dir "$1" baseline)/checkpoint_best.pt"; fi
 }
 
 # train_command VARIANT SEED DATA_BIN: VARIANT's fairseq-train flags for SEED, in the array
 # train_args. Needs the settings (arch, train_flags, log_interval), device_flags and extra.
 train_command() {
-    variant_criterion_flags "$1"
+    variant_criterion_flags "$1" "$(teacher_of "$2")"
     train_args=("$3" --user-dir "$USER_DIR" --arch "$arch" "${train_flags[@]}" "${variant_flags[@]}"
                 --seed "$2" --update-epoch-batch-itr True --required-batch-size-multiple 1
                 --keep-last-epochs 2 --log-format json --log-interval "$log_interval"
@@ -303,19 +318,27 @@ train_command() {
 check_train_commands() {
     local v check=()
     require_tool fairseq-skd-train "Install this repository's package: ./setup_env.sh (or pip install -e .)."
+    local born_again
+    born_again=$(teacher_of 1)
     for v in $variants; do
         train_command "$v" 1 "$1"
+        # a baseline not trained yet is the teacher: the parser checks that the file exists, so
+        # the check of the command line takes the script itself in its place
+        if [[ ! -f $born_again ]]; then train_args=("${train_args[@]/#$born_again/$0}"); fi
         check+=("$v" "${train_args[@]}" ---)
     done
     fairseq-skd-train --check "${check[@]}" \
         || die "fix the flags named above (after -- or in --skd-args); nothing was run"
 }
 
-# runs: "SEED VARIANT" a line, every run of the experiment in the order they are trained.
+# runs: "SEED VARIANT" a line, every run of the experiment in the order they are trained (a
+# seed's baseline first: it is the teacher of its KD variants).
 runs() {
     local seed v
     for seed in $seeds; do
-        for v in $variants; do echo "$seed $v"; done
+        for v in baseline $variants; do
+            if [[ $v != baseline || " $variants " == *" baseline "* ]]; then echo "$seed $v"; fi
+        done | awk '!seen[$0]++'
     done
 }
 
