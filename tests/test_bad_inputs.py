@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN
+from helpers import BIN, USER_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,6 +126,28 @@ def test_bleu_refuses_an_unknown_detokenizer_language(tmp_path):
 def test_train_launcher_refuses_settings_that_cannot_work(argv, named, tmp_path):
     refused([BIN / "fairseq-skd-train", *argv, "data-bin", "--save-dir", tmp_path / "run"], named)
     assert not (tmp_path / "run").exists()
+
+
+# --- kd_cross_entropy and fairseq-skd-cache-teacher ------------------------------------------------
+
+
+def test_a_teacher_that_does_not_exist_is_a_usage_error(tiny_lm, tmp_path):
+    _, data_bin, _ = tiny_lm
+    refused([BIN / "fairseq-train", data_bin, "--user-dir", USER_DIR, "--task", "language_modeling",
+             "--arch", "skd_lstm_lm_tiny", "--criterion", "kd_cross_entropy", "--kd-teacher",
+             tmp_path / "nope.pt", "--save-dir", tmp_path / "run"],
+            f"argument --kd-teacher: must name an existing file: '{tmp_path / 'nope.pt'}' is not one",
+            code=2)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cache_tool_refuses_a_damaged_teacher_before_any_work(tiny_lm, tmp_path):
+    _, data_bin, teacher = tiny_lm
+    damaged = tmp_path / "teacher.pt"
+    damaged.write_bytes(teacher.read_bytes()[:1000])
+    refused([BIN / "fairseq-skd-cache-teacher", data_bin, "--teacher", damaged, "--out",
+             tmp_path / "cache"], f"--teacher {damaged}: it is not a complete torch checkpoint")
+    assert not (tmp_path / "cache").exists()
 
 
 # --- the recipes ------------------------------------------------------------------------------------

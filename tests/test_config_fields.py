@@ -76,6 +76,24 @@ def test_describe_flags_lists_flag_default_allowed_and_help():
     assert "--sentence-avg" not in by_flag  # optimization's --sentence-avg, mirrored
 
 
+def test_the_kd_criterions_fields_are_declared_and_its_paths_checked(tmp_path):
+    from fairseq_skd.criterions.config_fields import Paths
+    from fairseq_skd.criterions.kd_cross_entropy import KDCrossEntropyConfig
+
+    assert undeclared_flags(KDCrossEntropyConfig) == []
+    kd = {info.flag: info for info in describe_flags(KDCrossEntropyConfig)}
+    assert set(kd) == {info.flag for info in FLAGS} | {
+        "--kd-teacher", "--kd-teacher-cache", "--kd-alpha", "--kd-temperature", "--kd-topk"}
+    assert kd["--skd-alpha-max"].default == 0.0  # SKD off unless asked for
+    (tmp_path / "a.pt").write_text("")
+    several = Paths("file", ":")
+    assert several.problem(f"{tmp_path}/a.pt:{tmp_path}/a.pt") is None and several.problem("") is None
+    assert several.problem(f"{tmp_path}/a.pt:{tmp_path}/b.pt") == (
+        f"must name an existing file: '{tmp_path}/b.pt' is not one")
+    assert Paths("folder", None).problem(str(tmp_path / "a.pt")) == (
+        f"must name an existing folder: '{tmp_path}/a.pt' is not one")
+
+
 def test_every_field_is_a_flag_with_help_and_allowed_values():
     assert undeclared_flags(SelfKDCrossEntropyConfig) == []
     fields = set(SelfKDCrossEntropyConfig.__dataclass_fields__) - {"_name", "sentence_avg"}
