@@ -28,6 +28,7 @@ CONSOLE_SCRIPTS = {
     "fairseq-skd-collect": "fairseq_skd.cli.collect_results:main",
     "fairseq-skd-train": "fairseq_skd.cli.train:main",
     "fairseq-skd-average": "fairseq_skd.cli.average_checkpoints:main",
+    "fairseq-skd-cache-teacher": "fairseq_skd.cli.cache_teacher:main",
 }
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "fairseq_skd", "setup.py", "setup.cfg",
            "MANIFEST.in")
