@@ -256,3 +256,22 @@ def test_mt_recipe_checks_the_corpus_files_first(damage, pair, named, mt_corpus,
     refused(recipe(MT_RECIPE, "--pair", pair, "--corpus", mt_corpus, "--prep-dir", tmp_path / "data"),
             named)
     assert not (tmp_path / "data").exists()
+
+
+# --- fairseq-skd-average ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case,named", [
+    ("output is an input", "is one of the inputs: writing the average there would replace that checkpoint"),
+    ("repeated input", "twice"),
+])
+def test_average_refuses_to_overwrite_an_input_or_count_one_twice(case, named, tiny_mt, tmp_path):
+    folder = tmp_path / "mt"
+    shutil.copytree(tiny_mt[2].parent, folder)
+    first, second = folder / "checkpoint1.pt", folder / "checkpoint2.pt"
+    if case == "output is an input":
+        argv = ["--inputs", first, second, "--output", second]
+    else:
+        argv = ["--inputs", first, folder / "." / "checkpoint1.pt", "--output", folder / "avg.pt"]
+    refused([BIN / "fairseq-skd-average", *argv], named, watch=[folder])
+    assert not (folder / "avg.pt").exists()

@@ -10,7 +10,8 @@ entries of the checkpoint, such as its configuration, from the first input, the 
 fairseq, which does not ship that script, and under torch's safe loader, where that script fails
 on fairseq's checkpoints unless the plugin is imported first. Inputs are checked before anything
 is written: each must be an intact checkpoint, and all must have the same parameters with the
-same shapes. The output is written to a temporary file and renamed, so it is never half written.
+same shapes, each named once, and none of them the output. The output is written to a temporary
+file and renamed, so it is never half written.
 """
 
 import argparse
@@ -70,6 +71,21 @@ def input_paths(args):
     return list(args.inputs)
 
 
+def check_distinct(paths, output):
+    """Each input once (a repeated one would count twice in the mean), and the output none of
+    them (it would be replaced by the average)."""
+    seen = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise AverageError(f"--inputs names {seen[real]} twice ({path}): it would weigh twice "
+                               "in the average; name each checkpoint once")
+        seen[real] = path
+    if os.path.realpath(output) in seen:
+        raise AverageError(f"--output {output} is one of the inputs: writing the average there "
+                           "would replace that checkpoint; write to a new file")
+
+
 def average_checkpoints(paths):
     """The first input's state with its "model" replaced by the mean over all inputs."""
     import torch
@@ -112,6 +128,7 @@ def main(argv=None):
         if not os.path.isdir(folder):
             raise AverageError(f"--output {args.output}: the folder {folder} does not exist")
         paths = input_paths(args)
+        check_distinct(paths, args.output)
         state = average_checkpoints(paths)
     except AverageError as e:
         sys.exit(f"{PROG}: error: {e}")
