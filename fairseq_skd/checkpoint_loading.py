@@ -66,12 +66,12 @@ def checkpoint_problem(path):
         return f"it cannot be read ({e.strerror})"
 
 
-def resumable_checkpoints(save_dir):
-    """fairseq's epoch and mid-epoch checkpoints and checkpoint_best.pt in ``save_dir``, newest
-    first (each is written whole before checkpoint_last.pt is copied from it)."""
-    pattern = re.compile(r"checkpoint(\d+|_\d+_\d+|_best)\.pt$")
-    paths = [os.path.join(save_dir, name) for name in os.listdir(save_dir) if pattern.match(name)]
-    return sorted(paths, key=os.path.getmtime, reverse=True)
+def checkpoint_updates(path):
+    """The number of updates recorded inside the checkpoint at ``path`` (its training
+    progress, whatever the file's time); the tensors are mapped, not read."""
+    state = torch.load(path, map_location="cpu", mmap=True)
+    history = state.get("optimizer_history") or [{}]
+    return int(history[-1].get("num_updates", 0))
 
 
 # --- the dictionaries a checkpoint was trained with ----------------------------------------------

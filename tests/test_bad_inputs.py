@@ -275,3 +275,93 @@ def test_average_refuses_to_overwrite_an_input_or_count_one_twice(case, named, t
         argv = ["--inputs", first, folder / "." / "checkpoint1.pt", "--output", folder / "avg.pt"]
     refused([BIN / "fairseq-skd-average", *argv], named, watch=[folder])
     assert not (folder / "avg.pt").exists()
+
+
+# --- fairseq-skd-train's pre-flight checks: before any worker starts, nothing written -------------
+
+
+def launcher(data_bin, save_dir, *extra):
+    return [BIN / "fairseq-skd-train", data_bin, "--user-dir", USER_DIR, "--save-dir", save_dir,
+            "--task", "language_modeling", "--sample-break-mode", "eos", "--arch",
+            "skd_lstm_lm_tiny", "--criterion", "self_kd_cross_entropy", "--max-epoch", 1,
+            "--cpu", *extra]
+
+
+@pytest.fixture
+def resumable(lm_copy, tmp_path):
+    """The tiny LM's data and its checkpoint folder (checkpoint1.pt, 2.pt, _best, _last), copied."""
+    data_bin, checkpoint = lm_copy
+    return data_bin, checkpoint.parent
+
+
+def test_a_restore_file_that_does_not_exist_is_refused(resumable, tmp_path):
+    data_bin, _ = resumable
+    refused(launcher(data_bin, tmp_path / "run", "--restore-file", tmp_path / "nope.pt"),
+            f"--restore-file {tmp_path / 'nope.pt'}: no such file (fairseq-train would train "
+            "from scratch", code=1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_restore_file_is_refused(resumable, tmp_path):
+    data_bin, folder = resumable
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"\x00" * 100)
+    refused(launcher(data_bin, tmp_path / "run", "--restore-file", damaged),
+            f"--restore-file {damaged}: it is not a complete torch checkpoint", code=1)
+
+
+def test_resuming_on_data_of_another_dictionary_of_the_same_size_is_refused(resumable, tmp_path):
+    data_bin, folder = resumable
+    words = (data_bin / "dict.txt").read_text().splitlines()
+    words[0], words[1] = words[1], words[0]
+    (data_bin / "dict.txt").write_text("\n".join(words) + "\n")
+    first, second = (w.split()[0] for w in words[:2])
+    refused(launcher(data_bin, folder), f"{data_bin / 'dict.txt'} is not the dictionary "
+            f"{folder / 'checkpoint_last.pt'} was trained with",
+            f"{len(words)} and {len(words)} words; the first difference is word 1: '{second}' "
+            f"against '{first}'", code=1, watch=[folder])
+
+
+def test_a_checkpoint_last_behind_another_checkpoint_is_refused(resumable):
+    data_bin, folder = resumable
+    shutil.copy(folder / "checkpoint1.pt", folder / "checkpoint_last.pt")
+    refused(launcher(data_bin, folder), f"{folder / 'checkpoint_last.pt'} is at update",
+            "would overwrite checkpoints further in training", code=1, watch=[folder])
+
+
+@pytest.mark.parametrize("damage,named", [
+    ("cut data", "has {size} bytes but its index train.idx describes"),
+    ("garbage index", "train.idx is not a readable fairseq index"),
+    ("empty dictionary", "dict.txt is an empty dictionary"),
+    ("word id beyond the dictionary", "but {data}/dict.txt has"),
+])
+def test_binarized_data_is_checked_before_training(damage, named, resumable, tmp_path):
+    data_bin, _ = resumable
+    data = data_bin / "train.bin"
+    if damage == "cut data":
+        data.write_bytes(data.read_bytes()[:-2])
+    elif damage == "garbage index":
+        (data_bin / "train.idx").write_bytes(os.urandom(64))
+    elif damage == "empty dictionary":
+        (data_bin / "dict.txt").write_text("")
+    else:  # the dictionary of another, smaller binarization
+        (data_bin / "dict.txt").write_text("".join(f"w{i} 1\n" for i in range(3)))
+    refused(launcher(data_bin, tmp_path / "run"),
+            named.format(size=data.stat().st_size, data=data_bin), "binarize the text again", code=1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_cpu_workers_than_cores_are_refused(resumable, tmp_path):
+    data_bin, _ = resumable
+    cores = len(os.sched_getaffinity(0))
+    refused(launcher(data_bin, tmp_path / "run", "--nproc", cores + 1),
+            f"--nproc {cores + 1} CPU workers on {cores} core(s)", code=1)
+
+
+def test_an_adaptive_softmax_with_skd_is_refused_with_the_reason(resumable, tmp_path):
+    data_bin, _ = resumable
+    refused([BIN / "fairseq-skd-train", data_bin, "--user-dir", USER_DIR, "--save-dir",
+             tmp_path / "run", "--task", "language_modeling", "--arch", "transformer_lm",
+             "--criterion", "self_kd_cross_entropy", "--adaptive-softmax-cutoff", "10,20", "--cpu"],
+            "--adaptive-softmax-cutoff with --criterion self_kd_cross_entropy: fairseq drops the "
+            "adaptive softmax", code=1)

@@ -165,10 +165,17 @@ def test_a_damaged_checkpoint_last_is_replaced_by_the_newest_intact_one(lm_bin, 
     last = save_dir / "checkpoint_last.pt"
     content = last.read_bytes()
     last.write_bytes(content[: len(content) // 2])
+    # the newest file is not the most trained one: a checkpoint of an earlier update, touched
+    earlier = min(save_dir.glob("checkpoint_*_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+    earlier.touch()
+    furthest = torch.load(save_dir / "checkpoint4.pt", map_location="cpu")["optimizer_history"][-1]["num_updates"]
 
     train(1, lm_bin, save_dir)
     log = (save_dir / "train.log").read_text()
-    assert f"{last} is damaged" in log and "the newest intact checkpoint" in log
+    assert f"{last} is damaged" in log
+    picked = log.split(f"{last} is damaged", 1)[1].split("\n", 1)[0]
+    assert f"the intact checkpoint furthest in training (update {furthest})" in picked, picked
+    assert str(earlier) not in picked
     assert (save_dir / "checkpoint_last.pt.damaged").read_bytes() == content[: len(content) // 2]
     w_ref, w = weights(reference), weights(save_dir)
     assert all(torch.equal(w_ref[k], w[k]) for k in w_ref)

@@ -14,10 +14,12 @@ Everything but its own options is fairseq-train's command line, unchanged. With 
   and the other ranks unpickle omegaconf objects that torch's safe loader refuses, so
   resuming fails.
 
-Before training: a damaged checkpoint_last.pt (fairseq copies it non-atomically, so a kill at
-the wrong moment leaves it empty or cut short) is set aside as checkpoint_last.pt.damaged and
-replaced by the newest intact checkpoint; the data's dictionaries are copied into --save-dir,
-where the scorers check data against them.
+Before any worker starts, :mod:`fairseq_skd.preflight` checks what the run resumes from (a
+damaged or missing checkpoint_last.pt is replaced by the intact checkpoint furthest in
+training; fairseq copies it non-atomically, so a kill at the wrong moment leaves it cut short),
+the data against a resumed checkpoint's dictionaries and in itself, and settings that cannot
+work; the data's dictionaries are then copied into --save-dir, where the scorers, teachers and
+resumed runs check data against them.
 
 Interrupting (Ctrl-C, SIGTERM, SIGHUP) stops every worker: the signal is passed to torchrun,
 which stops its workers; each CPU worker also dies with its launcher (``PR_SET_PDEATHSIG``).
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import time
 
+from fairseq_skd import preflight
 from fairseq_skd.cli.train_worker import PROG, die_with_parent
 
 # fairseq's DDP backends that can wrap a model on CPU workers (its default, c10d, cannot)
@@ -149,50 +152,28 @@ def plan(nproc, argv, cuda_devices):
     return command, {"OMP_NUM_THREADS": threads}, "cpu"
 
 
-def recover_last_checkpoint(argv, log):
-    """Before resuming: if checkpoint_last.pt is damaged, keep it as checkpoint_last.pt.damaged
-    and put the newest intact checkpoint in its place, so that fairseq resumes from there
-    instead of failing (or from scratch if there is none). Returns the path resumed from, or
-    None when nothing had to be done."""
-    if option_value(argv, "--restore-file") not in (None, "checkpoint_last.pt"):
-        return None  # the user chose what to resume from
-    if option_value(argv, "--checkpoint-suffix"):
-        return None
-    save_dir = option_value(argv, "--save-dir") or "checkpoints"
-    last = os.path.join(save_dir, "checkpoint_last.pt")
-    if not os.path.exists(last):
-        return None
-    from fairseq_skd.checkpoint_loading import checkpoint_problem, resumable_checkpoints
+def fairseq_args(argv):
+    """fairseq-train's arguments for ``argv``, parsed as it parses them (a usage error exits
+    with its message and status 2)."""
+    import logging
 
-    problem = checkpoint_problem(last)
-    if problem is None:
-        return None
-    os.replace(last, last + ".damaged")
-    for candidate in resumable_checkpoints(save_dir):
-        if checkpoint_problem(candidate) is None:
-            shutil.copyfile(candidate, last + ".part")
-            os.replace(last + ".part", last)
-            log(f"{last} is damaged ({problem}; kept as {last}.damaged): resuming from "
-                f"{candidate}, the newest intact checkpoint")
-            return candidate
-    log(f"{last} is damaged ({problem}; kept as {last}.damaged) and {save_dir} holds no intact "
-        "checkpoint: training starts from scratch")
-    return None
+    from fairseq import options
+
+    logging.getLogger("fairseq").setLevel(logging.WARNING)
+    parser = options.get_training_parser()
+    parser.prog = "fairseq-train"
+    return options.parse_args_and_arch(parser, argv)
 
 
-def keep_dictionaries(argv):
-    """Copy the data's dictionaries (DATA/dict*.txt) into --save-dir, so that a scorer can later
-    check that data given to a checkpoint is indexed with the dictionary it was trained on."""
-    if not argv or argv[0].startswith("-"):
-        return
-    data = argv[0].split(os.pathsep)[0]  # fairseq-train DATA[:DATA2...] ...
-    save_dir = option_value(argv, "--save-dir") or "checkpoints"
-    if not os.path.isdir(data):
-        return  # fairseq-train says what is wrong with it
-    os.makedirs(save_dir, exist_ok=True)
+def keep_dictionaries(args):
+    """Copy the data's dictionaries (DATA/dict*.txt) into --save-dir, so that a scorer, a
+    teacher's student or a resumed run can later check that data given to a checkpoint is
+    indexed with the dictionary it was trained on."""
+    data = str(args.data).split(os.pathsep)[0]
+    os.makedirs(args.save_dir, exist_ok=True)
     for name in sorted(os.listdir(data)):
         if name.startswith("dict.") and name.endswith(".txt"):
-            shutil.copyfile(os.path.join(data, name), os.path.join(save_dir, name))
+            shutil.copyfile(os.path.join(data, name), os.path.join(args.save_dir, name))
 
 
 def fairseq_train_problems(command_lines):
@@ -329,11 +310,12 @@ def main(argv=None):
 
             cuda_devices = torch.cuda.device_count()
         command, env, kind = plan(ours.nproc, rest, cuda_devices)
-    except LaunchError as e:
+        args = fairseq_args(rest)
+        preflight.check(args, ours.nproc, kind == "cpu", available_cores(),
+                        lambda message: print(f"{PROG}: {message}", file=sys.stderr, flush=True))
+    except (LaunchError, preflight.PreflightError) as e:
         sys.exit(f"{PROG}: error: {e}")
-    recover_last_checkpoint(rest, lambda message: print(f"{PROG}: {message}", file=sys.stderr,
-                                                        flush=True))
-    keep_dictionaries(rest)
+    keep_dictionaries(args)
     if ours.log:
         epochs = option_value(rest, "--max-epoch")
         sys.exit(run_logged(command, env, ours.log, int(epochs) if epochs else None))
