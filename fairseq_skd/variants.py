@@ -115,14 +115,41 @@ def criterion_flags(variant, sigma, warmup_updates, alpha_step, noise_std, skd_a
     return [*skd, *VARIANTS[variant][1], *skd_args]  # later flags win in fairseq's parser
 
 
+def skd_criterion_flags():
+    """The flags self_kd_cross_entropy takes (its config's fields; imports fairseq)."""
+    from fairseq_skd.criterions.config_fields import describe_flags
+    from fairseq_skd.criterions.self_kd_cross_entropy import SelfKDCrossEntropyConfig
+
+    return [info.flag for info in describe_flags(SelfKDCrossEntropyConfig)]
+
+
+def check_skd_args(skd_args):
+    """``--skd-args`` may hold the SKD criterion's own flags only: a flag of another kind there
+    would change only the SKD variants, and the comparison with the baseline with it."""
+    own = skd_criterion_flags()
+    for word in skd_args:
+        if word.startswith("--") and word.split("=", 1)[0] not in own:
+            raise VariantError(f"--skd-args takes the SKD criterion's own flags only ({', '.join(own)}); "
+                               f"{word.split('=', 1)[0]} is not one: flags for every variant go "
+                               "after --")
+
+
+def definition_flags(variant):
+    """The flags ``variant``'s definition sets (whatever their values)."""
+    flags = criterion_flags(variant, 0.1, 1, 1, 0.1, teacher="TEACHER")
+    return [word for word in flags if word.startswith("--")]
+
+
 def main(argv=None):
     """The recipes' questions: ``expand SPEC`` (a name a line), ``name VARIANT`` (its display
-    name), ``flags VARIANT --sigma S --warmup K --alpha-step E --noise-std N [--skd-args ARGS]``
-    (a flag a line). Unknown names exit with status 2 and say what is known."""
+    name), ``flags VARIANT --sigma S --warmup K --alpha-step E --noise-std N [--skd-args ARGS]
+    [--teacher PATH]`` (a flag a line), ``check-skd-args ARGS`` (imports fairseq). Unknown names
+    and refused flags exit with status 2 and say what is wrong."""
     parser = argparse.ArgumentParser(prog="fairseq_skd/variants.py")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("expand").add_argument("spec")
     commands.add_parser("name").add_argument("variant")
+    commands.add_parser("check-skd-args").add_argument("skd_args")
     flags = commands.add_parser("flags")
     flags.add_argument("variant")
     for option in ("--sigma", "--warmup", "--alpha-step", "--noise-std"):
@@ -135,6 +162,9 @@ def main(argv=None):
             lines = expand(args.spec)
         elif args.command == "name":
             lines = [NAMES[known(args.variant)]]
+        elif args.command == "check-skd-args":
+            check_skd_args(shlex.split(args.skd_args))
+            lines = []
         else:
             lines = criterion_flags(known(args.variant), args.sigma, args.warmup,
                                     args.alpha_step, args.noise_std, shlex.split(args.skd_args),
@@ -142,7 +172,8 @@ def main(argv=None):
     except VariantError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("\n".join(lines))
+    if lines:
+        print("\n".join(lines))
     return 0
 
 

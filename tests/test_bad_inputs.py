@@ -365,3 +365,11 @@ def test_an_adaptive_softmax_with_skd_is_refused_with_the_reason(resumable, tmp_
              "--criterion", "self_kd_cross_entropy", "--adaptive-softmax-cutoff", "10,20", "--cpu"],
             "--adaptive-softmax-cutoff with --criterion self_kd_cross_entropy: fairseq drops the "
             "adaptive softmax", code=1)
+
+
+def test_skd_args_take_the_skd_criterions_flags_only(lm_corpus, tmp_path):
+    refused(recipe(LM_RECIPE, "--corpus", lm_corpus, "--prep-dir", tmp_path / "data",
+                   "--skd-args", "--skd-sigma auto --lr 0.5"),
+            "--skd-args takes the SKD criterion's own flags only", "--lr is not one: flags for "
+            "every variant go after --")
+    assert not (tmp_path / "data").exists()

@@ -644,3 +644,25 @@ def test_diagnostics_over_seeds_and_the_pooled_reliability_diagram(tmp_path):
     assert pooled[9]["count"] == 30 and pooled[9]["accuracy"] == pytest.approx((10 * 0.5 + 20 * 0.6) / 30)
     for seed in (1, 2):  # each seed's own figures
         assert_png(exp / f"seed{seed}" / "reliability.png")
+
+
+def test_a_command_that_differs_from_the_baselines_beyond_the_variant_is_noted(tmp_path):
+    """--skd-args and any other flag a variant got and the baseline did not: named in Notes."""
+    exp = tmp_path / "exp"
+    common = "fairseq-train DATA --arch skd_lstm_lm --lr 0.002 --seed 1 --max-epoch 6"
+    commands = {
+        "baseline": f"{common} --criterion cross_entropy --save-dir {exp}/baseline",
+        "noise": f"{common} --criterion self_kd_cross_entropy --skd-alpha-max 0 "
+                 f"--target-embed-noise 0.1 --save-dir {exp}/noise",
+        "skd": (f"{common} --criterion self_kd_cross_entropy --skd-sigma 0.1 --skd-warmup-updates 5 "
+                f"--skd-alpha-step 0.1 --skd-sigma auto --save-dir {exp}/skd --lr 0.5"),
+    }
+    for variant, command in commands.items():
+        write(exp / variant / "train.log", [f"# 2026-12-06 10:00:00 {command}",
+                                            *train_log(4, skd=variant != "baseline")])
+        write_json(exp / variant / "score_test.json", score_test("baseline") if variant != "skd"
+                   else score_test("skd"))
+    results = report.collect(exp, task="lm")
+    differing = [note for note in results["notes"] if "differs from the baseline" in note]
+    assert differing == ["skd: its training command differs from the baseline's beyond the "
+                         "variant's definition: --skd-sigma auto, --lr 0.5"]

@@ -20,11 +20,13 @@ listed under Notes. The subsets shown are those scored (a file of them in some v
 ``fairseq_skd.results.seeds`` pools the run folders of several seeds.
 """
 
+import collections
 import json
 import re
+import shlex
 from pathlib import Path
 
-from ..variants import NAMES, VARIANTS, uses_skd_criterion
+from ..variants import NAMES, VARIANTS, definition_flags, uses_skd_criterion
 from . import diagnostics, layout, paper
 from .figures import write_figures
 from .logs import is_number, parse_log, training_summary
@@ -129,9 +131,64 @@ def collect(exp_dir, name=None, task=None, paper_name=None):
                 for beam in beams:
                     entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam),
                                                                  notes, variant)
+    notes += command_differences(variant_dirs)
     _check_sentence_counts(variants, notes)
     return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants,
             "subsets": subsets, "beams": beams, "paper": paper_name, "notes": notes}
+
+
+def training_command(log):
+    """The words of the fairseq-train command a train.log records first (``# DATE TIME CMD``,
+    fairseq-skd-train --log's line), or None."""
+    if not log.is_file():
+        return None
+    with open(log, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    return shlex.split(first)[3:] if first.startswith("# ") else None
+
+
+def flag_pairs(words, skip=()):
+    """(flag, value) pairs of a command line, the program and the paths that differ by run
+    (``skip``) left out; a flag without a value has None."""
+    pairs = []
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+            if word not in skip:
+                pairs.append((word, value))
+    return pairs
+
+
+def command_differences(variant_dirs):
+    """Notes on every flag in which a variant's training command differs from the baseline's
+    beyond what the variant's definition (fairseq_skd/variants.py) sets: a difference the table
+    would otherwise credit to the variant."""
+    per_run = ("--save-dir", "--log", "--kd-teacher")
+    commands = {v: training_command(d / layout.TRAIN_LOG) for v, d in variant_dirs.items()}
+    if commands.get("baseline") is None:
+        return []
+    baseline = collections.Counter(flag_pairs(commands["baseline"], per_run))
+    baseline -= collections.Counter({("--criterion", "cross_entropy"): 1})
+    notes = []
+    for variant, command in commands.items():
+        if variant == "baseline" or command is None:
+            continue
+        pairs, own = flag_pairs(command, per_run), set(definition_flags(variant))
+        beyond = []
+        for flag, value in pairs:  # the definition's flags, once each
+            if flag in own:
+                own.discard(flag)
+            else:
+                beyond.append((flag, value))
+        extra = collections.Counter(beyond) - baseline
+        missing = baseline - collections.Counter(beyond)
+        if extra or missing:
+            said = [f"{flag} {value}" if value is not None else flag for flag, value in extra]
+            said += [f"not {flag} {value}" if value is not None else f"not {flag}"
+                     for flag, value in missing]
+            notes.append(f"{variant}: its training command differs from the baseline's beyond "
+                         f"the variant's definition: {', '.join(said)}")
+    return notes
 
 
 def beams_decoded(variant_dirs):

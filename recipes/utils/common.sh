@@ -108,6 +108,10 @@ check_common_options() {
     if [[ -n $data_dir && ! -d $data_dir ]]; then die "--data-dir $data_dir is not a folder"; fi
     if [[ -n $corpus && ! -d $corpus ]]; then die "--corpus $corpus is not a folder"; fi
     if [[ -n $teacher && ! -f $teacher ]]; then die "--teacher $teacher: no such file"; fi
+    if [[ -n $skd_args ]]; then
+        local refused
+        refused=$(python3 "$VARIANTS_PY" check-skd-args "$skd_args" 2>&1) || die "${refused#error: }"
+    fi
     local flag
     for flag in "${extra[@]}"; do
         case $flag in
