@@ -196,3 +196,21 @@ def test_the_cpu_worker_imports_nothing_of_the_plugin_nor_fairseq_at_its_start()
     assert packages <= set(sys.stdlib_module_names), packages - set(sys.stdlib_module_names)
     source = worker.read_text()
     assert "fairseq_skd" not in source.split('if __name__ == "__main__":')[0].split('"""', 2)[2]
+
+
+def test_a_python_error_followed_by_an_abort_exits_with_the_python_errors_status(capfd):
+    """fairseq runs that abort after a Python error (C++ threads at exit: "terminate called
+    without an active exception", 134) leave fairseq-skd-train with 1 and the error only."""
+    from fairseq_skd.cli.train import run_supervised
+
+    child = ("import os, sys; sys.stderr.write('Traceback (most recent call last):\\n"
+             "ValueError: the cause\\nterminate called without an active exception\\n'); "
+             "sys.stderr.flush(); os.abort()")
+    assert run_supervised([sys.executable, "-c", child], {}) == 1
+    err = capfd.readouterr().err
+    assert "ValueError: the cause" in err and "terminate called" not in err
+    lines = []
+    assert run_supervised([sys.executable, "-c", child], {}, lines.append) == 1
+    assert lines == ["Traceback (most recent call last):\n", "ValueError: the cause\n"]
+    # an abort with no Python error before it keeps its status
+    assert run_supervised([sys.executable, "-c", "import os; os.abort()"], {}) == 134

@@ -237,13 +237,19 @@ def fairseq_help(argv):
     parser.print_help()
 
 
+ABORT_AFTER_ERROR = "terminate called without an active exception"
+
+
 def run_supervised(command, env, on_line=None):
     """Run ``command`` as a child that dies with this process; pass on Ctrl-C, SIGTERM and
     SIGHUP, wait for it to stop its workers, and return its exit status. With ``on_line``, its
-    output (stdout and stderr) is given to it a line at a time."""
-    output = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                  errors="replace") if on_line else {}
-    child = subprocess.Popen(command, env={**os.environ, **env},
+    output (stdout and stderr) is given to it a line at a time; otherwise its stderr passes
+    through here. Some fairseq runs abort after a Python error ("terminate called without an
+    active exception", exit 134: threads left running at exit); such a run exits with the
+    Python error's status, 1, and without that line."""
+    output = (dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT) if on_line
+              else dict(stderr=subprocess.PIPE))
+    child = subprocess.Popen(command, env={**os.environ, **env}, text=True, errors="replace",
                              preexec_fn=lambda: die_with_parent(signal.SIGTERM), **output)
     received = []
 
@@ -252,14 +258,23 @@ def run_supervised(command, env, on_line=None):
         if child.poll() is None:
             child.send_signal(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
-    if on_line:
-        for line in child.stdout:
-            on_line(line)
-    status = child.wait()
+    handlers = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    python_error = False
+    write = on_line or (lambda line: (sys.stderr.write(line), sys.stderr.flush()))
+    try:
+        for line in child.stdout if on_line else child.stderr:
+            python_error = python_error or line.startswith("Traceback (most recent call last)")
+            if not (python_error and line.strip() == ABORT_AFTER_ERROR):
+                write(line)
+        status = child.wait()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     if received:
         return 128 + received[0]
+    if python_error and status in (134, -signal.SIGABRT):
+        return 1
     return status if status >= 0 else 128 - status
 
 
@@ -319,9 +334,6 @@ def main(argv=None):
     if ours.log:
         epochs = option_value(rest, "--max-epoch")
         sys.exit(run_logged(command, env, ours.log, int(epochs) if epochs else None))
-    if kind != "cpu":
-        # fairseq-train itself (and, for GPUs, the workers torch spawns, which die with it)
-        os.execvpe(command[0], command, {**os.environ, **env})
     sys.exit(run_supervised(command, env))
 
 
