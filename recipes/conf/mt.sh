@@ -22,7 +22,11 @@ case $src-$tgt in
 esac
 if [[ -n $bpe_size ]]; then dict_size=$bpe_size; fi
 bpe_merges=$dict_size
-bpe_vocab_threshold=50   # subword-nmt's recommended --vocabulary-threshold for apply-bpe
+# apply-bpe's --vocabulary-threshold: subword-nmt advises 50 for large corpora, which on a small
+# one drops most learned subwords (every unit seen fewer than 50 times) and splits words into
+# characters; auto takes the largest threshold up to 50 that keeps 95% of the units
+# (recipes/utils/text_tools.py bpe-threshold).
+bpe_vocab_threshold=auto
 tokenizer=moses          # stage 1; the BLEU scorer detokenizes the hypotheses with it
 bpe_method=subword_nmt   # stage 2; the BLEU scorer removes it from the hypotheses
 
@@ -148,7 +152,6 @@ elif (( smoke )); then
     # hundred BPE merges; checks the plumbing, not the method.
     dict_size=1000
     bpe_merges=300
-    bpe_vocab_threshold=1
     skd_warmup=10
     skd_eta=0.02
     if [[ $model == transformer ]]; then

@@ -314,14 +314,28 @@ apply_bpe() {
     subword-nmt learn-joint-bpe-and-vocab --input "$tok/train.clean.$src" "$tok/train.clean.$tgt" \
         -s "$bpe_merges" --total-symbols -o "$bpe/codes" \
         --write-vocabulary "$bpe/vocab.$src" "$bpe/vocab.$tgt" --num-workers "$nj"
+    local threshold=$bpe_vocab_threshold
+    if [[ $threshold == auto ]]; then
+        threshold=$(python3 "$RECIPES_DIR/utils/text_tools.py" bpe-threshold "$bpe/vocab.$src" "$bpe/vocab.$tgt")
+    fi
+    log "  apply-bpe --vocabulary-threshold $threshold ($bpe_vocab_threshold)"
     for split in train valid test; do
         in=$split
         if [[ $split == train ]]; then in=train.clean; fi
         for l in "$src" "$tgt"; do
             subword-nmt apply-bpe -c "$bpe/codes" --vocabulary "$bpe/vocab.$l" \
-                --vocabulary-threshold "$bpe_vocab_threshold" --num-workers "$nj" \
+                --vocabulary-threshold "$threshold" --num-workers "$nj" \
                 <"$tok/$in.$l" >"$bpe/$split.$l"
         done
+    done
+    local l per_word
+    for l in "$src" "$tgt"; do
+        per_word=$(python3 "$RECIPES_DIR/utils/text_tools.py" units-per-word "$tok/train.clean.$l" "$bpe/train.$l")
+        log "  $l: $per_word subword units per word"
+        if awk -v r="$per_word" 'BEGIN { exit !(r > 3) }'; then
+            log "  WARNING: $l words became $per_word units each on average: the segmentation is" \
+                "close to characters; a larger --bpe-size or more data keeps whole words"
+        fi
     done
 }
 data_stage 2 bpe "tok" "bpe: joint BPE, about $dict_size symbols" apply_bpe
@@ -334,7 +348,14 @@ binarize() {
         --target-lang "$tgt" --trainpref "$bpe/train" --validpref "$bpe/valid" \
         --testpref "$bpe/test" --nwordssrc "$dict_size" --nwordstgt "$dict_size" \
         --destdir "$bin" --workers "$nj" >>"$prep_dir/preprocess.log"
-    log "  dictionaries: $src $(wc -l <"$bin/dict.$src.txt"), $tgt $(wc -l <"$bin/dict.$tgt.txt") (+4 special symbols)"
+    local joint
+    joint=$(cut -d ' ' -f 1 "$bin/dict.$src.txt" "$bin/dict.$tgt.txt" | sort -u | wc -l)
+    log "  dictionaries: $src $(wc -l <"$bin/dict.$src.txt"), $tgt $(wc -l <"$bin/dict.$tgt.txt")," \
+        "$joint units in all (+4 special symbols each); asked for about $dict_size"
+    if [[ $bpe_method != none ]] && (( joint * 2 < dict_size )); then
+        log "  WARNING: $joint units in all, less than half the $dict_size asked for (--bpe-size):" \
+            "the corpus has too few distinct subwords for it; a smaller --bpe-size matches it"
+    fi
 }
 data_stage 3 bin "bpe" "binarize: fairseq-preprocess, dictionaries of at most $dict_size" binarize
 

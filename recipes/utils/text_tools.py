@@ -12,6 +12,13 @@
     text_tools.py wikitext-sentences IN OUT [--unit sentence|line]
         WikiText-2 to one sentence per line; see docs/recipes.md ("What is a sentence in
         WikiText-2"). Empty lines are dropped; every other token is kept as it is.
+    text_tools.py bpe-threshold VOCAB... [--max 50] [--keep 0.95]
+        The --vocabulary-threshold for subword-nmt's apply-bpe that suits the corpus: the largest
+        threshold up to --max (subword-nmt's advice for large corpora, 50) that keeps --keep of
+        each vocabulary's units. On a small corpus the advised 50 would drop most subwords and
+        split words into characters; on a large one every unit is seen 50 times.
+    text_tools.py units-per-word WORDS SUBWORDS
+        How many subword units a word became, over the two files (the same lines).
     text_tools.py language CODE
         Whether sacremoses can be given the language CODE, and which of its rules it applies
         (fairseq_skd/evaluation/languages.py); fails for a code that is likely a typo.
@@ -123,6 +130,25 @@ def describe_language(code):
               "(punctuation split off and joined back, no non-breaking prefixes)")
 
 
+def vocabulary_counts(path):
+    with open(path, encoding="utf-8") as f:
+        return [int(line.rsplit(" ", 1)[1]) for line in f if line.strip()]
+
+
+def bpe_threshold(paths, largest, keep):
+    counts = [sorted(vocabulary_counts(p), reverse=True) for p in paths]
+    for threshold in range(largest, 1, -1):
+        if all(sum(c >= threshold for c in unit_counts) >= keep * len(unit_counts)
+               for unit_counts in counts):
+            return threshold
+    return 1
+
+
+def count_tokens(path):
+    with open(path, encoding="utf-8") as f:
+        return sum(len(line.split()) for line in f)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -145,6 +171,13 @@ def main():
     a.add_argument("--unit", choices=["sentence", "line"], default="sentence")
     a = sub.add_parser("language")
     a.add_argument("code")
+    a = sub.add_parser("bpe-threshold")
+    a.add_argument("vocab", nargs="+")
+    a.add_argument("--max", type=int, default=50)
+    a.add_argument("--keep", type=float, default=0.95)
+    a = sub.add_parser("units-per-word")
+    a.add_argument("words")
+    a.add_argument("subwords")
     args = p.parse_args()
     if args.cmd == "sgm":
         sgm_to_text(args.path, sys.stdout)
@@ -154,6 +187,10 @@ def main():
         clean_parallel(args.src, args.tgt, args.src_out, args.tgt_out, args.max_len, args.ratio)
     elif args.cmd == "language":
         describe_language(args.code)
+    elif args.cmd == "bpe-threshold":
+        print(bpe_threshold(args.vocab, args.max, args.keep))
+    elif args.cmd == "units-per-word":
+        print(f"{count_tokens(args.subwords) / max(1, count_tokens(args.words)):.2f}")
     else:
         wikitext_sentences(args.path, args.out, args.unit)
 
