@@ -373,3 +373,30 @@ def test_skd_args_take_the_skd_criterions_flags_only(lm_corpus, tmp_path):
             "--skd-args takes the SKD criterion's own flags only", "--lr is not one: flags for "
             "every variant go after --")
     assert not (tmp_path / "data").exists()
+
+
+# --- a checkpoint given to a tool of the other task ---------------------------------------------
+# (fairseq's own tools: the plugin's model refuses to build, and fairseq shows its traceback)
+
+
+def refused_by_fairseq(argv, named):
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == f"ValueError: {named}"
+
+
+def test_a_language_model_given_to_fairseq_generate_is_refused_naming_the_task(tiny_lm, tiny_mt):
+    _, mt_bin, _ = tiny_mt
+    _, _, lm_checkpoint = tiny_lm
+    refused_by_fairseq([BIN / "fairseq-generate", mt_bin, "--user-dir", USER_DIR, "--path",
+                        lm_checkpoint, "--cpu"],
+                       "skd_lstm_lm is a language model and the task is TranslationTask: use it "
+                       "with --task language_modeling")
+
+
+def test_a_translation_model_given_to_fairseq_eval_lm_is_refused_naming_the_task(tiny_lm, tiny_mt):
+    _, lm_bin, _ = tiny_lm
+    _, _, mt_checkpoint = tiny_mt
+    refused_by_fairseq([BIN / "fairseq-eval-lm", lm_bin, "--user-dir", USER_DIR, "--path",
+                        mt_checkpoint, "--cpu"],
+                       "skd_bahdanau is a translation model and the task is LanguageModelingTask: "
+                       "use it with --task translation")

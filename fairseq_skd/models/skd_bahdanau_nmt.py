@@ -77,8 +77,8 @@ from torch import Tensor
 from ..modules.additive_attention import additive_attention
 from ..modules.lstm_layers import (DecoderEmbedding, LSTMDecoderBase, ScaledLinear,
                                    SplitInputLSTMCell, add_lstm_args, add_output_embedding_args,
-                                   check_output_embedding_args, left_pad_index, set_defaults,
-                                   shares_output_embedding)
+                                   check_output_embedding_args, check_task, left_pad_index,
+                                   set_defaults, shares_output_embedding)
 
 DEFAULT_MAX_SOURCE_POSITIONS = 1e5
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
@@ -114,6 +114,7 @@ class SKDBahdanauModel(FairseqEncoderDecoderModel):
     def build_model(cls, args, task):
         """Build a new model instance."""
         base_architecture(args)
+        check_task("skd_bahdanau", task, language_model=False)
         check_embedding_sharing(args, task.source_dictionary, task.target_dictionary)
         max_source_positions = getattr(args, "max_source_positions", DEFAULT_MAX_SOURCE_POSITIONS)
         max_target_positions = getattr(args, "max_target_positions", DEFAULT_MAX_TARGET_POSITIONS)

@@ -73,7 +73,7 @@ from torch import Tensor
 
 from ..modules.lstm_layers import (LSTMDecoderBase, ScaledLinear, add_lstm_args,
                                    add_output_embedding_args, check_output_embedding_args,
-                                   left_pad_index, set_defaults)
+                                   check_task, left_pad_index, set_defaults)
 
 DEFAULT_MAX_TARGET_POSITIONS = 1e5
 
@@ -98,6 +98,7 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
         """Build a new model instance."""
         # make sure all arguments are present in older models
         base_architecture(args)
+        check_task("skd_lstm_lm", task, language_model=True)
         check_output_embedding_args(args)
         if getattr(args, "max_target_positions", None) is not None:
             max_target_positions = args.max_target_positions

@@ -67,6 +67,20 @@ def set_defaults(args, **defaults) -> None:
         setattr(args, name, getattr(args, name, value))
 
 
+def check_task(model_name, task, language_model):
+    """A checkpoint given to a tool of the other task (an LM to fairseq-generate's translation
+    task, a translation model to fairseq-eval-lm) builds without complaint and produces
+    garbage: refuse it, naming the task to use."""
+    from fairseq.tasks.language_modeling import LanguageModelingTask
+    from fairseq.tasks.translation import TranslationTask
+
+    wrong = TranslationTask if language_model else LanguageModelingTask
+    if isinstance(task, wrong):
+        right = "language_modeling" if language_model else "translation"
+        raise ValueError(f"{model_name} is a {'language' if language_model else 'translation'} "
+                         f"model and the task is {type(task).__name__}: use it with --task {right}")
+
+
 def check_output_embedding_args(args) -> None:
     """Raise ValueError naming the flags when W's options cannot hold."""
     if not args.decoder_out_embed_std > 0:
