@@ -12,9 +12,10 @@
 #   Python >= 3.11 (fairseq 0.12.2 does not). Built without build isolation and without its
 #   declared deps (torchaudio would pull a second, CUDA torch); its runtime needs are in
 #   requirements/fairseq-runtime.txt.
-# - this plugin, editable, with its test extra: its own dependencies (sacrebleu, sacremoses,
-#   subword-nmt, matplotlib, tensorboard, and pytest) come from pyproject.toml, with torch held
-#   at the installed build and fairseq's pins as constraints.
+# - this plugin, editable, with its test and hf extras: its own dependencies (sacrebleu,
+#   sacremoses, subword-nmt, matplotlib, tensorboard), pytest, and Hugging Face transformers with
+#   accelerate (fairseq_skd.hf) come from pyproject.toml, with torch held at the installed build
+#   and fairseq's pins as constraints.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -79,10 +80,10 @@ if ! "$vpy" -m pip show fairseq-fixed >/dev/null 2>&1; then
   pip_install --no-build-isolation --no-deps "$fairseq_spec"
 fi
 
-log "installing fairseq-skd (editable) and its dependencies (pyproject.toml)"
+log "installing fairseq-skd (editable) and its dependencies (pyproject.toml), transformers included"
 # With its dependencies (no --no-deps), but torch held at the installed build and fairseq's
 # runtime pins (numpy, sacrebleu) as constraints, so none of them can move.
-pip_install --no-build-isolation -e "$repo[test]" -c "$fairseq_runtime" "torch==$installed_torch"
+pip_install --no-build-isolation -e "$repo[test,hf]" -c "$fairseq_runtime" "torch==$installed_torch"
 
 "$vpy" - <<'PY'
 import importlib.util, sys

@@ -26,6 +26,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
+from ..losses import skd_alpha
 from ..modules.embedding_distance import DISTANCES, auto_sigma, mean_nearest_neighbour_distance, nearest_neighbours
 from ..modules.output_embedding import find_output_embedding
 from ..modules.saturation_warning import SaturationWarning
@@ -75,15 +76,6 @@ class SelfKDCrossEntropyConfig(FairseqDataclass):
                                           "+Noise); 0 = off", Range(0))
     ignore_prefix_size: int = flag(0, "ignore the first N target tokens", Range(0))
     sentence_avg: bool = II("optimization.sentence_avg")
-
-
-def skd_alpha(num_updates: int, warmup_updates: int, alpha_step: float, alpha_max: float) -> float:
-    """alpha before the update that follows ``num_updates`` completed updates.
-
-    0 for the first K updates (num_updates = 0 .. K-1), then eta, 2 eta, ... per update, capped
-    at alpha_max: alpha = min(alpha_max, max(0, num_updates - K + 1) * eta).
-    """
-    return min(alpha_max, max(0, num_updates - warmup_updates + 1) * alpha_step)
 
 
 @register_criterion("self_kd_cross_entropy", dataclass=SelfKDCrossEntropyConfig)

@@ -33,6 +33,7 @@ import torch
 
 from ..checkpoint_loading import (checkpoint_problem, dictionary_difference, dictionary_words,
                                   training_dictionary)
+from ..modules.soft_target_losses import teacher_distribution
 
 CACHE_FORMAT = 1
 CACHE_META = "meta.json"
@@ -117,12 +118,6 @@ def check_teacher_checkpoint(path, task):
     return state
 
 
-def softmax_(logits):
-    """softmax over the last dimension, in place (float32)."""
-    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
-    return logits.div_(logits.sum(-1, keepdim=True))
-
-
 class OnlineTeacher:
     """One or more models (an ensemble) run on every training batch, frozen and in eval mode."""
 
@@ -153,25 +148,18 @@ class OnlineTeacher:
 
     @torch.no_grad()
     def distribution(self, sample, temperature, topk, ignore_prefix_size=0):
-        probs = target_probs = None
+        logits = []
         for model in self.models:
             model.eval()
-            logits = model(**sample["net_input"])[0].float()
-            if temperature != 1:
-                plain = softmax_(logits.clone())
-                target_probs = plain if target_probs is None else target_probs.add_(plain)
-            member = softmax_(logits.div_(temperature))  # in place: one [B x T x V] buffer
-            probs = member if probs is None else probs.add_(member)
-        probs = flat_positions(probs.div_(len(self.models)), ignore_prefix_size)
-        plain = probs if target_probs is None else flat_positions(
-            target_probs.div_(len(self.models)), ignore_prefix_size)
+            logits.append(flat_positions(model(**sample["net_input"])[0].float(),
+                                         ignore_prefix_size))
+        probs, ids, plain = teacher_distribution(logits, temperature, topk)
+        del logits  # the [N x V] buffers: free before the student's backward
+        plain = probs if plain is None else plain
         target = flat_positions(sample["target"], ignore_prefix_size)
         target_nll = -plain.gather(1, target[:, None]).squeeze(1).clamp(min=1e-45).log()
-        if topk:
-            values, ids = probs.topk(topk, dim=-1)
-            del probs, plain  # the [N x V] buffers: free before the student's backward
-            return TeacherDistribution(values / values.sum(-1, keepdim=True), ids, ids[:, 0],
-                                       target_nll)
+        if ids is not None:
+            return TeacherDistribution(probs, ids, ids[:, 0], target_nll)
         return TeacherDistribution(probs, None, probs.argmax(-1), target_nll)
 
 

@@ -22,7 +22,6 @@ exactly, and with both 0 fairseq's ``cross_entropy`` exactly (loss and gradients
 
 import torch
 import torch.nn.functional as F
-from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 
 from .embedding_distance import pair_distance
 from .soft_target_losses import full_soft_target_loss, topk_soft_target_loss
@@ -88,7 +87,9 @@ def predicted_soft_targets(lprobs, target, output_embed, sigma, qn_max, keep, di
 
 
 def _flatten(lprobs, target, output_embed, ignore_index):
-    """[N x V] lprobs, [N] target and the [N] mask of scored positions; W must match V."""
+    """[N x V] lprobs, [N] target, the [N] mask of scored positions, and the target with 0 at
+    the positions left out (an ``ignore_index`` of -100, Hugging Face's, is no word id to index
+    with); W must match V."""
     target = target.reshape(-1)
     lprobs = lprobs.reshape(-1, lprobs.size(-1))
     if output_embed.size(0) != lprobs.size(-1):
@@ -98,7 +99,40 @@ def _flatten(lprobs, target, output_embed, ignore_index):
             "return the [vocab x dim] matrix right below the softmax"
         )
     keep = target.ne(ignore_index) if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
-    return lprobs, target, keep
+    index = target if ignore_index is None or ignore_index >= 0 else target.masked_fill(~keep, 0)
+    return lprobs, target, keep, index
+
+
+def _excluded_word(ignore_index, exclude_word=None):
+    """The word no soft target goes to: ``exclude_word``, else the padding word where
+    ignore_index is one (fairseq's)."""
+    if exclude_word is not None:
+        return exclude_word
+    return ignore_index if ignore_index is not None and ignore_index >= 0 else None
+
+
+def label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=None, reduce=True):
+    """fairseq's label_smoothed_nll_loss (fairseq/criterions/label_smoothed_cross_entropy.py),
+    written here so that the losses need torch alone; tests/test_self_kd_criterion.py checks it
+    against fairseq's criterion to the last bit."""
+    if target.dim() == lprobs.dim() - 1:
+        target = target.unsqueeze(-1)
+    pad_mask = target.eq(ignore_index) if ignore_index is not None else None
+    index = target if ignore_index is None or ignore_index >= 0 else target.masked_fill(pad_mask, 0)
+    nll_loss = -lprobs.gather(dim=-1, index=index)
+    smooth_loss = -lprobs.sum(dim=-1, keepdim=True)
+    if ignore_index is not None:
+        nll_loss.masked_fill_(pad_mask, 0.0)
+        smooth_loss.masked_fill_(pad_mask, 0.0)
+    else:
+        nll_loss = nll_loss.squeeze(-1)
+        smooth_loss = smooth_loss.squeeze(-1)
+    if reduce:
+        nll_loss = nll_loss.sum()
+        smooth_loss = smooth_loss.sum()
+    eps_i = epsilon / (lprobs.size(-1) - 1)
+    loss = (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
+    return loss, nll_loss
 
 
 def _without_skd(lprobs, target, ignore_index, reduce, label_smoothing):
@@ -133,14 +167,14 @@ def predicted_skd_loss(lprobs, target, output_embed, sigma, skd_weight, qn_max=0
                        ignore_index=None, reduce=True, distance="l2", label_smoothing=0.0):
     """The paper's SKD loss (Eq. 11 with ``skd_weight`` = alpha * lambda): (loss, nll_loss,
     stats), stats as :func:`predicted_soft_targets` (also while ``skd_weight`` is 0)."""
-    lprobs, target, keep = _flatten(lprobs, target, output_embed, ignore_index)
-    pred, qn, stats = predicted_soft_targets(lprobs, target, output_embed, sigma, qn_max, keep,
+    lprobs, target, keep, index = _flatten(lprobs, target, output_embed, ignore_index)
+    pred, qn, stats = predicted_soft_targets(lprobs, index, output_embed, sigma, qn_max, keep,
                                              distance)
     if skd_weight == 0:
         return (*_without_skd(lprobs, target, ignore_index, reduce, label_smoothing), stats)
     # One gather for both lp_t and lp_n keeps the backward to a single [N x V] scatter, as in
     # cross-entropy.
-    lp_t, lp_n = lprobs.gather(-1, torch.stack([target, pred], dim=-1)).unbind(-1)
+    lp_t, lp_n = lprobs.gather(-1, torch.stack([index, pred], dim=-1)).unbind(-1)
     w_n = (skd_weight * qn).to(lprobs.dtype)
     nll_loss = (-lp_t).masked_fill(~keep, 0.0)
     loss = (-(1.0 - w_n) * lp_t - w_n * lp_n).masked_fill(~keep, 0.0)
@@ -148,7 +182,8 @@ def predicted_skd_loss(lprobs, target, output_embed, sigma, skd_weight, qn_max=0
 
 
 def _soft_target_skd_loss(soft_target_loss, lprobs, target, keep, label_smoothing, reduce):
-    """(loss, nll_loss, stats) from a topk/full per-position (loss, mass, clipped)."""
+    """(loss, nll_loss, stats) from a topk/full per-position (loss, mass, clipped); ``target``
+    with a word id at every position."""
     loss, mass, clipped = soft_target_loss
     loss = loss.masked_fill(~keep, 0.0)
     nll_loss = (-lprobs.gather(1, target[:, None]).squeeze(1)).masked_fill(~keep, 0.0)
@@ -160,26 +195,29 @@ def _soft_target_skd_loss(soft_target_loss, lprobs, target, keep, label_smoothin
 
 
 def topk_skd_loss(lprobs, target, output_embed, neighbours, sigma, skd_weight, qn_max=0.5,
-                  ignore_index=None, reduce=True, distance="l2", label_smoothing=0.0):
+                  ignore_index=None, reduce=True, distance="l2", label_smoothing=0.0,
+                  exclude_word=None):
     """Eq. 5 with Eq. 7's soft targets over t and its K nearest words, ``neighbours`` [V x K]
     (each word's, from the current W or a recent one). Stats: ``qn`` sums the (clipped)
     non-target mass over all ``qn_count`` positions, ``clipped`` counts positions where it was
     clipped; none while ``skd_weight`` is 0."""
-    lprobs, target, keep = _flatten(lprobs, target, output_embed, ignore_index)
+    lprobs, target, keep, index = _flatten(lprobs, target, output_embed, ignore_index)
     if skd_weight == 0:
         return (*_without_skd(lprobs, target, ignore_index, reduce, label_smoothing), {})
-    loss = topk_soft_target_loss(lprobs, target, output_embed.detach(), neighbours, sigma,
-                                 skd_weight, qn_max, distance, ignore_index)
-    return _soft_target_skd_loss(loss, lprobs, target, keep, label_smoothing, reduce)
+    loss = topk_soft_target_loss(lprobs, index, output_embed.detach(), neighbours, sigma,
+                                 skd_weight, qn_max, distance,
+                                 _excluded_word(ignore_index, exclude_word))
+    return _soft_target_skd_loss(loss, lprobs, index, keep, label_smoothing, reduce)
 
 
 def full_skd_loss(lprobs, target, output_embed, sigma, skd_weight, qn_max=0.5,
-                  ignore_index=None, reduce=True, distance="l2", label_smoothing=0.0):
+                  ignore_index=None, reduce=True, distance="l2", label_smoothing=0.0,
+                  exclude_word=None):
     """Eq. 5 with Eq. 7's soft targets over the whole vocabulary (padding excluded); stats as
     :func:`topk_skd_loss`."""
-    lprobs, target, keep = _flatten(lprobs, target, output_embed, ignore_index)
+    lprobs, target, keep, index = _flatten(lprobs, target, output_embed, ignore_index)
     if skd_weight == 0:
         return (*_without_skd(lprobs, target, ignore_index, reduce, label_smoothing), {})
-    loss = full_soft_target_loss(lprobs, target, output_embed, sigma, skd_weight, qn_max,
-                                 distance, ignore_index)
-    return _soft_target_skd_loss(loss, lprobs, target, keep, label_smoothing, reduce)
+    loss = full_soft_target_loss(lprobs, index, output_embed, sigma, skd_weight, qn_max,
+                                 distance, _excluded_word(ignore_index, exclude_word))
+    return _soft_target_skd_loss(loss, lprobs, index, keep, label_smoothing, reduce)

@@ -145,3 +145,33 @@ def teacher_kl(student_lprobs, teacher_probs, teacher_ids=None):
     p = teacher_probs.detach().float()
     lp = student_lprobs if teacher_ids is None else student_lprobs.gather(1, teacher_ids)
     return (torch.xlogy(p, p) - p * lp.float()).sum(-1)
+
+
+def softmax_(logits):
+    """softmax over the last dimension, in place, of a float tensor."""
+    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(-1, keepdim=True))
+
+
+@torch.no_grad()
+def teacher_distribution(member_logits, temperature=1.0, topk=0):
+    """A teacher's (or an ensemble's) distribution at ``temperature`` from its members' logits
+    [..., V] (float32 tensors this function may overwrite): the average of softmax(logits / T)
+    over the members, and with ``topk`` its K most likely words, renormalised. Returns
+    (probs, ids, plain): probs [..., V] or [..., K], ids [..., K] or None, and the members'
+    averaged probabilities at T = 1 (None when T = 1: they are probs' own before top-K)."""
+    probs = plain = None
+    for logits in member_logits:
+        if temperature != 1:
+            member_plain = softmax_(logits.clone())
+            plain = member_plain if plain is None else plain.add_(member_plain)
+        member = softmax_(logits.div_(temperature))  # in place: one [... x V] buffer a member
+        probs = member if probs is None else probs.add_(member)
+    count = len(member_logits)
+    probs.div_(count)
+    if plain is not None:
+        plain.div_(count)
+    if not topk:
+        return probs, None, plain
+    values, ids = probs.topk(topk, dim=-1)
+    return values / values.sum(-1, keepdim=True), ids, plain if plain is not None else probs
