@@ -122,8 +122,9 @@ class SelfKDLossFunc:
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        if self.causal:  # position i predicts token i + 1
-            logits, labels = logits[..., :-1, :], labels[..., 1:]
+        if self.causal:  # position i predicts token i + 1: the labels shifted, the logits
+            # whole (slicing them would copy the [batch x length x vocab] tensor), as HF does
+            labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
         weight = output_embedding(self.model)
         training = self.model.training
         alpha = self.alpha if training else 0.0

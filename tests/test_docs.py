@@ -5,6 +5,8 @@ criterion's config. ./test.sh is what CI runs; tests/test_study.py runs docs/stu
 Commands in ```text blocks need the network, several machines or a GPU: the tests below run the
 torchrun one in its one-machine form."""
 
+import json
+import math
 import os
 import re
 import shlex
@@ -61,6 +63,7 @@ RUN = {
     ("docs/tools.md", "fairseq-hydra-train"): 1, ("docs/tools.md", "fairseq-skd-average"): 1,
     ("docs/distillation.md", "fairseq-train"): 2, ("docs/distillation.md", "fairseq-skd-cache-teacher"): 1,
     ("docs/distillation.md", "recipes/lm/run.sh"): 1,
+    ("docs/huggingface.md", "python"): 1,
 }
 
 
@@ -366,3 +369,51 @@ def test_the_distillation_recipe_command_trains_the_baseline_first_as_the_teache
         command = (tmp_path / "exp" / "seed1" / variant / "train.log").read_text().splitlines()[0]
         assert f"--kd-teacher {teacher}" in command, variant
     assert "--skd-alpha-max 1" in (tmp_path / "exp" / "seed1" / "skd_kd" / "train.log").read_text()
+
+
+def test_the_plain_pytorch_example_runs_as_written():
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", DOCS["docs/huggingface.md"], flags=re.S)
+               if "self_kd_loss" in block]
+    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = [line.split() for line in out.stdout.splitlines()]
+    assert [(s[0], s[1]) for s in steps] == [("0", "0.0"), ("1", "0.5"), ("2", "1.0")]
+
+
+def test_the_skd_trainer_snippet_runs_as_written(tmp_path):
+    """docs/huggingface.md's SKDTrainer lines, after a prelude that puts a tiny GPT-2, two steps
+    of training arguments and random data in the place of the user's."""
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", DOCS["docs/huggingface.md"], flags=re.S)
+               if "SKDTrainer(" in block]
+    prelude = f"""
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments, default_data_collator
+model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+training_args = TrainingArguments(output_dir={str(tmp_path)!r}, max_steps=2, logging_steps=1,
+                                  report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+data = [{{"input_ids": torch.randint(0, 40, (8,)), "labels": torch.randint(0, 40, (8,))}} for _ in range(8)]
+train = valid = data
+collate = default_data_collator
+"""
+    code = prelude + code + "\nprint(sorted(k for k in trainer.state.log_history[0] if k.startswith('skd_')))"
+    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, env=recipe_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == str(["skd_alpha", "skd_clip", "skd_match", "skd_qn", "skd_sigma"])
+
+
+def test_the_hf_example_trains_both_and_compares_them(tmp_path):
+    """docs/huggingface.md's command on the synthetic corpus, 40 steps of a 32-wide model."""
+    from fairseq_skd.data.synthetic import write_lm_corpus
+
+    (command,) = doc_commands("python", "docs/huggingface.md")
+    write_lm_corpus(tmp_path / "data", 400, 50, 50)
+    argv = shlex.split(command.replace("data/", f"{tmp_path}/data/")
+                       .replace("outputs/hf_lm", str(tmp_path / "out")))
+    out = subprocess.run([str(BIN / "python"), *argv[1:], "--steps", "40", "--dim", "32"],
+                         cwd=REPO, capture_output=True, text=True, env=recipe_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results) == {"cross_entropy", "skd"}
+    for r in results.values():
+        assert 0 < r["valid_nll_per_token"] < 6 and r["valid_ppl"] == pytest.approx(math.exp(r["valid_nll_per_token"]))
+    assert results["skd"]["skd_alpha"] > 0 and "| skd |" in out.stdout
