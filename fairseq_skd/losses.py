@@ -111,11 +111,12 @@ def distillation_loss(student_logits, teacher_logits, target, alpha=0.5, tempera
     lprobs, target, tokens = _positions(student_logits, target, ignore_index)
     members = teacher_logits if isinstance(teacher_logits, (list, tuple)) else [teacher_logits]
     members = [m.detach().reshape(-1, m.size(-1)).float().clone() for m in members]
-    probs, ids, _ = teacher_distribution(members, temperature, topk)
+    teacher = teacher_distribution(members, temperature, topk)
     student = lprobs if temperature == 1 else F.log_softmax(
         student_logits.reshape(-1, student_logits.size(-1)).float() / temperature, dim=-1)
     keep = target.ne(ignore_index)
-    kd = (temperature * temperature * teacher_kl(student, probs, ids)).masked_fill(~keep, 0.0).sum()
+    kl = teacher_kl(student, teacher.probs, teacher.ids, teacher.neg_entropy)
+    kd = (temperature * temperature * kl).masked_fill(~keep, 0.0).sum()
     nll_loss = hard_target_loss(lprobs, target, ignore_index)[1]
     hard = nll_loss if hard is None else hard
     return DistillationLoss((1 - alpha) * hard + alpha * kd, nll_loss, kd, tokens)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_skd.criterions.kd_cross_entropy import KDCrossEntropyConfig, KDCrossEntropyCriterion
-from fairseq_skd.criterions.teacher import OnlineTeacher
+from fairseq_skd.criterions.teacher import CachedTeacher, CacheWriter, OnlineTeacher
 
 from helpers import PAD, TinyDecoderModel, at_update, make_criterion, make_sample, make_task
 
@@ -46,7 +46,8 @@ def hand_kd_loss(student, teacher_models, sample, a, temperature, topk):
 
 
 @pytest.mark.parametrize("members,temperature,topk", [
-    (1, 1.0, 0),  # the whole distribution
+    (1, 1.0, 0),  # the whole distribution (its entropy from the logits)
+    (1, 2.0, 0),  # the same at a temperature
     (1, 1.0, 3),  # the teacher's top 3, renormalised
     (2, 1.0, 0),  # an ensemble: its members' probabilities averaged
     (2, 2.0, 4),  # a temperature, with the ensemble's top 4
@@ -166,3 +167,32 @@ def test_neither_or_both_teachers_are_refused():
     with pytest.raises(ValueError, match="--kd-teacher PATH or its cached outputs with "
                                          "--kd-teacher-cache DIR"):
         KDCrossEntropyCriterion(KDCrossEntropyConfig(sentence_avg=False), make_task(VOCAB))
+
+
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_the_cache_gives_each_sample_its_rows_at_its_positions_whatever_the_padding(
+        tmp_path, left_pad):
+    lengths, topk = [3, 1, 4], 2
+    writer = CacheWriter(tmp_path, "train")
+    stored = []
+    for i, n in enumerate(lengths):  # sample i: ids 10i + position, probabilities, NLL 0.5i
+        ids = torch.arange(n * topk).view(n, topk) + 10 * i
+        probs = torch.full((n, topk), 1.0 / topk)
+        writer.add(ids, probs, torch.full((n,), 0.5 * i))
+        stored.append(ids)
+    writer.finish()
+    cache = CachedTeacher(str(tmp_path / "train"), topk, PAD)
+    order = [2, 0, 1]  # the collater's order, not the ids'
+    width = max(lengths)
+    target = torch.full((3, width), PAD)
+    for b, i in enumerate(order):
+        n = lengths[i]
+        (target[b, width - n:] if left_pad else target[b, :n]).fill_(4)
+    dist = cache.distribution({"target": target, "id": torch.tensor(order)}, 1.0, topk)
+    ids = dist.ids.view(3, width, topk)
+    for b, i in enumerate(order):
+        at = target[b].ne(PAD)
+        assert torch.equal(ids[b][at], stored[i])
+        assert torch.equal(dist.target_nll.view(3, width)[b][at], torch.full((lengths[i],), 0.5 * i))
+    with pytest.raises(ValueError, match="sample 1 has 2 target positions but the cache holds 1"):
+        cache.distribution({"target": torch.tensor([[4, 4]]), "id": torch.tensor([1])}, 1.0, topk)

@@ -95,28 +95,46 @@ class KDCrossEntropyCriterion(SelfKDCrossEntropyCriterion):
     def forward(self, model, sample, reduce=True):
         net_output, output_embed = self.run_model(model, sample)
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        if not model.training:  # the plain NLL; no teacher
+            loss, _, logging_output = self.self_kd_loss(model, lprobs, target, output_embed,
+                                                        sample, reduce)
+            return loss, logging_output["sample_size"], logging_output
+        self.teacher.place(next(model.parameters()))
+        teacher = self.teacher.distribution(sample, self.kd_temperature, self.kd_topk,
+                                            self.ignore_prefix_size)
+        student, student_ids, target_lprobs = self.student_lprobs(net_output, lprobs, target,
+                                                                  teacher)
         loss, _, logging_output = self.self_kd_loss(model, lprobs, target, output_embed, sample,
-                                                    reduce)
-        if model.training:
-            kd, kd_logging = self.distillation(model, net_output, lprobs, target, sample)
-            loss = (1.0 - self.kd_alpha) * loss + self.kd_alpha * (kd.sum() if reduce else kd)
-            logging_output.update(loss=loss.data, **kd_logging)
+                                                    reduce, target_lprobs)
+        kd, kd_logging = self.distillation(lprobs, student, student_ids, teacher, target)
+        loss = (1.0 - self.kd_alpha) * loss + self.kd_alpha * (kd.sum() if reduce else kd)
+        logging_output.update(loss=loss.data, **kd_logging)
         return loss, logging_output["sample_size"], logging_output
 
-    def distillation(self, model, net_output, lprobs, target, sample):
-        """T^2 KL(p_teacher_T || p_student_T) per position [N] (0 on padding), and its logging."""
+    def student_lprobs(self, net_output, lprobs, target, teacher):
+        """(the student's log-probabilities the KL reads, the columns of the teacher's words in
+        them (None: gathered already or the whole vocabulary), the targets' log-probabilities or
+        None). At T = 1 with the teacher's top-K and a plain cross-entropy hard term, both come
+        from one gather of ``lprobs``, so the backward pass is one [N x V] scatter as in
+        cross-entropy; otherwise the KL reads [N x V] log-probabilities at T (``lprobs`` at
+        T = 1) and the hard term its own."""
         temperature = self.kd_temperature
-        self.teacher.place(next(model.parameters()))
-        teacher = self.teacher.distribution(sample, temperature, self.kd_topk,
-                                            self.ignore_prefix_size)
+        if temperature == 1 and teacher.ids is not None and self.label_smoothing == 0 \
+                and not self.measure_qn:
+            picked = lprobs.gather(1, torch.cat([target.reshape(-1, 1), teacher.ids], dim=1))
+            return picked[:, 1:], None, picked[:, 0]
         if temperature == 1:
-            student = lprobs
-        else:
-            logits = flat_positions(net_output[0], self.ignore_prefix_size)
-            student = F.log_softmax(logits.float() / temperature, dim=-1)
+            return lprobs, teacher.ids, None
+        logits = flat_positions(net_output[0], self.ignore_prefix_size)
+        return F.log_softmax(logits.float() / temperature, dim=-1), teacher.ids, None
+
+    def distillation(self, lprobs, student, student_ids, teacher, target):
+        """T^2 KL(p_teacher_T || p_student_T) per position [N] (0 on padding), and its logging
+        (see ``student_lprobs`` for ``student`` and ``student_ids``)."""
+        temperature = self.kd_temperature
         keep = target.reshape(-1).ne(self.padding_idx)
-        kd = (temperature * temperature * teacher_kl(student, teacher.probs, teacher.ids)
-              ).masked_fill(~keep, 0.0)
+        kl = teacher_kl(student, teacher.probs, student_ids, teacher.neg_entropy)
+        kd = (temperature * temperature * kl).masked_fill(~keep, 0.0)
         with torch.no_grad():  # the teacher's word is the student's most likely one too
             best = lprobs.detach().amax(-1)
             agree = (lprobs.detach().gather(1, teacher.argmax[:, None]).squeeze(1).eq(best) & keep).sum()

@@ -169,9 +169,12 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
         output_embed = find_output_embedding(model)
         return model(**sample["net_input"]), output_embed
 
-    def self_kd_loss(self, model, lprobs, target, output_embed, sample, reduce=True):
+    def self_kd_loss(self, model, lprobs, target, output_embed, sample, reduce=True,
+                     target_lprobs=None):
         """(loss, nll_loss, logging output) of the batch: the SKD loss in training, the plain
-        NLL as the loss in validation; the logging output holds ``sample_size``."""
+        NLL as the loss in validation; the logging output holds ``sample_size``.
+        ``target_lprobs``: the targets' log-probabilities gathered already (see
+        ``hard_target_loss``), for the plain cross-entropy path."""
         # Validation applies alpha = 0: its loss is the plain NLL, and that is what it logs.
         alpha = self.alpha if model.training else 0.0
         sigma = self.current_sigma(output_embed)
@@ -180,7 +183,7 @@ class SelfKDCrossEntropyCriterion(FairseqCriterion):
                       label_smoothing=self.label_smoothing)
         if common["skd_weight"] == 0 and not self.measure_qn:
             loss, nll_loss = hard_target_loss(lprobs, target, self.padding_idx, reduce,
-                                              self.label_smoothing)
+                                              self.label_smoothing, target_lprobs)
             stats = {}
         elif self.soft_targets == "predicted":
             loss, nll_loss, stats = predicted_skd_loss(lprobs, target, output_embed, **common)

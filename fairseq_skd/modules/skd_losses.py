@@ -145,9 +145,17 @@ def _without_skd(lprobs, target, ignore_index, reduce, label_smoothing):
     return (loss, nll_loss) if reduce else (loss.view(-1), nll_loss.view(-1))
 
 
-def hard_target_loss(lprobs, target, ignore_index=None, reduce=True, label_smoothing=0.0):
+def hard_target_loss(lprobs, target, ignore_index=None, reduce=True, label_smoothing=0.0,
+                     target_lprobs=None):
     """(loss, nll_loss) with no soft target of the model's own: fairseq's cross_entropy, or its
-    label_smoothed_cross_entropy with ``label_smoothing`` > 0, exactly."""
+    label_smoothed_cross_entropy with ``label_smoothing`` > 0, exactly. ``target_lprobs`` [N]:
+    the targets' log-probabilities where the caller gathered them from ``lprobs`` together with
+    other columns (one gather: its backward is one [N x V] scatter); used without smoothing."""
+    if target_lprobs is not None and label_smoothing == 0:
+        keep = target.reshape(-1).ne(-100 if ignore_index is None else ignore_index)
+        loss = (-target_lprobs).masked_fill(~keep, 0.0)
+        loss = loss.sum() if reduce else loss
+        return loss, loss
     lprobs = lprobs.reshape(-1, lprobs.size(-1))
     return _without_skd(lprobs, target.reshape(-1), ignore_index, reduce, label_smoothing)
 

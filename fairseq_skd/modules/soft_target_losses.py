@@ -16,6 +16,8 @@ that its backward pass turns into the gradient in place, so they are computed on
 memory beyond the gradient cross-entropy has too.
 """
 
+from typing import NamedTuple, Optional
+
 import torch
 
 from .embedding_distance import VocabDistance, pair_distance, rows_per_chunk
@@ -132,19 +134,25 @@ def topk_soft_target_loss(lprobs, target, weight, neighbours, sigma, skd_weight,
     return -(w.to(lp.dtype) * lp).sum(-1), mass, clipped
 
 
-def teacher_kl(student_lprobs, teacher_probs, teacher_ids=None):
+def teacher_kl(student_lprobs, teacher_probs, teacher_ids=None, teacher_neg_entropy=None):
     """KL(p_teacher || p_student) per position [N], float32: word-level distillation from a
     teacher (Hinton et al. 2015; Kim and Rush 2016), the soft target a distribution the teacher
     gives.
 
     ``student_lprobs`` [N x V]: the student's log-probabilities (at the distillation's
     temperature); ``teacher_probs``: the teacher's probabilities over the whole vocabulary
-    [N x V], or over ``teacher_ids`` [N x K] (its K most likely words, renormalised) [N x K].
-    The teacher is a target: no gradient flows into it. Terms where the teacher gives 0 are 0.
+    [N x V], or over ``teacher_ids`` [N x K] (its K most likely words, renormalised) [N x K];
+    ``teacher_neg_entropy`` [N]: sum p ln p of those probabilities when the caller has it
+    (``teacher_distribution`` does for one member's whole distribution, where computing it here
+    would be the costliest pass over [N x V]). The teacher is a target: no gradient flows into
+    it. Terms where the teacher gives 0 are 0.
     """
     p = teacher_probs.detach().float()
     lp = student_lprobs if teacher_ids is None else student_lprobs.gather(1, teacher_ids)
-    return (torch.xlogy(p, p) - p * lp.float()).sum(-1)
+    if teacher_neg_entropy is None:
+        teacher_neg_entropy = torch.xlogy(p, p).sum(-1)
+    # one fused pass: no [N x V] product kept for the backward, which needs p alone
+    return teacher_neg_entropy.detach().float() - torch.linalg.vecdot(p, lp.float())
 
 
 def softmax_(logits):
@@ -153,25 +161,54 @@ def softmax_(logits):
     return logits.div_(logits.sum(-1, keepdim=True))
 
 
+def softmax_with_neg_entropy_(logits):
+    """(softmax over the last dimension, sum p ln p per row, the argmax per row) of float
+    ``logits``, which this overwrites: ln p = (z - max) - ln s, so the entropy costs one dot
+    product per row instead of a logarithm of every probability, and the argmax comes with the
+    max (a separate argmax pass costs more than the softmax on CPU)."""
+    top, argmax = logits.max(-1, keepdim=True)
+    shifted = logits.sub_(top)
+    probs = shifted.exp()
+    total = probs.sum(-1)
+    neg_entropy = torch.linalg.vecdot(probs, shifted) / total - total.log()
+    return probs.div_(total[..., None]), neg_entropy, argmax.squeeze(-1)
+
+
+class TeacherProbs(NamedTuple):
+    probs: torch.Tensor  # [..., V], or [..., K] over ids, at the temperature
+    ids: Optional[torch.Tensor]  # [..., K] the teacher's K most likely words, or None
+    plain: Optional[torch.Tensor]  # [..., V] at T = 1 where T != 1, else None (probs' own)
+    neg_entropy: Optional[torch.Tensor]  # [...] sum p ln p of probs, where computed on the way
+    argmax: torch.Tensor  # [...] the most likely word
+
+
 @torch.no_grad()
 def teacher_distribution(member_logits, temperature=1.0, topk=0):
     """A teacher's (or an ensemble's) distribution at ``temperature`` from its members' logits
     [..., V] (float32 tensors this function may overwrite): the average of softmax(logits / T)
-    over the members, and with ``topk`` its K most likely words, renormalised. Returns
-    (probs, ids, plain): probs [..., V] or [..., K], ids [..., K] or None, and the members'
-    averaged probabilities at T = 1 (None when T = 1: they are probs' own before top-K)."""
-    probs = plain = None
+    over the members, and with ``topk`` its K most likely words, renormalised, as TeacherProbs.
+    Its neg_entropy is known for one member's whole distribution (``teacher_kl`` computes it
+    otherwise, cheaply over K words)."""
+    probs = plain = neg_entropy = argmax = None
     for logits in member_logits:
         if temperature != 1:
             member_plain = softmax_(logits.clone())
             plain = member_plain if plain is None else plain.add_(member_plain)
-        member = softmax_(logits.div_(temperature))  # in place: one [... x V] buffer a member
+            logits.div_(temperature)
+        if len(member_logits) == 1 and not topk:
+            probs, neg_entropy, argmax = softmax_with_neg_entropy_(logits)
+            break
+        member = softmax_(logits)  # in place: one [... x V] buffer a member
         probs = member if probs is None else probs.add_(member)
     count = len(member_logits)
-    probs.div_(count)
-    if plain is not None:
-        plain.div_(count)
+    if count > 1:
+        probs.div_(count)
+        if plain is not None:
+            plain.div_(count)
     if not topk:
-        return probs, None, plain
+        if argmax is None:
+            argmax = probs.max(-1).indices  # max's indices: faster than argmax on CPU
+        return TeacherProbs(probs, None, plain, neg_entropy, argmax)
     values, ids = probs.topk(topk, dim=-1)
-    return values / values.sum(-1, keepdim=True), ids, plain if plain is not None else probs
+    return TeacherProbs(values / values.sum(-1, keepdim=True), ids,
+                        plain if plain is not None else probs, None, ids[..., 0])
