@@ -182,6 +182,26 @@ def test_sentence_avg_and_validation_loss():
     assert torch.equal(loss, log["nll_loss"])  # validation reports plain NLL as loss
 
 
+@pytest.mark.parametrize("mode", ["predicted", "topk", "full"])
+def test_validation_loss_is_the_plain_nll_with_label_smoothing_and_skd_active(mode):
+    # With alpha 0 and no label smoothing every loss function returns the NLL itself, so only
+    # label smoothing (and SKD, past the warm-up) make the training loss something else.
+    sample = make_sample()
+    criterion = make_criterion(**SCHEDULE, label_smoothing=0.1, skd_soft_targets=mode, skd_topk=3)
+    model = at_update(TinyDecoderModel(), 10)
+    with torch.no_grad():
+        train_loss, _, train_log = criterion(model.train(), sample)  # update 10: alpha 0.9
+        loss, _, log = criterion(model.eval(), sample)
+        lprobs = F.log_softmax(model(**sample["net_input"])[0].double(), dim=-1)
+    target = sample["target"]
+    nll = -lprobs.gather(-1, target[..., None]).squeeze(-1)[target.ne(PAD)].sum().item()
+    assert train_log["skd_alpha"] == pytest.approx(0.9) and criterion.num_updates == 10
+    assert loss.item() == pytest.approx(nll, rel=1e-6)
+    assert log["loss"].item() == log["nll_loss"].item() == loss.item()
+    # the training-mode loss of the same batch and weights is another number
+    assert abs(train_loss.item() - nll) > 0.02 * nll
+
+
 def test_ignore_prefix_size():
     sample = make_sample(bsz=3, tgt_len=5, pad_last=0)
     criterion = make_criterion(**SCHEDULE, ignore_prefix_size=2)
