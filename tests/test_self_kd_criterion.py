@@ -317,7 +317,7 @@ def test_unsupported_model_is_refused_clearly():
 
 
 def test_target_embed_noise_only_in_the_decoder_and_in_training():
-    embed = nn.Embedding(10, 4)
+    embed = nn.Embedding(1000, 64)
 
     class Decoder(nn.Module):
         def __init__(self):
@@ -329,15 +329,35 @@ def test_target_embed_noise_only_in_the_decoder_and_in_training():
 
     decoder = Decoder()
     TargetEmbeddingNoise(decoder, std=0.5)
-    tokens = torch.arange(10)
+    tokens = torch.arange(1000)
     clean = embed.weight.detach()
     decoder.train()
-    noisy = decoder(tokens)
-    assert not torch.allclose(noisy, clean)
-    assert (noisy - clean).std().item() == pytest.approx(0.5, rel=0.5)
+    torch.manual_seed(0)
+    noise = decoder(tokens) - clean
+    # 64000 draws of N(0, 0.25): the sample std is within 0.3% of 0.5 (one standard error), the
+    # mean within 0.002 of 0
+    assert noise.std().item() == pytest.approx(0.5, rel=0.02)
+    assert abs(noise.mean().item()) < 0.01
     assert torch.equal(embed(tokens), clean)  # the same module outside the decoder (an encoder)
     decoder.eval()
     assert torch.equal(decoder(tokens), clean)
+
+
+def test_target_embed_noise_std_is_the_flags_through_the_criterion():
+    criterion = make_criterion(**SCHEDULE, target_embed_noise=0.3)
+    model = at_update(TinyDecoderModel(dim=64), 10).train()
+    sample = make_sample(bsz=50, tgt_len=40, pad_last=0)
+    criterion(model, sample)  # the first training forward installs the noise
+    seen = []
+    model.embed_tokens.register_forward_hook(lambda module, args, output: seen.append(output))
+    torch.manual_seed(0)
+    criterion(model, sample)
+    noise = seen[0] - model.embed_tokens(sample["net_input"]["src_tokens"])  # outside: clean
+    # 128000 draws: the sample std within 0.2% of 0.3 (one standard error)
+    assert noise.std().item() == pytest.approx(0.3, rel=0.02)
+    with torch.no_grad():
+        criterion(model.eval(), sample)
+    assert torch.equal(seen[-1], model.embed_tokens(sample["net_input"]["src_tokens"]))
 
 
 @pytest.mark.parametrize("vocab", [10, 1000, 1337])
