@@ -2,9 +2,13 @@
 targets stay float32 under fp16/bf16, row_argmax equals torch.argmax, incremental equals full
 decoding, and fairseq-train / fairseq-generate with mixed precision.
 
-Skipped where torch sees no GPU. ``SKD_TEST_DEVICE=cpu`` runs every test that a CPU can run on
-the CPU, compared against the CPU (trivially equal where a test compares devices): a dry run of
-this file on a machine without a GPU. bench/gpu_check.sh runs it on a GPU machine.
+The device under test is ``SKD_TEST_DEVICE`` (``cuda`` or ``cpu``), else the GPU where torch
+sees one, else the CPU. On the CPU the tests of what a CPU does too run in the normal suite (half
+precision soft targets and losses, row_argmax, --bf16 training and generation, about 30 s on 2
+cores); those that compare the GPU with the CPU (marked ``compares_devices``) are skipped, as
+there is nothing to compare, unless ``SKD_TEST_DEVICE=cpu`` asks for every test: a dry run of
+this file, each device comparison CPU against CPU. bench/gpu_check.sh runs it on a GPU machine,
+with ``SKD_TEST_DEVICE=cuda`` where it finds none (then everything is skipped).
 """
 
 import copy
@@ -42,10 +46,14 @@ from helpers import (LM_TASK, PAD, USER_DIR, Task, TinyDecoderModel, at_update, 
                      make_reverse_translation_data, make_sample, parse_json_logs,
                      preprocess_lm, preprocess_translation, random_sentences, run, train)
 
-DEVICE = os.environ.get("SKD_TEST_DEVICE", "cuda")
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cuda" and not torch.cuda.is_available(),
-    reason="no CUDA GPU (SKD_TEST_DEVICE=cpu runs these tests on the CPU, against the CPU)")
+REQUESTED = os.environ.get("SKD_TEST_DEVICE")
+DEVICE = REQUESTED or ("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
+                                reason="SKD_TEST_DEVICE=cuda, and torch sees no CUDA GPU")
+compares_devices = pytest.mark.skipif(
+    DEVICE == "cpu" and REQUESTED != "cpu",
+    reason="compares the GPU with the CPU, and torch sees no GPU (SKD_TEST_DEVICE=cpu runs it "
+           "CPU against CPU)")
 
 MODES = ("predicted", "topk", "full")
 
@@ -118,6 +126,7 @@ def skd_loss_and_grads(mode, h, w, b, target, device, lowp=None):
     return loss.detach(), nll.detach(), stats, logits.grad, w.grad
 
 
+@compares_devices
 @pytest.mark.parametrize("mode", MODES)
 def test_skd_loss_and_gradients_equal_cpu_float32(mode, device):
     case = criterion_case()
@@ -152,6 +161,7 @@ def criterion_step(mode, model, sample):
     return loss.detach().cpu(), log, grads
 
 
+@compares_devices
 @pytest.mark.parametrize("mode", MODES)
 def test_criterion_forward_logs_and_gradients_equal_cpu_float32(mode, device):
     model = TinyDecoderModel(vocab=1000, dim=16, seed=0)
@@ -354,6 +364,7 @@ def lm_lprobs(model, tokens, incremental):
     return incremental_lprobs(model, tokens)[0]
 
 
+@compares_devices
 @pytest.mark.parametrize("arch", ["skd_lstm_lm_tiny", "skd_lstm_lm"])
 @pytest.mark.parametrize("tied", [False, True], ids=["separate", "tied"])
 def test_lm_incremental_equals_full_decoding(arch, tied, device):
@@ -389,6 +400,7 @@ def nmt_lprobs(model, src, lengths, prev, incremental):
     return incremental_lprobs(model, prev, model.encoder(src, lengths))
 
 
+@compares_devices
 @pytest.mark.parametrize("arch", ["skd_bahdanau_tiny", "skd_bahdanau_small"])
 def test_nmt_incremental_equals_full_decoding(arch, device):
     dictionary = make_dictionary(60)
