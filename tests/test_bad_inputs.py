@@ -3,7 +3,9 @@ and says what to do, before any work, and nothing already written changed. One c
 
 import os
 import shutil
+import struct
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -85,10 +87,30 @@ def test_score_lm_refuses_a_json_in_a_missing_folder_before_scoring(tiny_lm, tmp
     refused(score_lm(data_bin, checkpoint, "--json", out), "--json", tmp_path / "missing")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "random bytes"])
+def corrupt_a_tensor(checkpoint):
+    """Flip one byte of the largest stored tensor of a torch checkpoint (a zip of uncompressed
+    members), in place: the archive stays readable, the member's CRC no longer matches.
+    Returns the member's name."""
+    with zipfile.ZipFile(checkpoint) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    assert member.compress_type == zipfile.ZIP_STORED and "/data/" in member.filename
+    content = bytearray(checkpoint.read_bytes())
+    header = member.header_offset  # local header: 30 bytes, then the name and the extra field
+    name_length, extra_length = struct.unpack("<HH", content[header + 26 : header + 30])
+    content[header + 30 + name_length + extra_length + member.file_size // 2] ^= 0x40
+    checkpoint.write_bytes(bytes(content))
+    return member.filename
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random bytes", "corrupt member"])
 def test_score_lm_names_a_damaged_checkpoint(damage, lm_copy):
     data_bin, checkpoint = lm_copy
     content = checkpoint.read_bytes()
+    if damage == "corrupt member":  # loads (torch checks no CRC), with a wrong weight
+        member = corrupt_a_tensor(checkpoint)
+        refused(score_lm(data_bin, checkpoint), checkpoint,
+                f"is not a usable checkpoint: its member {member} is corrupt")
+        return
     checkpoint.write_bytes({"truncated": content[: len(content) // 2], "empty": b"",
                             "random bytes": os.urandom(4096)}[damage])
     refused(score_lm(data_bin, checkpoint), checkpoint, "checkpoint")

@@ -2,9 +2,13 @@
 targets stay float32 under fp16/bf16, row_argmax equals torch.argmax, incremental equals full
 decoding, and fairseq-train / fairseq-generate with mixed precision.
 
-Skipped where torch sees no GPU. ``SKD_TEST_DEVICE=cpu`` runs every test that a CPU can run on
-the CPU, compared against the CPU (trivially equal where a test compares devices): a dry run of
-this file on a machine without a GPU. bench/gpu_check.sh runs it on a GPU machine.
+The device under test is ``SKD_TEST_DEVICE`` (``cuda`` or ``cpu``), else the GPU where torch
+sees one, else the CPU. On the CPU the tests of what a CPU does too run in the normal suite (half
+precision soft targets and losses, row_argmax, --bf16 training and generation, about 30 s on 2
+cores); those that compare the GPU with the CPU (marked ``compares_devices``) are skipped, as
+there is nothing to compare, unless ``SKD_TEST_DEVICE=cpu`` asks for every test: a dry run of
+this file, each device comparison CPU against CPU. bench/gpu_check.sh runs it on a GPU machine,
+with ``SKD_TEST_DEVICE=cuda`` where it finds none (then everything is skipped).
 """
 
 import copy
@@ -42,10 +46,14 @@ from helpers import (LM_TASK, PAD, USER_DIR, Task, TinyDecoderModel, at_update, 
                      make_reverse_translation_data, make_sample, parse_json_logs,
                      preprocess_lm, preprocess_translation, random_sentences, run, train)
 
-DEVICE = os.environ.get("SKD_TEST_DEVICE", "cuda")
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cuda" and not torch.cuda.is_available(),
-    reason="no CUDA GPU (SKD_TEST_DEVICE=cpu runs these tests on the CPU, against the CPU)")
+REQUESTED = os.environ.get("SKD_TEST_DEVICE")
+DEVICE = REQUESTED or ("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
+                                reason="SKD_TEST_DEVICE=cuda, and torch sees no CUDA GPU")
+compares_devices = pytest.mark.skipif(
+    DEVICE == "cpu" and REQUESTED != "cpu",
+    reason="compares the GPU with the CPU, and torch sees no GPU (SKD_TEST_DEVICE=cpu runs it "
+           "CPU against CPU)")
 
 MODES = ("predicted", "topk", "full")
 
@@ -118,6 +126,7 @@ def skd_loss_and_grads(mode, h, w, b, target, device, lowp=None):
     return loss.detach(), nll.detach(), stats, logits.grad, w.grad
 
 
+@compares_devices
 @pytest.mark.parametrize("mode", MODES)
 def test_skd_loss_and_gradients_equal_cpu_float32(mode, device):
     case = criterion_case()
@@ -152,6 +161,7 @@ def criterion_step(mode, model, sample):
     return loss.detach().cpu(), log, grads
 
 
+@compares_devices
 @pytest.mark.parametrize("mode", MODES)
 def test_criterion_forward_logs_and_gradients_equal_cpu_float32(mode, device):
     model = TinyDecoderModel(vocab=1000, dim=16, seed=0)
@@ -172,12 +182,36 @@ def test_criterion_forward_logs_and_gradients_equal_cpu_float32(mode, device):
 # ---------------------------------------------------------------- fp16 / bf16
 
 
+def float64_soft_targets(mode, w, target, pred=None, neighbours=None, sigma=0.2):
+    """The reference, in float64 from ``w``'s values: for ``predicted`` the distances
+    d(W_t, W_n) and q_n = exp(-sigma d) (unclipped, 0 where n == t); for ``topk`` / ``full``
+    the unclipped non-target mass 1 - 1/sum_k exp(-sigma d(W_t, W_k)) over the candidates (t
+    and its neighbours but t again and padding; every word but padding)."""
+    w, target = w.double().cpu(), target.cpu()
+    if mode == "predicted":
+        pred = pred.cpu()
+        distance = (w[target] - w[pred]).norm(dim=-1)
+        return distance, torch.exp(-sigma * distance).masked_fill(pred.eq(target), 0.0)
+    if mode == "topk":
+        candidates = torch.cat([target[:, None], neighbours.cpu()[target]], dim=1)
+        u = torch.exp(-sigma * (w[target][:, None] - w[candidates]).norm(dim=-1))
+        others = candidates[:, 1:]
+        u[:, 1:] = u[:, 1:].masked_fill(others.eq(target[:, None]) | others.eq(PAD), 0.0)
+    else:
+        u = torch.exp(-sigma * torch.cdist(w[target], w))
+        u[:, PAD] = 0.0
+    u[torch.arange(len(target)), 0 if mode == "topk" else target] = 1.0
+    return 1.0 - 1.0 / u.sum(-1)
+
+
 @pytest.mark.parametrize("precision", list(HALF))
 @pytest.mark.parametrize("mode", MODES)
 def test_soft_targets_and_distances_stay_float32_in_half_precision(mode, precision, device):
     """Inputs as --fp16 / --bf16 give them at worst (W and the log-probabilities in half
     precision; fairseq's models return float32 log-probabilities, W is half): the distances,
-    q_n (predicted) and the non-target mass (topk, full) are float32, and the loss is close to
+    q_n (predicted) and the non-target mass (topk, full) are float32 and computed in float32:
+    equal to a float64 computation from the same half-precision values to 1e-5, which half
+    precision arithmetic (2^-9 bf16, 2^-12 fp16 relative) does not meet. The loss is close to
     the float32 loss of the same inputs."""
     dtype = HALF[precision]
     h, w, b, target = (t.to(device) for t in criterion_case())
@@ -185,17 +219,29 @@ def test_soft_targets_and_distances_stay_float32_in_half_precision(mode, precisi
     w_half, lprobs_half = w.to(dtype), lprobs32.to(dtype)
     keep = target.ne(PAD)
 
-    pred, qn, stats = predicted_soft_targets(lprobs_half, target, w_half, 0.2, 0.5, keep)
+    # q_max 1: the clip at 0.5 would hide the values of most q_n and of every mass here
+    pred, qn, stats = predicted_soft_targets(lprobs_half, target, w_half, 0.2, 1.0, keep)
     assert qn.dtype == stats["distance"].dtype == torch.float32
     assert output_embedding_distances(w_half, target, pred).dtype == torch.float32
-    if mode == "topk":
-        neighbours = nearest_neighbours(w_half, 10, exclude=PAD)[0]
-        _, mass, _ = topk_soft_target_loss(lprobs_half, target, w_half, neighbours, 0.2, 0.6,
-                                           padding_idx=PAD)
+    distance, qn64 = float64_soft_targets("predicted", w_half, target, pred)
+    torch.testing.assert_close(stats["distance"].cpu().double(), distance, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(qn.cpu().double(), qn64.masked_fill(~keep.cpu(), 0.0),
+                               rtol=1e-5, atol=1e-6)
+    if mode != "predicted":
+        # sigma where the mass is far from 0 and 1 (topk: K = 10 words; full: 999)
+        sigma = {"topk": 1.0, "full": 2.0}[mode]
+        neighbours = nearest_neighbours(w_half, 10, exclude=PAD)[0] if mode == "topk" else None
+        if mode == "topk":
+            _, mass, _ = topk_soft_target_loss(lprobs_half, target, w_half, neighbours, sigma,
+                                               0.6, qn_max=1.0, padding_idx=PAD)
+        else:
+            _, mass, _ = full_soft_target_loss(lprobs_half, target, w_half, sigma, 0.6,
+                                               qn_max=1.0, padding_idx=PAD)
         assert mass.dtype == torch.float32
-    elif mode == "full":
-        _, mass, _ = full_soft_target_loss(lprobs_half, target, w_half, 0.2, 0.6, padding_idx=PAD)
-        assert mass.dtype == torch.float32
+        expected = float64_soft_targets(mode, w_half, target, neighbours=neighbours, sigma=sigma)
+        assert 0.2 < expected[keep.cpu()].mean() < 0.8
+        torch.testing.assert_close(mass.cpu().double()[keep.cpu()], expected[keep.cpu()],
+                                   rtol=1e-5, atol=1e-6)
 
     neighbours = nearest_neighbours(w, 10, exclude=PAD)[0] if mode == "topk" else None
     kwargs = dict(sigma=0.2, skd_weight=0.6, ignore_index=PAD, soft_targets=mode,
@@ -318,6 +364,7 @@ def lm_lprobs(model, tokens, incremental):
     return incremental_lprobs(model, tokens)[0]
 
 
+@compares_devices
 @pytest.mark.parametrize("arch", ["skd_lstm_lm_tiny", "skd_lstm_lm"])
 @pytest.mark.parametrize("tied", [False, True], ids=["separate", "tied"])
 def test_lm_incremental_equals_full_decoding(arch, tied, device):
@@ -353,6 +400,7 @@ def nmt_lprobs(model, src, lengths, prev, incremental):
     return incremental_lprobs(model, prev, model.encoder(src, lengths))
 
 
+@compares_devices
 @pytest.mark.parametrize("arch", ["skd_bahdanau_tiny", "skd_bahdanau_small"])
 def test_nmt_incremental_equals_full_decoding(arch, device):
     dictionary = make_dictionary(60)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import fairseq_skd  # noqa: F401  (safe-loader globals for the checkpoints)
+from fairseq_skd.cli import train as launcher
 
 from helpers import BIN, USER_DIR, make_lm_data, parse_json_logs, preprocess_lm
 
@@ -214,3 +215,28 @@ def test_a_python_error_followed_by_an_abort_exits_with_the_python_errors_status
     assert lines == ["Traceback (most recent call last):\n", "ValueError: the cause\n"]
     # an abort with no Python error before it keeps its status
     assert run_supervised([sys.executable, "-c", "import os; os.abort()"], {}) == 134
+
+
+def test_the_gpu_plan_is_fairseqs_own_launcher_with_one_worker_per_gpu():
+    """fairseq-skd-train --nproc N where torch sees GPUs: fairseq-train with
+    --distributed-world-size N (fairseq spawns a process per GPU) and
+    --load-checkpoint-on-all-dp-ranks, no environment of its own; each added only if missing."""
+    fairseq_train = str(BIN / "fairseq-train")
+    argv = ["data-bin", "--arch", "skd_lstm_lm_tiny", "--save-dir", "run"]
+    assert launcher.plan(2, argv, cuda_devices=4) == (
+        [fairseq_train, *argv, "--load-checkpoint-on-all-dp-ranks", "--distributed-world-size",
+         "2"], {}, "gpu")
+    given = [*argv, "--distributed-world-size", "4", "--load-checkpoint-on-all-dp-ranks"]
+    assert launcher.plan(4, given, cuda_devices=4) == ([fairseq_train, *given], {}, "gpu")
+    assert launcher.plan(1, argv, cuda_devices=4) == ([fairseq_train, *argv], {}, "single")
+    # --cpu, or no GPU: the CPU workers of torchrun, whatever the GPUs
+    for cpu_argv, gpus in (([*argv, "--cpu"], 4), (argv, 0)):
+        command, env, kind = launcher.plan(2, cpu_argv, gpus)
+        assert kind == "cpu" and command[1:4] == ["--standalone", "--nproc-per-node", "2"]
+        assert "--distributed-world-size" not in command and "OMP_NUM_THREADS" in env
+
+
+def test_the_gpu_plan_refuses_more_workers_than_gpus():
+    with pytest.raises(launcher.LaunchError, match=r"^--nproc 4 asks for 4 GPU workers but torch "
+                       r"sees 2 GPU\(s\): use --nproc 2 or add --cpu$"):
+        launcher.plan(4, ["data-bin"], cuda_devices=2)

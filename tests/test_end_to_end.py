@@ -73,7 +73,10 @@ EVAL_BLEU = ["--eval-bleu", "--eval-bleu-args", '{"beam": 1}', "--best-checkpoin
              "--maximize-best-checkpoint-metric"]
 
 
-@pytest.mark.parametrize("arch,extra", [("lstm", ["--target-embed-noise", 0.1, *EVAL_BLEU]),
+# --label-smoothing: with SKD's alpha 0 and no label smoothing the training loss function is
+# the NLL itself, and validation would report the NLL without the criterion's doing.
+@pytest.mark.parametrize("arch,extra", [("lstm", ["--target-embed-noise", 0.1, "--label-smoothing",
+                                                  0.1, *EVAL_BLEU]),
                                         ("transformer", SHARED)])
 def test_translation_train_then_generate(arch, extra, mt_bin, tmp_path):
     proc = train(mt_bin, tmp_path, "--task", "translation", *FAIRSEQ_ARCHS[arch], *SKD, *OPTIM,
@@ -94,7 +97,7 @@ def test_translation_train_then_generate(arch, extra, mt_bin, tmp_path):
 @pytest.mark.parametrize("arch,extra", [("lstm_lm", []), ("transformer_lm", SHARED)])
 def test_language_model_train_then_eval_lm(arch, extra, lm_bin, tmp_path):
     train(lm_bin, tmp_path, *LM_TASK, *FAIRSEQ_ARCHS[arch], *SKD, *OPTIM, *extra,
-          "--target-embed-noise", 0.05, "--max-epoch", 2)
+          "--target-embed-noise", 0.05, "--label-smoothing", 0.1, "--max-epoch", 2)
     test_tokens = sum(len(line.split()) + 1 for line in
                       (lm_bin.parent / "test.txt").read_text().splitlines())
     ev = run("fairseq-eval-lm", lm_bin, "--user-dir", USER_DIR, "--path",
@@ -102,7 +105,8 @@ def test_language_model_train_then_eval_lm(arch, extra, lm_bin, tmp_path):
              "--tokens-per-sample", 64, "--batch-size", 16, "--cpu")
     evaluated = re.search(r"Evaluated (\d+) tokens", ev.stdout + ev.stderr)
     assert evaluated and int(evaluated.group(1)) == test_tokens
-    # fairseq-validate reports the plain NLL as the loss, like validation during training
+    # fairseq-validate reports the plain NLL as the loss (not the label-smoothed one), like
+    # validation during training
     val = run("fairseq-validate", lm_bin, "--user-dir", USER_DIR, "--path",
               tmp_path / "checkpoint_best.pt", "--valid-subset", "test", *LM_TASK,
               "--max-tokens", 600, "--required-batch-size-multiple", 1, "--cpu")

@@ -6,6 +6,7 @@ this environment's setuptools, without build isolation and without the network.
 """
 
 import configparser
+import csv
 import email
 import os
 import re
@@ -123,13 +124,36 @@ def test_bleu_says_in_one_line_which_package_to_install(tmp_path):
     assert_says_it_needs(out, "fairseq-skd-bleu", "sacremoses")
 
 
+def lm_run_folder(exp):
+    """A run folder as the LM recipe leaves it, two variants each with fairseq-train's JSON log
+    (one update, one validation) and fairseq-skd-score-lm's test summary."""
+    for variant, nll in (("baseline", 120.5), ("skd", 118.25)):
+        d = exp / variant
+        d.mkdir(parents=True)
+        (d / "score_test.json").write_text(
+            f'{{"subset": "test", "sentences": 40, "tokens": 300, "nll_per_sentence": {nll}, '
+            f'"ppl": 150.25, "checkpoint": "x.pt"}}\n')
+        (d / "train.log").write_text(
+            '2026-11-24 15:03:42 | INFO | train_inner | {"epoch": 1, "update": 1.0, "loss": '
+            '"5.1", "nll_loss": "5.1", "ppl": "34.3", "num_updates": "1"}\n'
+            '2026-11-24 15:03:43 | INFO | valid | {"epoch": 1, "valid_loss": "4.9", '
+            '"valid_nll_loss": "4.9", "valid_ppl": "29.9", "valid_num_updates": "1"}\n')
+    return exp
+
+
 def test_collect_needs_matplotlib_only_for_figures(tmp_path):
-    exp = tmp_path / "exp"
-    exp.mkdir()
+    exp = lm_run_folder(tmp_path / "exp")
     out = run_without(["matplotlib"], ["fairseq-skd-collect", str(exp)], tmp_path)
     assert_says_it_needs(out, "fairseq-skd-collect", "matplotlib")
+    assert not (exp / "results.md").exists()
     out = run_without(["matplotlib"], ["fairseq-skd-collect", str(exp), "--no-figures"], tmp_path)
-    assert "needs the Python package" not in out.stderr
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert (exp / "results.md").read_text() in out.stdout
+    with open(exp / "results.csv") as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    assert {v: rows[v]["test_nll_per_sentence"] for v in rows} == {"baseline": "120.5",
+                                                                   "skd": "118.25"}
+    assert not list(exp.rglob("*.png"))
 
 
 def test_a_recipe_checks_its_packages_before_its_first_stage(tmp_path):

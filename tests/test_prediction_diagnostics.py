@@ -291,3 +291,30 @@ def test_fit_rejects_an_impossible_target():
     lprobs = log_rows([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
     with pytest.raises(ValueError, match="not finite"):
         fit_temperature(lambda: [(lprobs, torch.tensor([0, 2]), None)])
+
+
+@pytest.mark.parametrize("bounds", [(2.0, 1.0), (0.0, 20.0), (-1.0, 20.0)])
+def test_fit_refuses_bounds_that_hold_no_temperature(bounds):
+    lprobs, target = synthetic_set(100, 5, logit_scale=2.0, true_temperature=1.0, seed=0,
+                                   dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"need 0 < min_temperature <= max_temperature, got "
+                                         rf"{bounds[0]}, {bounds[1]}"):
+        fit_temperature(lambda: [(lprobs, target, None)], *bounds)
+
+
+def test_fit_refuses_a_set_without_scored_tokens():
+    lprobs, target = log_rows(HAND_ROWS), HAND_TARGET
+    for batches in ([], [(lprobs, target, torch.zeros(6, dtype=torch.bool))]):
+        with pytest.raises(ValueError, match="no scored tokens in the temperature fitting set"):
+            fit_temperature(lambda: batches)
+
+
+def test_fit_that_needs_more_passes_than_allowed_raises():
+    lprobs, target = synthetic_set(2000, 10, logit_scale=3.0, true_temperature=2.0, seed=0,
+                                   dtype=torch.float32)
+    fit = fit_temperature(lambda: [(lprobs, target, None)])
+    assert fit.passes > 2  # from T = 1 Newton needs a few steps
+    with pytest.raises(RuntimeError, match=rf"did not converge in {fit.passes - 1} passes "
+                                           r"\(last T [\d.]+\)"):
+        fit_temperature(lambda: [(lprobs, target, None)], max_passes=fit.passes - 1)
+    assert fit_temperature(lambda: [(lprobs, target, None)], max_passes=fit.passes) == fit

@@ -182,6 +182,26 @@ def test_sentence_avg_and_validation_loss():
     assert torch.equal(loss, log["nll_loss"])  # validation reports plain NLL as loss
 
 
+@pytest.mark.parametrize("mode", ["predicted", "topk", "full"])
+def test_validation_loss_is_the_plain_nll_with_label_smoothing_and_skd_active(mode):
+    # With alpha 0 and no label smoothing every loss function returns the NLL itself, so only
+    # label smoothing (and SKD, past the warm-up) make the training loss something else.
+    sample = make_sample()
+    criterion = make_criterion(**SCHEDULE, label_smoothing=0.1, skd_soft_targets=mode, skd_topk=3)
+    model = at_update(TinyDecoderModel(), 10)
+    with torch.no_grad():
+        train_loss, _, train_log = criterion(model.train(), sample)  # update 10: alpha 0.9
+        loss, _, log = criterion(model.eval(), sample)
+        lprobs = F.log_softmax(model(**sample["net_input"])[0].double(), dim=-1)
+    target = sample["target"]
+    nll = -lprobs.gather(-1, target[..., None]).squeeze(-1)[target.ne(PAD)].sum().item()
+    assert train_log["skd_alpha"] == pytest.approx(0.9) and criterion.num_updates == 10
+    assert loss.item() == pytest.approx(nll, rel=1e-6)
+    assert log["loss"].item() == log["nll_loss"].item() == loss.item()
+    # the training-mode loss of the same batch and weights is another number
+    assert abs(train_loss.item() - nll) > 0.02 * nll
+
+
 def test_ignore_prefix_size():
     sample = make_sample(bsz=3, tgt_len=5, pad_last=0)
     criterion = make_criterion(**SCHEDULE, ignore_prefix_size=2)
@@ -194,14 +214,27 @@ def test_ignore_prefix_size():
 
 
 def test_low_precision_lprobs_keep_qn_in_float32():
-    lprobs = F.log_softmax(LOGITS_HAND, dim=-1).repeat(3, 1)
-    target = torch.tensor([2, 3, 1])
-    ref, _, ref_stats = predicted_skd_loss(lprobs, target, W_HAND, sigma=1.0, skd_weight=0.6)
-    loss, _, stats = predicted_skd_loss(lprobs.bfloat16(), target, W_HAND.bfloat16(), sigma=1.0,
-                                      skd_weight=0.6)
+    """W and the log-probabilities in bfloat16 (--bf16): the distances and q_n are computed from
+    those values in float32, so they equal a float64 computation from the same bfloat16 values
+    to float32's precision (~1e-7); bfloat16 arithmetic errs by up to 2^-9 = 2e-3."""
+    g = torch.Generator().manual_seed(0)
+    vocab, positions, sigma = 50, 400, 0.2
+    w = (0.6 * torch.randn(vocab, 16, generator=g)).bfloat16()
+    lprobs = F.log_softmax(2 * torch.randn(positions, vocab, generator=g), dim=-1).bfloat16()
+    target = torch.randint(4, vocab, (positions,), generator=g)
+    loss, _, stats = predicted_skd_loss(lprobs, target, w, sigma=sigma, skd_weight=0.6,
+                                        qn_max=1.0)
+    pred = lprobs.argmax(-1)
+    w64, lp64 = w.double(), lprobs.double()
+    distance = (w64[target] - w64[pred]).norm(dim=-1)
+    qn = torch.exp(-sigma * distance).masked_fill(pred.eq(target), 0.0)
     assert stats["distance"].dtype == torch.float32
-    assert torch.allclose(stats["distance"], ref_stats["distance"], rtol=1e-2)
-    assert loss.float().item() == pytest.approx(ref.item(), rel=2e-2)
+    torch.testing.assert_close(stats["distance"].double(), distance, rtol=1e-6, atol=1e-6)
+    assert stats["qn"].item() == pytest.approx(qn.sum().item(), rel=1e-5)
+    # the loss itself is in the log-probabilities' dtype, bfloat16: close, not exact
+    lp_t, lp_n = lp64.gather(1, target[:, None]).squeeze(1), lp64.gather(1, pred[:, None]).squeeze(1)
+    expected = (-(1 - 0.6 * qn) * lp_t - 0.6 * qn * lp_n).sum().item()
+    assert loss.float().item() == pytest.approx(expected, rel=1e-2)
 
 
 def test_reduce_metrics_are_sums_over_workers():
@@ -284,7 +317,7 @@ def test_unsupported_model_is_refused_clearly():
 
 
 def test_target_embed_noise_only_in_the_decoder_and_in_training():
-    embed = nn.Embedding(10, 4)
+    embed = nn.Embedding(1000, 64)
 
     class Decoder(nn.Module):
         def __init__(self):
@@ -296,15 +329,35 @@ def test_target_embed_noise_only_in_the_decoder_and_in_training():
 
     decoder = Decoder()
     TargetEmbeddingNoise(decoder, std=0.5)
-    tokens = torch.arange(10)
+    tokens = torch.arange(1000)
     clean = embed.weight.detach()
     decoder.train()
-    noisy = decoder(tokens)
-    assert not torch.allclose(noisy, clean)
-    assert (noisy - clean).std().item() == pytest.approx(0.5, rel=0.5)
+    torch.manual_seed(0)
+    noise = decoder(tokens) - clean
+    # 64000 draws of N(0, 0.25): the sample std is within 0.3% of 0.5 (one standard error), the
+    # mean within 0.002 of 0
+    assert noise.std().item() == pytest.approx(0.5, rel=0.02)
+    assert abs(noise.mean().item()) < 0.01
     assert torch.equal(embed(tokens), clean)  # the same module outside the decoder (an encoder)
     decoder.eval()
     assert torch.equal(decoder(tokens), clean)
+
+
+def test_target_embed_noise_std_is_the_flags_through_the_criterion():
+    criterion = make_criterion(**SCHEDULE, target_embed_noise=0.3)
+    model = at_update(TinyDecoderModel(dim=64), 10).train()
+    sample = make_sample(bsz=50, tgt_len=40, pad_last=0)
+    criterion(model, sample)  # the first training forward installs the noise
+    seen = []
+    model.embed_tokens.register_forward_hook(lambda module, args, output: seen.append(output))
+    torch.manual_seed(0)
+    criterion(model, sample)
+    noise = seen[0] - model.embed_tokens(sample["net_input"]["src_tokens"])  # outside: clean
+    # 128000 draws: the sample std within 0.2% of 0.3 (one standard error)
+    assert noise.std().item() == pytest.approx(0.3, rel=0.02)
+    with torch.no_grad():
+        criterion(model.eval(), sample)
+    assert torch.equal(seen[-1], model.embed_tokens(sample["net_input"]["src_tokens"]))
 
 
 @pytest.mark.parametrize("vocab", [10, 1000, 1337])

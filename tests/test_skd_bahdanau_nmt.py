@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from fairseq import checkpoint_utils
 from fairseq.data import data_utils
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
@@ -553,5 +554,18 @@ def test_share_all_embeddings_from_the_command_line(tmp_path):
     proc = train(data_bin, tmp_path / "ckpt", *TRAIN, "--criterion", "self_kd_cross_entropy",
                  "--share-all-embeddings", "--max-epoch", 1)
     assert parse_json_logs(proc.stdout + proc.stderr, "train")
-    out = fairseq_generate(data_bin, tmp_path / "ckpt" / "checkpoint_best.pt").stdout
+    checkpoint = tmp_path / "ckpt" / "checkpoint_best.pt"
+    # trained as one tensor: saved as one storage (torch.save keeps sharing), equal values
+    weights = torch.load(checkpoint, map_location="cpu")["model"]
+    shared = [weights[f"{name}.weight"] for name in
+              ("encoder.embed_tokens", "decoder.embed_tokens", "decoder.fc_out")]
+    assert len({w.untyped_storage().data_ptr() for w in shared}) == 1
+    assert all(torch.equal(w, shared[0]) for w in shared)
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides={"data": str(data_bin)})
+    model = models[0]
+    assert model.encoder.embed_tokens.weight is model.decoder.embed_tokens.weight
+    assert model.decoder.embed_tokens.weight is model.decoder.fc_out.weight
+    assert find_output_embedding(model) is model.encoder.embed_tokens.weight
+    out = fairseq_generate(data_bin, checkpoint).stdout
     assert sum(line.startswith("H-") for line in out.splitlines()) == 20

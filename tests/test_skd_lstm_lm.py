@@ -413,7 +413,7 @@ def test_learns_the_grammar(lm_bin, tmp_path):
 def test_skd_criterion_train_then_eval_lm(lm_bin, tmp_path):
     proc = train(lm_bin, tmp_path, *TRAIN, "--criterion", "self_kd_cross_entropy",
                  "--skd-warmup-updates", 5, "--skd-alpha-step", 0.02, "--skd-sigma", SKD_SIGMA,
-                 "--target-embed-noise", 0.05, "--max-epoch", 3)
+                 "--target-embed-noise", 0.05, "--label-smoothing", 0.1, "--max-epoch", 3)
     logs = parse_json_logs(proc.stdout + proc.stderr, "train_inner")
     assert logs and float(logs[-1]["skd_alpha"]) > 0
     assert all(math.isfinite(float(r["loss"])) for r in logs)
@@ -421,6 +421,7 @@ def test_skd_criterion_train_then_eval_lm(lm_bin, tmp_path):
     # clipped
     assert float(logs[-1]["skd_clip"]) < 0.9
     valid = parse_json_logs(proc.stdout + proc.stderr, "valid")[-1]
+    # the plain NLL, not the training loss (label-smoothed, SKD's alpha > 0)
     assert valid["valid_loss"] == valid["valid_nll_loss"]
 
     test_tokens = len(tokens_of(lm_bin.parent / "test.txt"))

@@ -15,8 +15,11 @@ from fairseq_skd.modules.embedding_distance import (
     nearest_neighbours,
     pair_distance,
 )
-from fairseq_skd.modules.skd_losses import full_skd_loss, predicted_skd_loss, topk_skd_loss
-from fairseq_skd.modules.soft_target_losses import full_soft_target_loss, topk_soft_target_loss
+from fairseq_skd.modules.skd_losses import (DISTANCE_CHUNK, full_skd_loss,
+                                            output_embedding_distances, predicted_skd_loss,
+                                            topk_skd_loss)
+from fairseq_skd.modules.soft_target_losses import (clip_soft_targets, full_soft_target_loss,
+                                                    topk_soft_target_loss)
 
 from helpers import (LOGITS_HAND, PAD, W_HAND, TinyDecoderModel, at_update, loss_and_grads,
                      make_criterion, make_sample, make_task)
@@ -58,6 +61,26 @@ def test_topk_equals_hand_computation():
                                        qn_max=0.5)
     expected = hand_soft_loss(LOGITS_HAND.tolist(), 0, [0, 2, 3], W_HAND.tolist(), sigma, a, 0.5)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_clip_soft_targets_equals_hand_computation():
+    q = torch.tensor([[0.4, 0.3, 0.3],    # target 0: mass 0.6 > 0.5, others scaled by 0.5/0.6
+                      [0.8, 0.1, 0.1],    # target 0: mass 0.2, unchanged
+                      [0.2, 0.5, 0.3],    # target 1: mass 0.5 = qn_max, not clipped (> only)
+                      [0.05, 0.15, 0.8]])  # target 2: mass 0.2
+    clipped_q, mass, clipped = clip_soft_targets(q.clone(), torch.tensor([0, 0, 1, 2]), 0.5)
+    expected = torch.tensor([[0.5, 0.25, 0.25], [0.8, 0.1, 0.1], [0.2, 0.5, 0.3],
+                             [0.05, 0.15, 0.8]])
+    torch.testing.assert_close(clipped_q, expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(mass, torch.tensor([0.5, 0.2, 0.5, 0.2]), rtol=0, atol=1e-7)
+    assert clipped.tolist() == [True, False, False, False]
+    # a tighter clip: rows 1 and 3 too; the target takes 1 - qn_max
+    clipped_q, mass, clipped = clip_soft_targets(q.clone(), torch.tensor([0, 0, 1, 2]), 0.1)
+    expected = torch.tensor([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.04, 0.9, 0.06],
+                             [0.025, 0.075, 0.9]])
+    torch.testing.assert_close(clipped_q, expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(mass, torch.full((4,), 0.1), rtol=0, atol=1e-7)
+    assert clipped.tolist() == [True, True, True, True]
 
 
 def random_case(vocab=12, dim=5, n=20, seed=0):
@@ -118,6 +141,93 @@ def test_full_chunked_equals_unchunked_and_its_gradient_is_the_constant_target_o
     manual.sum().backward()
     assert torch.allclose(losses[0], manual.detach(), atol=1e-5)
     assert torch.allclose(grads[0], logits.grad, atol=1e-6)
+
+
+def test_distances_over_several_chunks_equal_one_chunk():
+    # more positions than DISTANCE_CHUNK: the paper's q_n distances computed in two chunks
+    w, logits, target = random_case(n=DISTANCE_CHUNK + 904)
+    lprobs = F.log_softmax(logits.detach(), -1)
+    _, _, stats = predicted_skd_loss(lprobs, target, w, sigma=0.3, skd_weight=0.7)
+    pred = lprobs.argmax(-1)
+    torch.testing.assert_close(stats["distance"], (w[target] - w[pred]).norm(dim=-1))
+    for chunk in (7, 1000):
+        assert torch.equal(output_embedding_distances(w, target, pred, chunk=chunk),
+                           output_embedding_distances(w, target, pred, chunk=len(target)))
+
+
+@pytest.mark.parametrize("mode", ["topk", "full"])
+def test_soft_target_losses_over_several_chunks_equal_one_chunk(mode):
+    # topk's default chunk is 4096 positions: 5000 take two; and a small chunk, several
+    w, logits, target = random_case(n=5000)
+    lprobs = F.log_softmax(logits.detach(), -1)
+    neighbours = nearest_neighbours(w, 3, exclude=PAD)[0]
+
+    def loss(chunk):
+        if mode == "topk":
+            return topk_soft_target_loss(lprobs, target, w, neighbours, 0.3, 0.7,
+                                         padding_idx=PAD, **({} if chunk is None else {"chunk": chunk}))
+        return full_soft_target_loss(lprobs, target, w, 0.3, 0.7, padding_idx=PAD, chunk=chunk)
+
+    one = loss(len(target))
+    for chunk in (None, 7):  # the default, then 715 chunks
+        for got, expected in zip(loss(chunk), one):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["topk", "full"])
+def test_label_smoothing_with_topk_and_full_soft_targets_equals_hand_computation(mode):
+    # (1 - eps) * Eq. 5 + eps/(V-1) * sum_{k != t} -lp_k, alpha * lambda = 0.6, each target
+    sigma, a, eps = 0.8, 0.6, 0.1
+    lprobs = F.log_softmax(LOGITS_HAND, dim=-1).repeat(4, 1)
+    target = torch.arange(4)
+    neighbours, _ = nearest_neighbours(W_HAND, 2)
+    kwargs = dict(sigma=sigma, skd_weight=a, qn_max=0.5, reduce=False, label_smoothing=eps)
+    if mode == "topk":
+        loss, nll, _ = topk_skd_loss(lprobs, target, W_HAND, neighbours, **kwargs)
+    else:
+        loss, nll, _ = full_skd_loss(lprobs, target, W_HAND, **kwargs)
+    logits, w = LOGITS_HAND.tolist(), W_HAND.tolist()
+    lse = math.log(sum(math.exp(z) for z in logits))
+    for t in range(4):
+        candidates = [t, *neighbours[t].tolist()] if mode == "topk" else range(4)
+        skd = hand_soft_loss(logits, t, candidates, w, sigma, a, 0.5)
+        others = sum(lse - logits[k] for k in range(4) if k != t)
+        assert loss[t].item() == pytest.approx((1 - eps) * skd + eps / 3 * others, abs=1e-6)
+        assert nll[t].item() == pytest.approx(lse - logits[t], abs=1e-6)
+
+
+def test_topk_neighbours_are_recomputed_at_the_first_forward_then_every_refresh_updates():
+    """--skd-topk-refresh 3: the nearest-word sets of W at the first training forward (update
+    1), kept at 2, recomputed at 3, kept at 4 and 5, recomputed at 6; the distances to them are
+    always the current W's. W changes at every update here."""
+    criterion = make_criterion(skd_soft_targets="topk", skd_topk=2, skd_topk_refresh=3,
+                               skd_sigma=1.0, skd_warmup_updates=0, skd_alpha_step=0.5)
+    model = TinyDecoderModel()
+    sample = make_sample()
+    g = torch.Generator().manual_seed(0)
+    current = {}
+    for update, sets_from in ((1, 1), (2, 1), (3, 3), (4, 3), (5, 3), (6, 6), (7, 6)):
+        with torch.no_grad():
+            model.out.weight.copy_(2 * torch.randn(12, 6, generator=g))
+        current[update] = nearest_neighbours(model.out.weight, 2, exclude=PAD)[0]
+        loss, _, log = criterion(at_update(model, update).train(), sample, reduce=False)
+        lprobs = model.get_normalized_probs(model(**sample["net_input"]), True)
+
+        def topk_loss(neighbours):
+            return topk_skd_loss(lprobs, sample["target"], model.out.weight, neighbours,
+                                 sigma=1.0, skd_weight=log["skd_alpha"], ignore_index=PAD,
+                                 reduce=False)[0].detach()
+
+        assert torch.equal(criterion.current_neighbours(model.out.weight), current[sets_from])
+        torch.testing.assert_close(loss.detach(), topk_loss(current[sets_from]))
+        if sets_from != update:  # the current W's sets would give another loss
+            assert not torch.allclose(loss.detach(), topk_loss(current[update]))
+
+    # W on another device (meta: shapes only) at update 7: recomputed there, and recomputed
+    # again from the current W when it is back on the CPU, although 7 is no refresh update
+    assert criterion.current_neighbours(model.out.weight.to("meta")).device.type == "meta"
+    assert torch.equal(criterion.current_neighbours(model.out.weight), current[7])
+    assert not torch.equal(current[7], current[6])
 
 
 @pytest.mark.parametrize("mode", ["topk", "full"])
