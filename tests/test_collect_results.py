@@ -33,7 +33,7 @@ def train_log(updates, qn=lambda u: 0.3 + 0.01 * u, alpha=lambda u: min(1.0, 0.1
                "loss": 5.0 - 0.1 * u, "nll_loss": 5.0 - 0.1 * u}
         if skd:
             rec.update(skd_alpha=alpha(u), skd_match=0.2, skd_qn=qn(u), skd_clip=0.25)
-        rec.update(ppl=2 ** (5.0 - 0.1 * u), wps=100.0, num_updates=u, lr=0.003)
+        rec.update(ppl=2 ** (5.0 - 0.1 * u), wps=100.0, num_updates=u, lr=0.003, wall=2 * u)
         lines.append(log_line("train_inner", rec))
         if u % valid_every == 0:
             valid = {"epoch": u // epoch_size, "valid_loss": 4.0 - 0.05 * u}
@@ -46,7 +46,7 @@ def train_log(updates, qn=lambda u: 0.3 + 0.01 * u, alpha=lambda u: min(1.0, 0.1
             epoch = {"epoch": u // epoch_size, "train_loss": 4.5, "train_nll_loss": 4.5}
             if skd:
                 epoch.update(train_skd_alpha=alpha(u), train_skd_qn=qn(u) - 0.005, train_skd_clip=0.2)
-            epoch.update(train_num_updates=u, train_lr=0.003)
+            epoch.update(train_num_updates=u, train_lr=0.003, train_wall=2 * u)
             lines.append(log_line("train", epoch))
     return lines
 
@@ -146,7 +146,9 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
     assert table["Baseline"][:6] == ["120.50", "+0.00", "150.25", "118.00", "101.40", "+0.00"]
     assert table["+SKD"][:6] == ["118.25", "-2.25", "140.50", "-", "99.38", "-2.02"]
     assert "+Noise |" not in md
-    assert table["+Noise+SKD"][6:9] == ["16", "0.4110", "0.2000"]
+    # updates and fairseq's wall clock (2 s an update in these logs), the cost the same here
+    assert table["+Noise+SKD"][6:13] == ["16", "32s", "16", "32s", "0.4110", "0.2000", "1.0000"]
+    assert float(rows["skd"]["seconds"]) == 24 and float(rows["skd"]["cost_seconds"]) == 24
     assert "Paper PTB" in md and "Sentences scored: test 3761, valid 3370." in md
     assert "- skd: score_valid.json missing" in md
 
@@ -157,7 +159,7 @@ def test_lm_table_csv_and_figures(ptb, tmp_path, capsys):
     assert "`valid_loss.png`: validation NLL per token (base 2)" in md
     assert "all variants: `valid_loss`" in md and "curves: Baseline, +SKD, +Noise+SKD" in md
     # the training columns mean one thing, stated under the table
-    assert "| Updates | train q_n | train clip rate | final alpha |" in md
+    assert "| Updates | Time | Cost: updates | Cost: time | train q_n | train clip rate | final alpha |" in md
     assert "train q_n: the mean q_n (Eq. 8) over the training positions" in md
     assert "over the last epoch of training" in md
 
@@ -213,8 +215,9 @@ def test_mt_table_csv_and_figures(en_fi, tmp_path):
     assert table["Baseline"][:4] == ["7.50 (8.25)", "7.29 (8.28)", "9.00 (9.75)", "9.01 (9.85)"]
     assert table["+Noise"][:4] == ["7.75 (8.50)", "7.68 (8.50)", "9.25 (-)", "9.35 (9.53)"]
     assert table["+Noise+SKD"][:4] == ["8.75 (9.00)", "8.81 (8.95)", "10.50 (10.75)", "10.13 (10.47)"]
-    assert table["+SKD"][5] == "0.4150" and table["Baseline"][5] == "-"
-    assert table["Baseline"][7] == "0.0000" and table["+SKD"][7] == "1.0000"  # final alpha
+    assert table["+SKD"][4:8] == ["12", "24s", "12", "24s"]  # updates, time, their cost
+    assert table["+SKD"][8] == "0.4150" and table["Baseline"][8] == "-"
+    assert table["Baseline"][10] == "0.0000" and table["+SKD"][10] == "1.0000"  # final alpha
     assert f"sacreBLEU signature: `{SIGNATURE}`" in md
     assert "- noise: bleu_valid_beam12.json missing" in md
     assert "En-Fi" in md
@@ -279,8 +282,9 @@ def test_training_summary_of_a_run_that_finished_no_epoch():
     records = logs.parse_log_text("\n".join(train_log(3)))  # killed before the first epoch ended
     assert records["train"] == [] and records["valid"] == []
     summary = logs.training_summary(records)
-    assert summary == {"updates": 3, "epochs": None, "best_valid_loss": None, "best_epoch": None,
-                       "train_valid_gap": None, "qn": pytest.approx(0.33), "clip": 0.25, "alpha": pytest.approx(0.3)}
+    assert summary == {"updates": 3, "epochs": None, "seconds": 6, "best_valid_loss": None,
+                       "best_epoch": None, "rise_after_best": None, "qn": pytest.approx(0.33),
+                       "clip": 0.25, "alpha": pytest.approx(0.3)}
     assert logs.training_summary(logs.parse_log_text("")) == dict.fromkeys(summary)
 
 
@@ -480,20 +484,21 @@ def diagnosed(tmp_path):
                            {"bleu": 9.0, "signature": SIGNATURE, "sentences": 40})
         write(d / "train.log", [line for epoch, (train, valid) in HAND_LOGS[variant].items()
                                 for line in epoch_lines(epoch, train, valid, variant)])
+    write_json(exp / "baseline" / layout.score_file("train"),
+               {**score_test("baseline"), "subset": "train", "nll_per_token": 1.5})
     return exp
 
 
-def test_best_epoch_and_train_valid_gap_compare_nll_with_nll(diagnosed):
-    for variant, gap in (("baseline", 3.75 - 4.0), ("skd", 4.125 - 3.875)):
+def test_best_epoch_epochs_and_how_far_the_validation_loss_rose_after_it(diagnosed):
+    for variant, rise in (("baseline", 4.125 - 4.0), ("skd", 3.9375 - 3.875)):
         summary = logs.training_summary(logs.parse_log(diagnosed / variant / "train.log"))
-        assert summary["best_epoch"] == 2 and summary["train_valid_gap"] == gap, variant
-    # a best epoch whose train record is missing (killed after validating): no gap
+        assert summary["best_epoch"] == 2 and summary["epochs"] == 3, variant
+        assert summary["rise_after_best"] == rise, variant
+    # still at its best when it stopped: no rise
     text = (diagnosed / "skd" / "train.log").read_text()
-    killed = text.split('| train | {"epoch": 2')[0]
-    summary = logs.training_summary(logs.parse_log_text(killed))
-    assert summary["best_epoch"] == 2 and summary["train_valid_gap"] is None
-    assert logs.nll({"train_loss": 5.0, "train_nll_loss": 4.0}, "train") == 4.0
-    assert logs.nll({"valid_loss": 3.0}, "valid") == 3.0 and logs.nll({}, "valid") is None
+    stopped = text.split('| valid | {"epoch": 3')[0]
+    summary = logs.training_summary(logs.parse_log_text(stopped))
+    assert summary["best_epoch"] == 2 and summary["rise_after_best"] == 0
 
 
 def test_diagnostics_table_from_score_files(diagnosed, tmp_path):
@@ -501,17 +506,19 @@ def test_diagnostics_table_from_score_files(diagnosed, tmp_path):
     table = table_cells(md, "## Prediction diagnostics (test set)")
     header = md.split("## Prediction diagnostics (test set)", 1)[1].split("\n| ", 1)[1].split("\n")[0]
     assert header == ("Model | NLL/token | T | NLL/token at T | top-1 acc. | mean max prob | ECE | "
-                      "entropy | NLL right | NLL wrong | best epoch | train-valid NLL gap (bits) |")
-    assert table == {
+                      "entropy | NLL right | NLL wrong | best epoch | epochs | valid rise after "
+                      "best (bits) | test - train NLL/token |")
+    assert table == {  # the baseline's training sample scored at 1.5 nats a token, skd's not
         "Baseline": ["1.9231", "1.020", "1.9221", "0.581", "0.601", "0.024", "1.865", "0.357",
-                     "4.092", "2", "-0.250"],
+                     "4.092", "2", "3", "0.125", "+0.423"],
         "+SKD": ["1.9235", "1.062", "1.9159", "0.585", "0.627", "0.044", "1.705", "0.317",
-                 "4.182", "2", "+0.250"],
+                 "4.182", "2", "3", "0.062", "-"],
     }
-    assert "over-confident" in md and "`train_nll_loss`" in md  # the legend says how to read it
+    assert "over-confident" in md and "overfits" in md  # the legend says how to read it
     csv_rows = read_csv(tmp_path / "out" / "results.csv")
     assert float(csv_rows["skd"]["temperature"]) == 1.0625
-    assert float(csv_rows["skd"]["train_valid_gap"]) == 0.25 and csv_rows["skd"]["best_epoch"] == "2"
+    assert float(csv_rows["baseline"]["test_train_gap"]) == pytest.approx(1.9231 - 1.5)
+    assert csv_rows["skd"]["best_epoch"] == "2" and float(csv_rows["skd"]["rise_after_best"]) == 0.0625
     # the MT task is told from the BLEU files although every variant has score_test.json too
     assert report.infer_task("mine", None, {v: diagnosed / v for v in ("baseline", "skd")}) == "mt"
 
@@ -592,12 +599,13 @@ def test_verdicts_over_seeds_and_none_for_smoke(tmp_path):
     assert ("- +Noise beat the baseline on test NLL/sentence (24.120 vs 24.150), but by less "
             "than the spread over seeds (0.071): no clear difference.") in md
     header, *rows = table_rows(md, "Language model (Table 2 style)")
-    assert header == ["model", "test NLL/sentence", "test ppl", "best valid loss (base 2)",
-                      "final alpha", "median q_n", "clip rate", "paper: PTB NLL/sentence"]
+    assert header == ["model", "test NLL/sentence", "test ppl", "cost: updates", "cost: time (s)",
+                      "best valid loss (base 2)", "final alpha", "median q_n", "clip rate",
+                      "paper: PTB NLL/sentence"]
     assert [row[0] for row in rows] == ["Baseline", "+Noise", "+SKD"]  # the variants that ran
     assert rows[0][:2] == ["Baseline", "24.150 ± 0.071"] and rows[0][-1] == "101.40"
-    assert rows[0][4] == "0.000 ± 0.000" and rows[2][4] == "1.000 ± 0.000"  # final alpha
-    assert rows[0][3] == f"{statistics_of([3.4, 3.2])}"  # the seeds' best validation losses
+    assert rows[0][6] == "0.000 ± 0.000" and rows[2][6] == "1.000 ± 0.000"  # final alpha
+    assert rows[0][5] == f"{statistics_of([3.4, 3.2])}"  # the seeds' best validation losses
     assert "q_n = min(exp(-0.1 d(W_t, W_n)), 0.5) measured on the test set" in md
     # every seed's rows in the CSV, and each seed's own tables in its folder
     with open(exp / "results.csv") as f:
@@ -634,7 +642,7 @@ def test_diagnostics_over_seeds_and_the_pooled_reliability_diagram(tmp_path):
                                    "set, mean ± std over seeds")
     assert header[0] == "model" and header[1:] == [h for _, h, _ in diagnostics.COLUMNS]
     assert rows[1][:3] == ["+SKD", "2.5150 ± 0.0071", "1.150 ± 0.071"]
-    assert rows[1][-2] == "3.5 ± 0.7"  # best epoch: a mean of whole epochs (3 and 4)
+    assert rows[1][-4] == "3.5 ± 0.7"  # best epoch: a mean of whole epochs (3 and 4)
     assert_png(exp / "reliability.png")
     line = next(line for line in md.splitlines() if line.startswith("`reliability.png`"))
     assert "seeds 1 2; the seeds pooled: bin counts summed" in line
@@ -666,3 +674,28 @@ def test_a_command_that_differs_from_the_baselines_beyond_the_variant_is_noted(t
     differing = [note for note in results["notes"] if "differs from the baseline" in note]
     assert differing == ["skd: its training command differs from the baseline's beyond the "
                          "variant's definition: --skd-sigma auto, --lr 0.5"]
+
+
+def test_the_cost_of_a_distilled_variant_counts_its_teacher_and_the_translation_pass(tmp_path):
+    """kd: the same seed's baseline as its teacher; skd_kd: the same, found relative to EXP_DIR,
+    and a translation pass (as sequence-level KD has); noise_skd: a teacher from elsewhere."""
+    exp = tmp_path / "synthetic_en_xx"
+    for variant, updates in (("baseline", 12), ("kd", 8), ("skd_kd", 8), ("noise_skd", 4)):
+        write(exp / variant / "train.log", train_log(updates, skd=False))  # 2 s an update
+        write_json(exp / variant / "score_test.json", score_test("baseline"))
+    write_json(exp / "translation.json", {"seconds": 10.0, "sentences": 200})
+    write_json(exp / "kd" / "inputs.json", {"teacher": str(exp / "baseline" / "checkpoint_best.pt"),
+                                            "teacher_run": str(exp / "baseline"), "translation": None})
+    write_json(exp / "skd_kd" / "inputs.json", {"teacher": "baseline/checkpoint_best.pt",
+                                                "teacher_run": "baseline",
+                                                "translation": "translation.json"})
+    write_json(exp / "noise_skd" / "inputs.json", {"teacher": "/elsewhere/teacher.pt",
+                                                   "teacher_run": None, "translation": None})
+    results = report.collect(exp, task="lm")
+    rows = {row["variant"]: row for row in report.rows(results)}
+    cost = {v: (rows[v]["cost_updates"], rows[v]["cost_seconds"]) for v in rows}
+    assert cost == {"baseline": (12, 24), "kd": (8 + 12, 16 + 24),
+                    "skd_kd": (8 + 12, 16 + 24 + 10), "noise_skd": (4, 8)}
+    assert rows["skd_kd"]["updates"] == 8 and rows["skd_kd"]["seconds"] == 16
+    assert ("noise_skd: its teacher (/elsewhere/teacher.pt) was not trained in this experiment: "
+            "its cost counts the student's training alone") in results["notes"]

@@ -48,3 +48,32 @@ def test_teacher_forced_nll_and_diagnostics_match_a_forward_pass_per_sentence(ti
         assert summary[key] == pytest.approx(expected[key], abs=1e-5), key
     assert summary["calibration_subset"] == "valid" and summary["temperature"] > 0
     assert len(summary["reliability"]) == 15
+
+
+@pytest.mark.parametrize("kind,fixture", [("mt", "tiny_mt"), ("lm", "tiny_lm")])
+def test_a_fixed_sample_of_the_training_set_scores_the_same_sentences_as_the_whole(
+        kind, fixture, request):
+    from fairseq_skd.evaluation.scoring import score
+
+    _, data_bin, checkpoint = request.getfixturevalue(fixture)
+    common = dict(subset="train", calibration_subset=None, cpu=True, qn_sigma=None)
+    whole, all_scores = score(str(data_bin), str(checkpoint), kind, **common)
+    sample, scores = score(str(data_bin), str(checkpoint), kind, max_sentences=50, **common)
+    again, _ = score(str(data_bin), str(checkpoint), kind, max_sentences=50, **common)
+    assert sample["sentences"] == 50 and sample["subset_sentences"] == whole["sentences"] == 200
+    assert len(scores) == 50 and set(scores) <= set(all_scores)  # keyed by line in the subset
+    assert sorted(scores) != list(range(50))  # drawn across the subset, not its first lines
+    for line, (tokens, nll) in scores.items():
+        assert tokens == all_scores[line][0] and nll == pytest.approx(all_scores[line][1], abs=1e-5)
+    assert sample["nll_per_token"] == pytest.approx(
+        sum(v for _, v in scores.values()) / sum(n for n, _ in scores.values()), rel=1e-6)
+    assert again["nll_per_token"] == sample["nll_per_token"]  # the same sample every time
+    bigger, _ = score(str(data_bin), str(checkpoint), kind, max_sentences=500, **common)
+    assert bigger["sentences"] == 200 and bigger["nll_per_token"] == whole["nll_per_token"]
+
+
+def test_max_sentences_refuses_a_number_below_one(tiny_mt, tmp_path):
+    _, data_bin, checkpoint = tiny_mt
+    out = run("fairseq-skd-score-mt", data_bin, "--path", checkpoint, "--max-sentences", "0",
+              check=False)
+    assert out.returncode == 2 and "--max-sentences: a number of sentences >= 1, not '0'" in out.stderr

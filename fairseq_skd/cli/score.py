@@ -43,6 +43,16 @@ def qn_sigma(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a number of sentences >= 1, not '{text}'")
+    return value
+
+
 def build_parser(kind):
     parser = argparse.ArgumentParser(prog=TOOLS[kind], description=DESCRIPTIONS[kind],
                                      formatter_class=HelpFormatter)
@@ -65,6 +75,10 @@ def build_parser(kind):
                         help="sigma at which the median q_n and clip rate of the positions where "
                         "the argmax is not the target are measured (a number, 'auto' or 'none'; "
                         "default: 0.1, the paper's, whatever the model was trained with)")
+    parser.add_argument("--max-sentences", type=positive_int, default=None, metavar="N",
+                        help="score a fixed sample of N sentences of --subset (drawn with a "
+                        "fixed seed: the same ones for every checkpoint of the same data), e.g. "
+                        "of the training set; default: all")
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per batch (optional cap)")
     return parser
@@ -89,7 +103,8 @@ def run(kind, argv=None):
             sys.exit(f"{TOOLS[kind]}: error: {output_folder_problem(flag, path)}")
     try:
         summary, scores = score(args.data, args.path, kind, args.subset, calibration, args.cpu,
-                                args.user_dir, args.max_tokens, args.batch_size, args.qn_sigma)
+                                args.user_dir, args.max_tokens, args.batch_size, args.qn_sigma,
+                                args.max_sentences)
     except ScoreError as e:
         sys.exit(f"{TOOLS[kind]}: error: {e}")
     summary["data"] = args.data
@@ -103,7 +118,9 @@ def run(kind, argv=None):
                   f"{summary['calibrated_nll_per_token']:.4f}" if calibration else "")
     qn = (f"; median q_n {summary['median_qn']:.3f}, clip rate {summary['clip_rate']:.3f} "
           f"at sigma {summary['qn_sigma']:.3g}" if summary.get("median_qn") is not None else "")
-    print(f"{summary['subset']}: {summary['sentences']} sentences, {summary['tokens']} tokens, "
+    sample = (f" (a fixed sample of its {summary['subset_sentences']})"
+              if summary["sentences"] < summary["subset_sentences"] else "")
+    print(f"{summary['subset']}: {summary['sentences']} sentences{sample}, {summary['tokens']} tokens, "
           f"NLL/sentence {summary['nll_per_sentence']:.2f} nats, NLL/token "
           f"{summary['nll_per_token']:.4f}, ppl {summary['ppl']:.2f}{calibrated}; entropy "
           f"{summary['mean_entropy']:.3f}, top-1 {summary['top1_accuracy']:.3f}, max prob "

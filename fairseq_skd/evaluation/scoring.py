@@ -25,6 +25,7 @@ import math
 import os
 import warnings
 
+import numpy as np
 import torch
 
 from ..checkpoint_loading import checkpoint_problem, dictionary_words, training_dictionary
@@ -181,6 +182,57 @@ def load_subset(task, data, subset):
                          "fairseq-preprocess output; binarize the text again") from e
 
 
+def fixed_sample(dataset, count, seed=1):
+    """``count`` sentences of ``dataset`` drawn without replacement with a fixed seed, in their
+    order, numbered 0..count-1 (``.indices``: their numbers in ``dataset``): the same sentences
+    for every checkpoint trained on the same data, e.g. to measure the NLL on training data. The
+    whole dataset where it has no more than ``count`` sentences."""
+    from fairseq.data import BaseWrapperDataset, FairseqDataset
+
+    class FixedSample(BaseWrapperDataset):
+        def __init__(self):
+            super().__init__(dataset)
+            chosen = np.random.RandomState(seed).choice(len(dataset), count, replace=False)
+            self.indices = np.sort(chosen)
+
+        def __getitem__(self, index):
+            return {**self.dataset[int(self.indices[index])], "id": index}
+
+        def __len__(self):
+            return len(self.indices)
+
+        @property
+        def sizes(self):
+            return self.dataset.sizes[self.indices]
+
+        @property
+        def tgt_sizes(self):
+            sizes = getattr(self.dataset, "tgt_sizes", None)
+            return None if sizes is None else sizes[self.indices]
+
+        def num_tokens(self, index):
+            return self.dataset.num_tokens(int(self.indices[index]))
+
+        def num_tokens_vec(self, indices):
+            return self.dataset.num_tokens_vec(self.indices[indices])
+
+        def size(self, index):
+            return self.dataset.size(int(self.indices[index]))
+
+        def ordered_indices(self):
+            return np.arange(len(self.indices))
+
+        # the wrapped dataset's own would read its sizes at our numbers
+        batch_by_size = FairseqDataset.batch_by_size
+
+        def filter_indices_by_size(self, indices, max_sizes):
+            kept, ignored = self.dataset.filter_indices_by_size(self.indices[indices], max_sizes)
+            return (np.searchsorted(self.indices, kept),
+                    np.searchsorted(self.indices, np.asarray(ignored, dtype=np.int64)).tolist())
+
+    return dataset if count >= len(dataset) else FixedSample()
+
+
 # --- scoring ----------------------------------------------------------------------------------
 
 
@@ -287,14 +339,18 @@ def fit_subset_temperature(model, task, dataset, max_tokens=4096, batch_size=Non
 
 
 def score(data, checkpoint, kind, subset="test", calibration_subset="valid", cpu=False,
-          user_dir="auto", max_tokens=4096, batch_size=None, qn_sigma=None):
-    """Score ``subset``; returns (summary dict, ``{id: (tokens, nll)}``). With a
-    ``calibration_subset`` the summary also holds the temperature fitted there and the test NLL
-    and diagnostics after scaling by it; with a ``qn_sigma`` (a number or ``auto``) the median
-    q_n and clip rate at that sigma (:mod:`.qn`)."""
+          user_dir="auto", max_tokens=4096, batch_size=None, qn_sigma=None, max_sentences=None):
+    """Score ``subset``; returns (summary dict, ``{id: (tokens, nll)}``, ids the sentences' line
+    numbers in the subset). With a ``calibration_subset`` the summary also holds the temperature
+    fitted there and the test NLL and diagnostics after scaling by it; with a ``qn_sigma`` (a
+    number or ``auto``) the median q_n and clip rate at that sigma (:mod:`.qn`); with
+    ``max_sentences`` a fixed sample of that many sentences (:func:`fixed_sample`) is scored."""
     use_cuda = torch.cuda.is_available() and not cpu
     model, task = load_model_and_task(checkpoint, data, kind, user_dir, use_cuda)
     dataset = load_subset(task, data, subset)
+    whole = len(dataset)
+    if max_sentences is not None:
+        dataset = fixed_sample(dataset, max_sentences)
     fit = None
     if calibration_subset:  # the temperature first, so the test set is read once
         calibration = load_subset(task, data, calibration_subset)
@@ -309,7 +365,10 @@ def score(data, checkpoint, kind, subset="test", calibration_subset="valid", cpu
     tokens = sum(n for n, _ in scores.values())
     total = sum(v for _, v in scores.values())
     result = diagnostics.result()
-    summary = {"subset": subset, "sentences": sentences, "tokens": tokens,
+    if len(dataset) < whole:  # a sample: its sentences by their line numbers in the subset
+        scores = {int(dataset.indices[i]): value for i, value in scores.items()}
+    summary = {"subset": subset, "sentences": sentences, "subset_sentences": whole,
+               "tokens": tokens,
                "nll_per_sentence": total / sentences, "nll_per_token": total / tokens,
                "ppl": math.exp(total / tokens), "checkpoint": checkpoint,
                **{key: result[key] for key in DIAGNOSTICS}, "reliability": result["reliability"]}

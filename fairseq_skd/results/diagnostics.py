@@ -4,7 +4,8 @@ reliability tables pooled into one.
 
 The values come from two places: ``score_test.json`` (``fairseq-skd-score-lm`` /
 ``fairseq-skd-score-mt``, computed in ``fairseq_skd.evaluation``) and the training log's summary
-(:func:`fairseq_skd.results.logs.training_summary`: best epoch and the train-valid NLL gap).
+(:func:`fairseq_skd.results.logs.training_summary`: best and last epoch, and how far the
+validation loss rose after the best), and ``score_train.json`` (the test - train NLL gap).
 """
 
 # (key, header, format): the keys of score_test.json, then of the training summary
@@ -21,7 +22,9 @@ SCORE_COLUMNS = [
 ]
 TRAINING_COLUMNS = [
     ("best_epoch", "best epoch", "{:.0f}"),
-    ("train_valid_gap", "train-valid NLL gap (bits)", "{:+.3f}"),
+    ("epochs", "epochs", "{:.0f}"),
+    ("rise_after_best", "valid rise after best (bits)", "{:.3f}"),
+    ("test_train_gap", "test - train NLL/token", "{:+.3f}"),
 ]
 COLUMNS = SCORE_COLUMNS + TRAINING_COLUMNS
 SCORE_KEYS = tuple(key for key, _, _ in SCORE_COLUMNS)
@@ -36,11 +39,14 @@ LEGEND = (
     "calibration error over 15 equal-width confidence bins (0: confidence matches accuracy); "
     "entropy: of the predicted distribution; NLL right / wrong: the mean NLL where the most "
     "probable word is / is not the target. best epoch: the epoch of the lowest validation loss "
-    "(the checkpoint scored); train-valid NLL gap: the training NLL minus the validation NLL per "
-    "token at that epoch, base 2, both from train.log: the training NLL is `train_nll_loss` "
-    "(the plain NLL, not the SKD loss the SKD variants train on; `train_loss` for fairseq's "
-    "cross_entropy, whose loss is the NLL), the epoch's mean with dropout on; more negative: "
-    "the model fits its training data better than held-out data. Reading: mean max prob above "
+    "(the checkpoint scored), of the epochs trained (training stops after --patience epochs "
+    "without a better one, or at --max-epoch); valid rise after best: the last validation loss "
+    "minus the best, base 2 (0: still at its best when training stopped); test - train "
+    "NLL/token: the NLL per token of the scored checkpoint on the test set minus that on a fixed "
+    "sample of the training set, both in eval mode (no dropout), in nats: how much better the "
+    "model fits its training data than unseen data. A run best well before its last epoch, "
+    "with a rise after it and a large gap, overfits: the regime where a regulariser can "
+    "help. Reading: mean max prob above "
     "top-1 acc., T > 1 and a higher ECE say over-confident; a variant whose NLL/token is worse "
     "than the baseline's but whose NLL/token at T is not ranks words as well and is only too "
     "sure; one whose top-1 acc. and NLL/token at T are both worse ranks words worse.")

@@ -14,6 +14,10 @@ folder per variant (``fairseq_skd/variants.py``)::
           score_test.json          # fairseq-skd-score-lm / fairseq-skd-score-mt --json: NLL,
                                    # prediction diagnostics, q_n (MT: teacher-forced, test only)
           score_valid.json         # LM
+          score_train.json         # both: a fixed sample of the training set (--max-sentences),
+                                   # for the test - train NLL gap
+          inputs.json              # the KD variants: their teacher's run and the translation
+                                   # pass of sequence-level KD, counted in their cost
           bleu_test_beam1.json     # MT: fairseq-skd-bleu --json, a file per subset and beam
           ...
 
@@ -31,6 +35,8 @@ LM_EXPERIMENTS = {"ptb": "PTB", "wiki2": "Wiki-2"}
 MT_EXPERIMENTS = {"wmt15_en_fi": "En-Fi", "wmt15_fi_en": "Fi-En", "wmt15_en_de": "En-De"}
 SUBSETS = ("test", "valid")
 BEAMS = (1, 12)
+TRAIN_SAMPLE = "train"  # the subset of score_train.json
+INPUTS = "inputs.json"
 
 TRAIN_LOG = "train.log"
 _SEED_DIR = re.compile(r"^seed(\d+)$")

@@ -107,30 +107,19 @@ def series(records, kind, key):
     return xs, ys
 
 
-def nll(record, kind):
-    """The NLL per token (base 2) of a ``train`` or ``valid`` (``kind``) record: its
-    ``<kind>_nll_loss``, else its ``<kind>_loss``; None if it has neither. The loss of an SKD
-    criterion is the SKD loss in training, and ``self_kd_cross_entropy`` logs the plain NLL as
-    ``nll_loss``; fairseq's ``cross_entropy`` logs ``nll_loss`` only when its loss is not per
-    token (``--sentence-avg``) and otherwise its loss is the NLL per token."""
-    for key in (f"{kind}_nll_loss", f"{kind}_loss"):
-        if is_number(record.get(key)):
-            return record[key]
-    return None
-
-
 def training_summary(records):
     """What a training did, from its parsed log (:func:`parse_log_text`)::
 
         updates           the last update logged (train_inner or train record)
         epochs            epochs finished (the last train record's epoch)
+        seconds           fairseq's wall clock of the training at its last record (``wall``,
+                          kept across resumes in the checkpoints): its cost in time
         best_valid_loss   the lowest valid_loss (NLL per token, base 2), and
         best_epoch        the epoch that logged it
-        train_valid_gap   the training NLL minus the validation NLL per token (base 2) at
-                          best_epoch: that epoch's ``train`` record against the best ``valid``
-                          record (see :func:`nll`); negative where the model fits its training
-                          data better than held-out data. The training NLL is the epoch's mean,
-                          with dropout, while the model changed
+        rise_after_best   the last valid_loss minus the best (base 2): how far the validation
+                          loss rose again after the best epoch, 0 if it did not; with
+                          best_epoch, the regime a run ended in (a baseline that overfits
+                          shows a best epoch well before its last and a rise)
         qn, clip, alpha   the mean q_n where the prediction is not the target (clipped, as
                           logged), the rate of clipped q_n and alpha over the last finished
                           epoch (its train record), or at the last train_inner record if
@@ -144,18 +133,18 @@ def training_summary(records):
     updates = [rs[-1][UPDATE_KEYS[kind]] for kind, rs in (("train_inner", inner), ("train", epochs))
                if rs]
     last_epoch = epochs[-1].get("epoch") if epochs else None
+    walls = [r[key] for kind, key in (("train_inner", "wall"), ("train", "train_wall"))
+             for r in records[kind][-1:] if is_number(r.get(key))]
     summary = {"updates": int(max(updates)) if updates else None,
                "epochs": int(last_epoch) if is_number(last_epoch) else None,
-               "best_valid_loss": None, "best_epoch": None, "train_valid_gap": None,
+               "seconds": max(walls) if walls else None,
+               "best_valid_loss": None, "best_epoch": None, "rise_after_best": None,
                "qn": None, "clip": None, "alpha": None}
     scored = [r for r in valid if is_number(r.get("valid_loss"))]
     if scored:
         best = min(scored, key=lambda r: r["valid_loss"])
         summary["best_valid_loss"], summary["best_epoch"] = best["valid_loss"], best.get("epoch")
-        train = [r for r in epochs if r.get("epoch") == best.get("epoch")]
-        train_nll, valid_nll = nll(train[-1], "train") if train else None, nll(best, "valid")
-        if train_nll is not None and valid_nll is not None:
-            summary["train_valid_gap"] = train_nll - valid_nll
+        summary["rise_after_best"] = scored[-1]["valid_loss"] - best["valid_loss"]
     for key in ("qn", "clip", "alpha"):
         epoch = [r for r in epochs if is_number(r.get(f"train_skd_{key}"))]
         inner_ = [r for r in inner if is_number(r.get(f"skd_{key}"))]

@@ -30,8 +30,8 @@ from ..variants import NAMES, VARIANTS, definition_flags, uses_skd_criterion
 from . import diagnostics, layout, paper
 from .figures import write_figures
 from .logs import is_number, parse_log, training_summary
-from .tables import (MISSING, Column, count, fmt, formatted, markdown_table, number, signed, text,
-                     write_results)
+from .tables import (MISSING, Column, count, elapsed, fmt, formatted, markdown_table, number,
+                     signed, text, write_results)
 
 
 class CollectError(Exception):
@@ -131,10 +131,49 @@ def collect(exp_dir, name=None, task=None, paper_name=None):
                 for beam in beams:
                     entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam),
                                                                  notes, variant)
+    for variant, d in variant_dirs.items():
+        entry = variants[variant]
+        if (d / layout.score_file(layout.TRAIN_SAMPLE)).is_file():
+            entry["scores"][layout.TRAIN_SAMPLE] = _read_json(
+                d / layout.score_file(layout.TRAIN_SAMPLE), notes, variant)
+        entry["cost"] = training_cost(d, entry["training"], exp_dir, notes, variant)
     notes += command_differences(variant_dirs)
     _check_sentence_counts(variants, notes)
     return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants,
             "subsets": subsets, "beams": beams, "paper": paper_name, "notes": notes}
+
+
+def training_cost(variant_dir, training, exp_dir, notes, variant):
+    """{"updates", "seconds"}: what the variant cost to train, its teacher's training and the
+    translation pass of sequence-level KD included (``inputs.json``, written by the recipes for
+    the variants that learn from a teacher); None where the training log gives no figure."""
+    if not training or training.get("updates") is None:
+        return None
+    updates, seconds = training["updates"], training.get("seconds")
+    inputs_path = variant_dir / layout.INPUTS
+    if not inputs_path.is_file():
+        return {"updates": updates, "seconds": seconds}
+    inputs = _read_json(inputs_path, notes, variant) or {}
+
+    def found(path):
+        path = Path(path)
+        return path if path.is_absolute() else Path(exp_dir) / path
+
+    teacher_run = inputs.get("teacher_run")
+    if teacher_run and (found(teacher_run) / layout.TRAIN_LOG).is_file():
+        teacher = training_summary(parse_log(found(teacher_run) / layout.TRAIN_LOG))
+        updates += teacher.get("updates") or 0
+        seconds = None if seconds is None or teacher.get("seconds") is None else \
+            seconds + teacher["seconds"]
+    elif inputs.get("teacher"):
+        notes.append(f"{variant}: its teacher ({inputs['teacher']}) was not trained in this "
+                     "experiment: its cost counts the student's training alone")
+    translation = inputs.get("translation")
+    if translation:
+        data = _read_json(found(translation), notes, variant)
+        if data and is_number(data.get("seconds")) and seconds is not None:
+            seconds += data["seconds"]
+    return {"updates": updates, "seconds": seconds}
 
 
 def training_command(log):
@@ -224,23 +263,30 @@ def _score(data, key):
     return value if is_number(value) else None
 
 
-def _training_columns(variant, training):
-    """The training log's values; alpha is 0 for a variant trained without the SKD criterion,
-    which logs none."""
+def _training_columns(variant, entry):
+    """The training log's values and the cost; alpha is 0 for a variant trained without the SKD
+    criterion, which logs none."""
+    training, cost = entry["training"] or {}, entry.get("cost") or {}
     alpha = training.get("alpha")
     if alpha is None and training and not uses_skd_criterion(variant):
         alpha = 0.0
-    return {"updates": training.get("updates"), "best_valid_loss": training.get("best_valid_loss"),
+    return {"updates": training.get("updates"), "seconds": training.get("seconds"),
+            "cost_updates": cost.get("updates"), "cost_seconds": cost.get("seconds"),
+            "best_valid_loss": training.get("best_valid_loss"),
             "final_qn": training.get("qn"), "final_clip": training.get("clip"),
             "final_alpha": alpha}
 
 
 def _test_set_columns(entry):
-    """score_test.json's diagnostics and q_n, and the training log's best epoch and gap."""
+    """score_test.json's diagnostics and q_n, the training log's regime, and the test - train
+    NLL gap (score_test.json against score_train.json)."""
     test, training = entry["scores"].get("test"), entry["training"] or {}
+    test_nll = _score(test, "nll_per_token")
+    train_nll = _score(entry["scores"].get(layout.TRAIN_SAMPLE), "nll_per_token")
     return {**{key: _score(test, key) for key in (*diagnostics.SCORE_KEYS, *QN_KEYS)},
-            "best_epoch": training.get("best_epoch"),
-            "train_valid_gap": training.get("train_valid_gap")}
+            "best_epoch": training.get("best_epoch"), "epochs": training.get("epochs"),
+            "rise_after_best": training.get("rise_after_best"),
+            "test_train_gap": None if test_nll is None or train_nll is None else test_nll - train_nll}
 
 
 def _only(results, row):
@@ -271,7 +317,7 @@ def lm_rows(results):
             "delta_vs_baseline": None if ours is None or base_ours is None else ours - base_ours,
             "paper_test_nll_per_sentence": theirs,
             "paper_delta_vs_baseline": None if theirs is None or base_paper is None else theirs - base_paper,
-            **_training_columns(variant, entry["training"] or {}),
+            **_training_columns(variant, entry),
             **_test_set_columns(entry),
         }))
     return rows
@@ -289,7 +335,7 @@ def mt_rows(results):
         for beam in results["beams"]:
             row[f"paper_test_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "test")
             row[f"paper_dev_bleu_beam{beam}"] = paper.bleu(name, variant, beam, "valid")
-        row.update(_training_columns(variant, entry["training"] or {}))
+        row.update(_training_columns(variant, entry))
         row.update(_test_set_columns(entry))
         row["signature"] = " ; ".join(s for s, files in sigs.items()
                                       if any(x.startswith(variant + "/") for x in files))
@@ -321,12 +367,18 @@ def _test_dev(test_key, dev_key):
 # The training log's values (one meaning in every table: the last epoch of training).
 TRAINING_COLUMNS = [
     Column("Updates", lambda row: count(row["updates"])),
+    Column("Time", lambda row: elapsed(row["seconds"])),
+    Column("Cost: updates", lambda row: count(row["cost_updates"])),
+    Column("Cost: time", lambda row: elapsed(row["cost_seconds"])),
     Column("train q_n", number("final_qn", 4)),
     Column("train clip rate", number("final_clip", 4)),
     Column("final alpha", number("final_alpha", 4)),
 ]
 TRAINING_LEGEND = (
-    "train q_n: the mean q_n (Eq. 8) over the training positions where the prediction is not "
+    "Updates, Time: the variant's own training (fairseq's wall clock, resumes included); Cost: "
+    "the same with what it needed first, the training of its teacher (KD: the same seed's "
+    "baseline unless --teacher) and the teacher's translation of the training set "
+    "(sequence-level KD). train q_n: the mean q_n (Eq. 8) over the training positions where the prediction is not "
     "the target, as the criterion logs it, i.e. after clipping at --skd-qn-max (so it cannot "
     "rise above that value as the paper's Fig. 3(a) does); train clip rate: the fraction of "
     "those q_n clipped; final alpha: the SKD weight (Eq. 12; 0 for the variants trained without "

@@ -22,7 +22,9 @@ SMOKE_NOTE = ("a --smoke run: tiny corpora and models, a plumbing check that eve
 # The scores table: (row key, header, format, which way is better for the verdict)
 LM_METRICS = [("test_nll_per_sentence", "test NLL/sentence", "{:.3f}", "lower"),
               ("test_ppl", "test ppl", "{:.3f}", None)]
-TRAINING_COLUMNS = [("best_valid_loss", "best valid loss (base 2)", "{:.4f}"),
+TRAINING_COLUMNS = [("cost_updates", "cost: updates", "{:.0f}"),
+                    ("cost_seconds", "cost: time (s)", "{:.0f}"),
+                    ("best_valid_loss", "best valid loss (base 2)", "{:.4f}"),
                     ("final_alpha", "final alpha", "{:.3f}"), ("median_qn", "median q_n", "{:.3f}"),
                     ("clip_rate", "clip rate", "{:.3f}")]
 PAPER_COLUMNS = {"lm": "paper: {} NLL/sentence", "mt": "paper: {} test BLEU beam {}"}
@@ -125,7 +127,7 @@ def diagnostics_table(task, rows, seeds, smoke):
     for variant, runs in by_variant(rows).items():
         cell = {"model": NAMES[variant]}
         for key, _, template in diagnostics.COLUMNS:
-            if key == "best_epoch" and len(runs) > 1:
+            if key in ("best_epoch", "epochs") and len(runs) > 1:
                 template = "{:.1f}"  # a mean of whole epochs
             cell[key] = mean_and_spread([r.get(key) for r in runs], template)
         cells.append(cell)
@@ -156,7 +158,10 @@ def legend(task, rows):
     score = ("LM: test NLL per sentence in nats (sum over each sentence's tokens incl. </s>, "
              "mean over sentences, as in the paper's Table 2)" if task == "lm"
              else "MT: detokenized sacreBLEU on the test set")
-    return (f"{score}. best valid loss: the lowest validation NLL per token (base 2). final "
+    return (f"{score}. cost: the updates and seconds (fairseq's wall clock) of the variant's "
+            "training, with those of its teacher's training (the KD variants: the same seed's "
+            "baseline unless --teacher) and of the teacher's translation of the training set "
+            "(sequence-level KD). best valid loss: the lowest validation NLL per token (base 2). final "
             "alpha: the SKD weight over the last epoch of training (0 for the variants trained "
             f"without SKD). median q_n / clip rate: q_n = min(exp(-{sigma} d(W_t, W_n)), 0.5) "
             "measured on the test set after training, over the positions where the trained "

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .logs import duration
+
 MISSING = "-"
 
 
@@ -30,6 +32,11 @@ def signed(value, digits=2):
 
 def count(value):
     return MISSING if value is None else str(int(value))
+
+
+def elapsed(seconds):
+    """``42s``, ``3m05s``, ``1h02m``; ``-`` for None."""
+    return MISSING if seconds is None else duration(seconds)
 
 
 def number(key, digits=2):

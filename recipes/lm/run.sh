@@ -29,7 +29,7 @@ Stages:
   2  binarize: fairseq-preprocess --only-source
   3  train: fairseq-train, one run per seed and variant (resumes from checkpoint_last.pt)
   4  score: fairseq-skd-score-lm, per-sentence NLL, perplexity, diagnostics and q_n on valid
-     and test (synthetic: test)
+     and test (synthetic: test), and NLL on a sample of the training set
   5  collect: fairseq-skd-collect EXP_DIR (results.md / results.csv / figures)
 
 Options:
@@ -203,7 +203,7 @@ train_stage 3 "$bin"
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 4; then
-    log "stage 4: score: per-sentence NLL, diagnostics and q_n on $score_subsets"
+    log "stage 4: score: per-sentence NLL, diagnostics and q_n on $score_subsets; NLL on $train_sample training sentences"
     require_tool fairseq-skd-score-lm "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     while read -r seed v; do
         ckpt=$(best_checkpoint "$seed" "$v" 3)
@@ -218,6 +218,7 @@ if stage_enabled 4; then
                 | sed "s/^/  $v, seed $seed: /" >&2
             mv "$out.part" "$out"
         done
+        score_train_sample fairseq-skd-score-lm "$bin" "$ckpt" "$run" "$v, seed $seed"
     done < <(runs)
 fi
 

@@ -29,7 +29,7 @@ Stages:
   4  train: fairseq-train, one run per seed and variant (resumes from checkpoint_last.pt)
   5  decode: fairseq-generate with each of --beams on valid and test (synthetic: test);
      fairseq-skd-bleu (sacreBLEU); fairseq-skd-score-mt: teacher-forced NLL, prediction
-     diagnostics and q_n on test
+     diagnostics and q_n on test, and NLL on a sample of the training set
   6  collect: fairseq-skd-collect EXP_DIR (results.md / results.csv / figures)
 
 Options:
@@ -364,7 +364,7 @@ train_stage 4 "$bin"
 
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 5; then
-    log "stage 5: decode: beams $beams on $score_subsets; detokenized sacreBLEU; test-set diagnostics and q_n"
+    log "stage 5: decode: beams $beams on $score_subsets; detokenized sacreBLEU; test-set diagnostics and q_n; NLL on $train_sample training sentences"
     require_tool fairseq-generate "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
     require_tool fairseq-skd-bleu "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     require_tool fairseq-skd-score-mt "Install this repository's package: ./setup_env.sh (or pip install -e .)."
@@ -392,11 +392,13 @@ if stage_enabled 5; then
         # fairseq-skd-collect tables and draws (temperature fitted on valid), and q_n at the
         # same sigma for every variant
         out=$run/score_test.json
-        if up_to_date "$out" "$ckpt"; then continue; fi
-        step "$run/score.log" "scoring $v, seed $seed on test" fairseq-skd-score-mt "$bin" \
-            --path "$ckpt" --subset test --qn-sigma "$qn_sigma" --json "$out.part" \
-            "${device_flags[@]}" | sed "s/^/  $v, seed $seed: /" >&2
-        mv "$out.part" "$out"
+        if ! up_to_date "$out" "$ckpt"; then
+            step "$run/score.log" "scoring $v, seed $seed on test" fairseq-skd-score-mt "$bin" \
+                --path "$ckpt" --subset test --qn-sigma "$qn_sigma" --json "$out.part" \
+                "${device_flags[@]}" | sed "s/^/  $v, seed $seed: /" >&2
+            mv "$out.part" "$out"
+        fi
+        score_train_sample fairseq-skd-score-mt "$bin" "$ckpt" "$run" "$v, seed $seed"
     done < <(runs)
 fi
 

@@ -47,6 +47,9 @@ nproc=1
 cpu=0
 smoke=0
 VARIANTS_PY="$USER_DIR/variants.py"   # the variants' one home; a script, no torch needed
+# sentences of the training set scored after training (a fixed sample, the same for every run of
+# the data) for the test - train NLL gap of the results: enough for a stable mean per token
+train_sample=1000
 
 common_usage() {
     cat <<EOF
@@ -371,6 +374,17 @@ best_checkpoint() {
     ckpt=$(run_dir "$1" "$2")/checkpoint_best.pt
     [[ -f $ckpt ]] || die "$ckpt not found: run stage $3 (train) for $2, seed $1 first"
     echo "$ckpt"
+}
+
+# score_train_sample TOOL BIN CKPT RUN WHAT: the NLL of checkpoint CKPT on a fixed sample of the
+# training set, in eval mode as the test set is scored, into RUN/score_train.json.
+score_train_sample() {
+    local tool=$1 bin=$2 ckpt=$3 run=$4 what=$5 out=$4/score_train.json
+    if up_to_date "$out" "$ckpt"; then return 0; fi
+    step "$run/score.log" "scoring $what on $train_sample training sentences" "$tool" "$bin" \
+        --path "$ckpt" --subset train --max-sentences "$train_sample" --calibration-subset none \
+        --qn-sigma none --json "$out.part" "${device_flags[@]}" | sed "s/^/  $what: /" >&2
+    mv "$out.part" "$out"
 }
 
 # up_to_date OUT CKPT: OUT exists and is newer than CKPT (then it is not made again).
