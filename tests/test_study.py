@@ -76,7 +76,8 @@ def test_diagnostics_figures_and_each_seeds_tables(study, task):
     table = (out / task / "results.md").read_text()
     name = {"lm": "Language model", "mt": "Translation"}[task]
     header, *rows = table_rows(table, f"## {name}: prediction diagnostics on the test set")
-    assert header[-2:] == ["best epoch", "train-valid NLL gap (bits)"]
+    assert header[-4:] == ["best epoch", "epochs", "valid rise after best (bits)",
+                           "test - train NLL/token"]
     assert [row[0] for row in rows] == ["Baseline", "+SKD"]
     line = next(line for line in table.splitlines() if line.startswith("`reliability.png`"))
     assert "seeds 1 2; the seeds pooled" in line and line.endswith("curves: Baseline, +SKD")
