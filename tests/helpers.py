@@ -152,6 +152,27 @@ def parse_json_logs(text, kind="train_inner"):
     return raw_records(text, kind)
 
 
+def train_workers(data_bin, save_dir, *args, nproc=1):
+    """fairseq-skd-train with ``nproc`` data-parallel workers and the plugin, its output appended
+    to save_dir/train.log; returns that log's text."""
+    log = Path(save_dir) / "train.log"
+    run("fairseq-skd-train", "--nproc", nproc, data_bin, "--user-dir", USER_DIR, "--save-dir",
+        save_dir, *args, "--log", log)
+    return log.read_text()
+
+
+def by_update(log_text):
+    """The train_inner records of a training log by update number; after a resume, the later."""
+    return {int(r["num_updates"]): r for r in parse_json_logs(log_text)}
+
+
+def last_weights(save_dir):
+    """The model's parameters in save_dir/checkpoint_last.pt."""
+    import fairseq_skd  # noqa: F401  (torch's safe loader reads the plugin's checkpoints)
+
+    return torch.load(Path(save_dir) / "checkpoint_last.pt", map_location="cpu")["model"]
+
+
 # --- dictionaries, tasks, sentences and models built in Python; decoding ----------------------
 
 SPECIAL_SYMBOLS = len(Dictionary())  # <s>, <pad>, </s>, <unk>: 4, before any word
