@@ -289,20 +289,25 @@ LOGITS_HAND = torch.tensor([2.0, 1.0, 0.5, -1.0])  # argmax n = 0 at every posit
 
 
 class TinyDecoderModel(nn.Module):
-    """Embedding -> tanh -> output embedding W: just what a criterion touches."""
+    """Embedding -> tanh (-> dropout) -> output embedding W: just what a criterion touches."""
 
-    def __init__(self, vocab=12, dim=6, seed=0):
+    def __init__(self, vocab=12, dim=6, seed=0, dropout=0.0):
         super().__init__()
         torch.manual_seed(seed)
         self.embed_tokens = nn.Embedding(vocab, dim)
         self.out = nn.Linear(dim, vocab)
         nn.init.normal_(self.out.weight, std=0.6)
+        self.dropout = dropout
 
     def forward(self, src_tokens, src_lengths=None):
-        return self.out(torch.tanh(self.embed_tokens(src_tokens))), None
+        h = torch.tanh(self.embed_tokens(src_tokens))
+        if self.dropout > 0:
+            h = F.dropout(h, self.dropout, self.training)
+        return self.out(h), None
 
     def get_normalized_probs(self, net_output, log_probs):
-        return F.log_softmax(net_output[0].float(), dim=-1)
+        logits = net_output[0].float()
+        return F.log_softmax(logits, dim=-1) if log_probs else F.softmax(logits, dim=-1)
 
     def get_targets(self, sample, net_output):
         return sample["target"]
