@@ -13,6 +13,9 @@ that it needs neither torch nor fairseq), and the results tables take the names 
   checkpoint (the recipes' ``--teacher PATH``), by default the same seed's Baseline (a
   born-again network: the teacher is the student's size); +SKD+KD adds SKD's self-targets to
   the hard-target half.
+- R-Drop (Liang et al. 2021): two dropout passes per sentence, their symmetric KL weighted by
+  the alpha R-Drop's authors used for the task (``rdrop_cross_entropy``, no label smoothing):
+  another regulariser to set beside SKD. Its flags depend on the task (``--task lm|mt``).
 
 ``--variants`` of the recipes takes names and the groups ``paper`` (the four rows),
 ``distillation`` (the baseline, KD and +SKD+KD) and ``all`` (every variant but the KD ones).
@@ -38,6 +41,7 @@ VARIANTS = {
     "skd_label_smoothing": ("+SKD (label smoothing 0.1)", ["--label-smoothing", "0.1"]),
     "kd": ("KD (a 0.5)", None),
     "skd_kd": ("+SKD+KD (a 0.5)", None),
+    "rdrop": ("R-Drop (alpha 1 LM, 5 MT)", None),
 }
 NAMES = {variant: name for variant, (name, _) in VARIANTS.items()}
 PAPER = ("baseline", "noise", "skd", "noise_skd")
@@ -46,6 +50,12 @@ GROUPS = {"paper": PAPER, "distillation": ("baseline", *DISTILLED),
           "all": tuple(v for v in VARIANTS if v not in DISTILLED)}
 LABEL_SMOOTHING = "0.1"
 KD_ALPHA, KD_TEMPERATURE = "0.5", "1.0"
+TASKS = ("lm", "mt")
+# R-Drop's alpha as its authors ran it (github.com/dropreg/R-Drop, fairseq_src/examples):
+# translation (IWSLT'14 de-en, translation_rdrop/script/run_train.sh) --reg-alpha 5, language
+# modelling (WikiText-103, language_model_rdrop/script/train_lm_wiki103_rdrop.sh) --reg-alpha 1.0.
+# Their translation run adds label smoothing 0.1, left out here: the baseline has none.
+RDROP_ALPHA = {"lm": "1.0", "mt": "5"}
 
 
 class VariantError(ValueError):
@@ -76,8 +86,9 @@ def known(variant):
 
 
 def uses_skd_criterion(variant):
-    """Whether the variant trains with self_kd_cross_entropy (all but the baseline)."""
-    return variant != "baseline"
+    """Whether the variant trains with self_kd_cross_entropy or kd_cross_entropy (all but the
+    baseline and R-Drop), which log SKD's alpha."""
+    return variant not in ("baseline", "rdrop")
 
 
 def applies_skd(variant):
@@ -90,10 +101,16 @@ def needs_teacher(variant):
 
 
 def criterion_flags(variant, sigma, warmup_updates, alpha_step, noise_std, skd_args=(),
-                    teacher=None):
+                    teacher=None, task=None):
     """What ``variant`` adds to fairseq-train. ``skd_args``: extra flags for the variants that
-    apply SKD (alpha > 0) only; ``teacher``: the checkpoint the KD variants distil from."""
+    apply SKD (alpha > 0) only; ``teacher``: the checkpoint the KD variants distil from;
+    ``task``: lm or mt, which R-Drop's alpha depends on."""
     known(variant)
+    if variant == "rdrop":
+        if task not in TASKS:
+            raise VariantError(f"variant rdrop takes R-Drop's alpha for the task: give "
+                               f"--task {' or '.join(TASKS)}" + (f", not {task!r}" if task else ""))
+        return ["--criterion", "rdrop_cross_entropy", "--rdrop-alpha", RDROP_ALPHA[task]]
     schedule = ["--skd-sigma", str(sigma), "--skd-warmup-updates", str(warmup_updates),
                 "--skd-alpha-step", str(alpha_step)]
     skd = ["--criterion", "self_kd_cross_entropy", *schedule]
@@ -135,16 +152,16 @@ def check_skd_args(skd_args):
 
 
 def definition_flags(variant):
-    """The flags ``variant``'s definition sets (whatever their values)."""
-    flags = criterion_flags(variant, 0.1, 1, 1, 0.1, teacher="TEACHER")
+    """The flags ``variant``'s definition sets (whatever their values; the same for each task)."""
+    flags = criterion_flags(variant, 0.1, 1, 1, 0.1, teacher="TEACHER", task=TASKS[0])
     return [word for word in flags if word.startswith("--")]
 
 
 def main(argv=None):
     """The recipes' questions: ``expand SPEC`` (a name a line), ``name VARIANT`` (its display
     name), ``flags VARIANT --sigma S --warmup K --alpha-step E --noise-std N [--skd-args ARGS]
-    [--teacher PATH]`` (a flag a line), ``check-skd-args ARGS`` (imports fairseq). Unknown names
-    and refused flags exit with status 2 and say what is wrong."""
+    [--teacher PATH] [--task lm|mt]`` (a flag a line), ``check-skd-args ARGS`` (imports
+    fairseq). Unknown names and refused flags exit with status 2 and say what is wrong."""
     parser = argparse.ArgumentParser(prog="fairseq_skd/variants.py")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("expand").add_argument("spec")
@@ -156,6 +173,7 @@ def main(argv=None):
         flags.add_argument(option, required=True)
     flags.add_argument("--skd-args", default="")
     flags.add_argument("--teacher", default=None)
+    flags.add_argument("--task", choices=TASKS, default=None)
     args = parser.parse_args(argv)
     try:
         if args.command == "expand":
@@ -168,7 +186,7 @@ def main(argv=None):
         else:
             lines = criterion_flags(known(args.variant), args.sigma, args.warmup,
                                     args.alpha_step, args.noise_std, shlex.split(args.skd_args),
-                                    args.teacher)
+                                    args.teacher, args.task)
     except VariantError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -152,6 +152,27 @@ def parse_json_logs(text, kind="train_inner"):
     return raw_records(text, kind)
 
 
+def train_workers(data_bin, save_dir, *args, nproc=1):
+    """fairseq-skd-train with ``nproc`` data-parallel workers and the plugin, its output appended
+    to save_dir/train.log; returns that log's text."""
+    log = Path(save_dir) / "train.log"
+    run("fairseq-skd-train", "--nproc", nproc, data_bin, "--user-dir", USER_DIR, "--save-dir",
+        save_dir, *args, "--log", log)
+    return log.read_text()
+
+
+def by_update(log_text):
+    """The train_inner records of a training log by update number; after a resume, the later."""
+    return {int(r["num_updates"]): r for r in parse_json_logs(log_text)}
+
+
+def last_weights(save_dir):
+    """The model's parameters in save_dir/checkpoint_last.pt."""
+    import fairseq_skd  # noqa: F401  (torch's safe loader reads the plugin's checkpoints)
+
+    return torch.load(Path(save_dir) / "checkpoint_last.pt", map_location="cpu")["model"]
+
+
 # --- dictionaries, tasks, sentences and models built in Python; decoding ----------------------
 
 SPECIAL_SYMBOLS = len(Dictionary())  # <s>, <pad>, </s>, <unk>: 4, before any word
@@ -268,20 +289,25 @@ LOGITS_HAND = torch.tensor([2.0, 1.0, 0.5, -1.0])  # argmax n = 0 at every posit
 
 
 class TinyDecoderModel(nn.Module):
-    """Embedding -> tanh -> output embedding W: just what a criterion touches."""
+    """Embedding -> tanh (-> dropout) -> output embedding W: just what a criterion touches."""
 
-    def __init__(self, vocab=12, dim=6, seed=0):
+    def __init__(self, vocab=12, dim=6, seed=0, dropout=0.0):
         super().__init__()
         torch.manual_seed(seed)
         self.embed_tokens = nn.Embedding(vocab, dim)
         self.out = nn.Linear(dim, vocab)
         nn.init.normal_(self.out.weight, std=0.6)
+        self.dropout = dropout
 
     def forward(self, src_tokens, src_lengths=None):
-        return self.out(torch.tanh(self.embed_tokens(src_tokens))), None
+        h = torch.tanh(self.embed_tokens(src_tokens))
+        if self.dropout > 0:
+            h = F.dropout(h, self.dropout, self.training)
+        return self.out(h), None
 
     def get_normalized_probs(self, net_output, log_probs):
-        return F.log_softmax(net_output[0].float(), dim=-1)
+        logits = net_output[0].float()
+        return F.log_softmax(logits, dim=-1) if log_probs else F.softmax(logits, dim=-1)
 
     def get_targets(self, sample, net_output):
         return sample["target"]

@@ -21,7 +21,7 @@ import torch
 import fairseq_skd  # noqa: F401  (safe-loader globals for the checkpoints)
 from fairseq_skd.cli import train as launcher
 
-from helpers import BIN, USER_DIR, make_lm_data, parse_json_logs, preprocess_lm
+from helpers import BIN, USER_DIR, by_update, last_weights, make_lm_data, preprocess_lm
 
 EPOCHS = 12
 # ~7 updates per epoch with 2 workers x 300 tokens: alpha is 0 for 3 updates, then reaches 1
@@ -61,12 +61,7 @@ def train(nproc, data_bin, save_dir, *extra):
 
 
 def records(save_dir):
-    """train_inner records by update number; after a resume the later record wins."""
-    return {int(r["num_updates"]): r for r in parse_json_logs((save_dir / "train.log").read_text())}
-
-
-def weights(save_dir):
-    return torch.load(save_dir / "checkpoint_last.pt", map_location="cpu")["model"]
+    return by_update((save_dir / "train.log").read_text())
 
 
 def processes_mentioning(text):
@@ -124,7 +119,7 @@ def test_two_workers_log_and_learn_exactly_what_one_worker_with_update_freq_2_do
         assert {k: one[update][k] for k in LOGGED} == {k: two[update][k] for k in LOGGED}, update
     alphas = [float(r["skd_alpha"]) for r in two.values()]
     assert alphas[0] == 0 and 0 < alphas[len(alphas) // 8] < 1 and alphas[-1] == 1
-    w1, w2 = weights(tmp_path / "one"), weights(save_dir)
+    w1, w2 = last_weights(tmp_path / "one"), last_weights(save_dir)
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
@@ -143,7 +138,7 @@ def test_killed_two_worker_run_leaves_no_worker_and_resumes_to_the_same_weights(
     assert "Loaded checkpoint" in log and max(resumed) == max(reference)
     for update, record in reference.items():
         assert {k: resumed[update][k] for k in LOGGED} == {k: record[k] for k in LOGGED}, update
-    w_ref, w = weights(reference_dir), weights(save_dir)
+    w_ref, w = last_weights(reference_dir), last_weights(save_dir)
     assert all(torch.equal(w_ref[k], w[k]) for k in w_ref)
 
 
@@ -178,7 +173,7 @@ def test_a_damaged_checkpoint_last_is_replaced_by_the_newest_intact_one(lm_bin, 
     assert f"the intact checkpoint furthest in training (update {furthest})" in picked, picked
     assert str(earlier) not in picked
     assert (save_dir / "checkpoint_last.pt.damaged").read_bytes() == content[: len(content) // 2]
-    w_ref, w = weights(reference), weights(save_dir)
+    w_ref, w = last_weights(reference), last_weights(save_dir)
     assert all(torch.equal(w_ref[k], w[k]) for k in w_ref)
 
 

@@ -11,7 +11,7 @@ import torch
 
 import fairseq_skd  # noqa: F401  (torch's safe loader reads the checkpoints)
 
-from helpers import LM_TASK, USER_DIR, parse_json_logs, run
+from helpers import LM_TASK, USER_DIR, by_update, last_weights, run, train_workers
 
 TRAIN = ["--optimizer", "adam", "--lr", 0.005, "--max-tokens", 300, "--max-epoch", 3,
          "--required-batch-size-multiple", 1, "--cpu", "--seed", 1, "--num-workers", 0,
@@ -23,13 +23,7 @@ LOGGED = ("loss", "nll_loss", "kd_loss", "kd_teacher_nll", "kd_agree")
 
 def train(data_bin, save_dir, *extra, nproc=1, arch=("--arch", "skd_lstm_lm_tiny", *LM_TASK)):
     """A student trained with ``extra`` flags; {update: train_inner record}."""
-    run("fairseq-skd-train", "--nproc", nproc, data_bin, "--user-dir", USER_DIR, "--save-dir",
-        save_dir, *arch, *TRAIN, *extra, "--log", save_dir / "train.log")
-    return {int(r["num_updates"]): r for r in parse_json_logs((save_dir / "train.log").read_text())}
-
-
-def weights(save_dir):
-    return torch.load(save_dir / "checkpoint_last.pt", map_location="cpu")["model"]
+    return by_update(train_workers(data_bin, save_dir, *arch, *TRAIN, *extra, nproc=nproc))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def test_training_from_the_cache_equals_training_with_the_teacher_online(online_
     for update, record in online.items():
         for key in LOGGED:  # the cache keeps the probabilities in float16
             assert float(cached[update][key]) == pytest.approx(float(record[key]), abs=2e-3), (update, key)
-    w_online, w_cached = weights(online_dir), weights(tmp_path / "cached")
+    w_online, w_cached = last_weights(online_dir), last_weights(tmp_path / "cached")
     for name, value in w_online.items():
         torch.testing.assert_close(w_cached[name], value, rtol=1e-2, atol=1e-3)
 
@@ -67,7 +61,7 @@ def test_two_workers_equal_one_worker_with_update_freq_2(online_top4, tiny_lm, t
     assert sorted(one) == sorted(two) and len(two) == 9  # 3 updates of 2 x 300 tokens x 3 epochs
     for update in two:
         assert {k: one[update][k] for k in LOGGED} == {k: two[update][k] for k in LOGGED}, update
-    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    w1, w2 = last_weights(tmp_path / "one"), last_weights(tmp_path / "two")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
@@ -81,7 +75,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(online_top4, tiny_lm, tmp_pat
     assert "Loaded checkpoint" in (save_dir / "train.log").read_text()
     for update, record in reference.items():
         assert {k: resumed[update][k] for k in LOGGED} == {k: record[k] for k in LOGGED}, update
-    w_ref, w = weights(reference_dir), weights(save_dir)
+    w_ref, w = last_weights(reference_dir), last_weights(save_dir)
     assert all(torch.equal(w_ref[k], w[k]) for k in w_ref)
     # the teacher is not in the student's checkpoint: only the student's own parameters
     assert w.keys() == torch.load(reference_dir / "checkpoint1.pt", map_location="cpu")["model"].keys()

@@ -16,6 +16,7 @@ set -euo pipefail
 
 # shellcheck source=../utils/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../utils/common.sh"
+recipe_task=lm  # the task as fairseq_skd/variants.py and fairseq-skd-collect name it
 
 usage() {
     cat <<EOF
@@ -225,7 +226,7 @@ fi
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 5; then
     log "stage 5: collect: fairseq-skd-collect $exp_dir"
-    collect_stage lm
+    collect_stage
 fi
 log "lm recipe: done"
 exit 0

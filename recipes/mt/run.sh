@@ -15,6 +15,7 @@ set -euo pipefail
 
 # shellcheck source=../utils/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../utils/common.sh"
+recipe_task=mt  # the task as fairseq_skd/variants.py and fairseq-skd-collect name it
 
 usage() {
     cat <<EOF
@@ -405,7 +406,7 @@ fi
 # ----------------------------------------------------------------------------------------------
 if stage_enabled 6; then
     log "stage 6: collect: fairseq-skd-collect $exp_dir"
-    collect_stage mt
+    collect_stage
 fi
 log "mt recipe: done"
 exit 0

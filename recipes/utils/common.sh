@@ -293,13 +293,13 @@ check_variants() {
 }
 
 # variant_criterion_flags VARIANT [TEACHER]: what VARIANT adds to fairseq-train, from
-# fairseq_skd/variants.py (needs the settings skd_sigma skd_warmup skd_eta noise_std, and
-# skd_args). Sets the array variant_flags.
+# fairseq_skd/variants.py (needs the recipe's task, the settings skd_sigma skd_warmup skd_eta
+# noise_std, and skd_args). Sets the array variant_flags.
 variant_criterion_flags() {
     local flags
     flags=$(python3 "$VARIANTS_PY" flags "$1" --sigma "$skd_sigma" --warmup "$skd_warmup" \
         --alpha-step "$skd_eta" --noise-std "$noise_std" --skd-args "${skd_args:-}" \
-        --teacher "${2:-}" 2>&1) || die "variant $1: ${flags#error: }"
+        --teacher "${2:-}" --task "$recipe_task" 2>&1) || die "variant $1: ${flags#error: }"
     mapfile -t variant_flags <<<"$flags"
 }
 
@@ -416,11 +416,11 @@ step() {
     fi
 }
 
-# collect_stage TASK: fairseq-skd-collect EXP_DIR (tables over the seeds, each seed's tables and
+# collect_stage: fairseq-skd-collect EXP_DIR (tables over the seeds, each seed's tables and
 # figures), unless its results are newer than every score file and log. $paper names the
 # paper experiment whose numbers are printed beside ours (none for a corpus).
 collect_stage() {
-    local args=(--task "$1" --name "$name" --paper "$paper")
+    local args=(--task "$recipe_task" --name "$name" --paper "$paper")
     if (( smoke )); then args+=(--smoke); fi
     require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" \( -name '*.json' -o -name train.log \) \
