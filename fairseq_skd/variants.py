@@ -18,7 +18,8 @@ that it needs neither torch nor fairseq), and the results tables take the names 
   another regulariser to set beside SKD. Its flags depend on the task (``--task lm|mt``).
 
 ``--variants`` of the recipes takes names and the groups ``paper`` (the four rows),
-``distillation`` (the baseline, KD and +SKD+KD) and ``all`` (every variant but the KD ones).
+``distillation`` (the baseline, KD and +SKD+KD), ``compare`` (SKD beside label smoothing,
+R-Drop and KD, with and without SKD) and ``all`` (every variant but the KD ones).
 """
 
 import argparse
@@ -46,7 +47,9 @@ VARIANTS = {
 NAMES = {variant: name for variant, (name, _) in VARIANTS.items()}
 PAPER = ("baseline", "noise", "skd", "noise_skd")
 DISTILLED = ("kd", "skd_kd")  # from a teacher
-GROUPS = {"paper": PAPER, "distillation": ("baseline", *DISTILLED),
+# what a user would pick instead of SKD, beside SKD (./run.sh --compare)
+COMPARE = ("baseline", "label_smoothing", "rdrop", "skd", "skd_label_smoothing", *DISTILLED)
+GROUPS = {"paper": PAPER, "distillation": ("baseline", *DISTILLED), "compare": COMPARE,
           "all": tuple(v for v in VARIANTS if v not in DISTILLED)}
 LABEL_SMOOTHING = "0.1"
 KD_ALPHA, KD_TEMPERATURE = "0.5", "1.0"

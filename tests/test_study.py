@@ -84,7 +84,7 @@ def test_diagnostics_figures_and_each_seeds_tables(study, task):
     figures = [out / task / "reliability.png"]
     for seed in (1, 2):
         md = (out / task / f"seed{seed}" / "results.md").read_text()
-        assert md.startswith(f"# synthetic{'_en_xx' if task == 'mt' else ''}, seed {seed}: Table")
+        assert md.startswith(f"# synthetic_small{'_en_xx' if task == 'mt' else ''}, seed {seed}: Table")
         assert "## Prediction diagnostics (test set)" in md and "(dev)" not in md
         figures += sorted((out / task / f"seed{seed}").glob("*.png"))
         assert (out / task / f"seed{seed}" / "skd" / "score_test.json").is_file()
@@ -149,3 +149,19 @@ def test_a_failing_training_shows_the_last_lines_of_its_log(tmp_path):
     assert "    Exception: The dataset is empty." in proc.stderr  # the cause
     assert "The dataset is empty" in log.read_text()
     assert "ERROR: training baseline, seed 1 (run 1 of 1) failed" in proc.stderr
+
+
+def test_run_sh_takes_one_dataset_a_folder(tmp_path):
+    def run_sh(*args):
+        return subprocess.run(["bash", str(REPO / "run.sh"), *args], capture_output=True,
+                              text=True, env=env())
+
+    bad = run_sh("--dataset", "ptb", "--out", str(tmp_path / "a"))
+    assert bad.returncode == 1
+    assert "run.sh: --dataset is synthetic-small (the default) or synthetic, not 'ptb'" in bad.stderr
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "DATASET").write_text("synthetic\n")  # a study of the other dataset
+    mixed = run_sh("--out", str(tmp_path / "b"), "--task", "lm")
+    assert mixed.returncode == 1 and not (tmp_path / "b" / "lm").exists()
+    assert (f"run.sh: --out {tmp_path / 'b'} holds the study of --dataset synthetic, not "
+            "synthetic-small: give another --out") in mixed.stderr

@@ -4,7 +4,7 @@
 # Settings: recipes/conf/lm.sh. What is shared with the MT recipe: recipes/utils/common.sh.
 #
 #   recipes/lm/run.sh --dataset ptb                    # all stages, the four variants
-#   recipes/lm/run.sh --dataset synthetic --seeds "1 2 3"   # the offline study's LM (./run.sh)
+#   recipes/lm/run.sh --dataset synthetic-small --seeds "1 2 3"   # the offline study's LM (./run.sh)
 #   recipes/lm/run.sh --dataset wiki2 --variants "baseline skd" --stage 3 -- --fp16
 #   recipes/lm/run.sh --corpus my_text/ --model transformer --skd-args "--skd-sigma auto"
 #   recipes/lm/run.sh --dataset ptb --smoke --data-dir tests/fixtures/ptb --exp-dir /tmp/exp
@@ -20,7 +20,7 @@ recipe_task=lm  # the task as fairseq_skd/variants.py and fairseq-skd-collect na
 
 usage() {
     cat <<EOF
-Usage: $0 (--dataset ptb|wiki2|synthetic | --corpus DIR) [options] [-- extra fairseq-train flags]
+Usage: $0 (--dataset ptb|wiki2|synthetic|synthetic-small | --corpus DIR) [options] [-- extra fairseq-train flags]
 
 Stages:
   0  data: download (or take from --data-dir / --corpus) and verify the raw files, or
@@ -36,7 +36,10 @@ Stages:
 Options:
   --dataset ptb|wiki2     the paper's corpora
   --dataset synthetic     English-like sentences with near-synonyms, generated offline in a
-                          second (fairseq_skd/data/synthetic.py): the offline study's corpus
+                          second (fairseq_skd/data/synthetic.py): 6000 of them and a small
+                          model, which does not overfit them
+  --dataset synthetic-small  600 such sentences and a larger model, which overfits them: the
+                          offline study's setting (./run.sh)
   --corpus DIR            your own corpus instead: DIR/train.txt, valid.txt, test.txt, raw text,
                           one sentence per line
   --tokenize none|moses   --corpus only: the text as it is (default, as PTB) or Moses-tokenized
@@ -70,12 +73,12 @@ if [[ -n $corpus ]]; then
     if [[ $tokenize == moses ]]; then check_language "$lang" "--lang"; fi
 else
     case $dataset in
-        ptb|wiki2|synthetic) ;;
-        "") usage >&2; die "--dataset (ptb, wiki2 or synthetic) or --corpus DIR is required" ;;
-        *) usage >&2; die "unknown --dataset '$dataset' (ptb, wiki2 or synthetic; your own text: --corpus DIR)" ;;
+        ptb|wiki2|synthetic|synthetic-small) ;;
+        "") usage >&2; die "--dataset (ptb, wiki2, synthetic or synthetic-small) or --corpus DIR is required" ;;
+        *) usage >&2; die "unknown --dataset '$dataset' (ptb, wiki2, synthetic or synthetic-small; your own text: --corpus DIR)" ;;
     esac
     [[ $tokenize == none && -z $vocab_size ]] || die "--tokenize and --vocab-size are for --corpus: the paper's corpora are used as published"
-    name=${name:-$dataset}
+    name=${name:-${dataset//-/_}}
     if [[ $dataset == wiki2 && $wiki2_unit == line && $name == wiki2 ]]; then name=wiki2_line; fi
 fi
 [[ $wiki2_unit == sentence || $wiki2_unit == line ]] || die "--wiki2-unit is sentence or line, not '$wiki2_unit'"
@@ -101,7 +104,7 @@ if stage_enabled 3; then check_train_commands "$bin"; fi
 get_data() {
     mkdir -p "$raw"
     : >"$manifest"
-    if [[ $dataset == synthetic ]]; then
+    if [[ $dataset == synthetic* ]]; then
         python3 "$USER_DIR/data/synthetic.py" "$raw" --train "${synthetic_sizes[0]}" \
             --valid "${synthetic_sizes[1]}" --test "${synthetic_sizes[2]}" --seed 1
         for f in train.txt valid.txt test.txt; do record_sha256 "$raw/$f" "$manifest"; done
@@ -165,7 +168,7 @@ make_text() {
             # PAPER: "We did not apply additional pre-processing for the PTB dataset."
             # fairseq adds </s> after every line, Mikolov's <eos>.
             ptb) cp "$raw/ptb.$split.txt" "$text/$split.txt" ;;
-            synthetic) cp "$raw/$split.txt" "$text/$split.txt" ;;
+            synthetic*) cp "$raw/$split.txt" "$text/$split.txt" ;;
             wiki2) python "$RECIPES_DIR/utils/text_tools.py" wikitext-sentences \
                        "$raw/wiki.$split.tokens" "$text/$split.txt" --unit "$wiki2_unit" ;;
             corpus)

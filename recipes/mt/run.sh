@@ -4,7 +4,7 @@
 # Settings: recipes/conf/mt.sh; data sources and checksums: recipes/utils/checksums.tsv.
 #
 #   recipes/mt/run.sh --pair en-fi                     # all stages, the four variants
-#   recipes/mt/run.sh --dataset synthetic --seeds "1 2 3"   # the offline study's MT (./run.sh)
+#   recipes/mt/run.sh --dataset synthetic-small --seeds "1 2 3"   # the offline study's MT (./run.sh)
 #   recipes/mt/run.sh --pair en-de --variants "baseline skd" --stage 4 -- --fp16
 #   recipes/mt/run.sh --pair en-fi --smoke --data-dir tests/fixtures/wmt15 --exp-dir /tmp/exp
 # shellcheck source-path=SCRIPTDIR disable=SC2329  # the data stages run through data_stage
@@ -19,7 +19,7 @@ recipe_task=mt  # the task as fairseq_skd/variants.py and fairseq-skd-collect na
 
 usage() {
     cat <<EOF
-Usage: $0 (--pair SRC-TGT [--corpus DIR] | --dataset synthetic) [options] [-- extra fairseq-train flags]
+Usage: $0 (--pair SRC-TGT [--corpus DIR] | --dataset synthetic|synthetic-small) [options] [-- extra fairseq-train flags]
 
 Stages:
   0  data: download (or take from --data-dir / --corpus) and verify the corpora, dev and test
@@ -38,7 +38,9 @@ Options:
                           two language codes (e.g. en-tr)
   --dataset synthetic     English-like sentences and their translations into a made-up
                           language with synonyms of its own (fairseq_skd/data/synthetic.py,
-                          pair en-xx): the offline study's corpus
+                          pair en-xx): 3000 pairs and a small model, which does not overfit them
+  --dataset synthetic-small  1000 such pairs and a larger model, which overfits them: the
+                          offline study's setting (./run.sh)
   --corpus DIR            your own parallel corpus: DIR/train.SRC train.TGT valid.SRC valid.TGT
                           test.SRC test.TGT, raw untokenized text, one sentence a line
   --bpe-size N            joint BPE merges and dictionary size (default: the paper's 10000 for
@@ -61,19 +63,19 @@ use_repo_venv
 
 case $dataset in
     "") ;;
-    synthetic)
-        [[ -z $corpus && -z $data_dir ]] || die "--dataset synthetic is generated: it takes no --corpus or --data-dir"
-        [[ -z $pair || $pair == en-xx ]] || die "--dataset synthetic is English to a made-up language: its pair is en-xx, not $pair"
+    synthetic|synthetic-small)
+        [[ -z $corpus && -z $data_dir ]] || die "--dataset $dataset is generated: it takes no --corpus or --data-dir"
+        [[ -z $pair || $pair == en-xx ]] || die "--dataset $dataset is English to a made-up language: its pair is en-xx, not $pair"
         pair=en-xx ;;
-    *) usage >&2; die "unknown --dataset '$dataset' (synthetic; the paper's data: --pair en-fi|fi-en|en-de; your own: --corpus DIR)" ;;
+    *) usage >&2; die "unknown --dataset '$dataset' (synthetic or synthetic-small; the paper's data: --pair en-fi|fi-en|en-de; your own: --corpus DIR)" ;;
 esac
 [[ -n $pair ]] || { usage >&2; die "--pair SRC-TGT is required (en-fi, fi-en, en-de; with --corpus any two language codes), or --dataset synthetic"; }
 [[ $pair =~ ^[a-z]{2,3}-[a-z]{2,3}$ ]] || { usage >&2; die "unknown --pair '$pair': SRC-TGT with two language codes, e.g. en-fi"; }
 src=${pair%-*}
 tgt=${pair#*-}
 [[ $src != "$tgt" ]] || die "--pair $pair: the source and target languages must differ"
-if [[ $dataset == synthetic ]]; then
-    name=${name:-synthetic_en_xx}
+if [[ $dataset == synthetic* ]]; then
+    name=${name:-${dataset//-/_}_en_xx}
 elif [[ -n $corpus ]]; then
     name=${name:-$(basename "$(cd "$corpus" && pwd)")}
     check_corpus_files "$corpus" "train.$src" "train.$tgt" "valid.$src" "valid.$tgt" "test.$src" "test.$tgt"
@@ -106,7 +108,7 @@ log "mt recipe: pair=$pair ($name) model=$model variants='$variants' seeds='$see
 # ---- the WMT'15 data (http://www.statmt.org/wmt15/translation-task.html): for each part,
 # "ARCHIVE FILE_en FILE_x" with FILE the name of a file inside ARCHIVE (x = fi or de). The
 # archives' URLs and checksums are in recipes/utils/checksums.tsv.
-if [[ -n $corpus || $dataset == synthetic ]]; then
+if [[ -n $corpus || $dataset == synthetic* ]]; then
     :  # your own corpus or the synthetic one: no parts, no archives
 elif [[ $src == de || $tgt == de ]]; then
     x=de
@@ -265,8 +267,8 @@ get_synthetic() {
         log "  $split: $(wc -l <"$raw/$split.$src") sentence pairs"
     done
 }
-if [[ $dataset == synthetic ]]; then
-    data_stage 0 data "" "data: the synthetic en-xx corpus" get_synthetic
+if [[ $dataset == synthetic* ]]; then
+    data_stage 0 data "" "data: the $dataset en-xx corpus" get_synthetic
 elif [[ -n $corpus ]]; then
     data_stage 0 data "" "data: $pair corpus $corpus" get_corpus
 else

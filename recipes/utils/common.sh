@@ -57,6 +57,7 @@ common_usage() {
   --stop-stage M          last stage to run (default: the last)
   --variants "LIST"       the variants to train, names or groups (default: paper, the four
                           rows baseline noise skd noise_skd; distillation: baseline kd skd_kd;
+                          compare: $(python3 "$VARIANTS_PY" expand compare | tr '\n' ' ')
                           all: every variant but the KD ones):
                           $(python3 "$VARIANTS_PY" expand all | tr '\n' ' ')
   --seeds "LIST"          one training per seed and variant (default 1); the tables give
@@ -78,7 +79,7 @@ common_usage() {
                           workers sharing the cores (fairseq-skd-train --nproc)
   --cpu                   train on CPU even when a GPU is available
   --smoke                 tiny model and 2 epochs: a check of the plumbing in minutes on a CPU
-                          (with --data-dir, --corpus or --dataset synthetic)
+                          (with --data-dir, --corpus or a synthetic --dataset)
   -h, --help              this message
 Everything after '--' is appended to fairseq-train for every variant (e.g. -- --fp16).
 EOF
@@ -87,7 +88,7 @@ EOF
 # check_common_options: the values every recipe takes, checked before any work; the data and
 # experiment folders named after $name unless given.
 check_common_options() {
-    if (( smoke )) && [[ -z $data_dir && -z $corpus && $dataset != synthetic ]]; then
+    if (( smoke )) && [[ -z $data_dir && -z $corpus && $dataset != synthetic* ]]; then
         die "--smoke runs offline on local files: pass --data-dir (e.g. tests/fixtures/$(basename "$(dirname "$0")" | sed 's/lm/ptb/; s/mt/wmt15/')) or --corpus, or use --dataset synthetic"
     fi
     prep_dir=${prep_dir:-data/$name}
