@@ -109,28 +109,19 @@ if [[ $dataset == synthetic* ]]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 if [[ $dataset == synthetic-small ]]; then synthetic_sizes=(600 400 400); fi
-if [[ $dataset == synthetic && $model == lstm ]]; then
-    skd_warmup=43
-    skd_eta=0.0114943
+if [[ $dataset == synthetic* && $model == lstm ]]; then
+    # (embed, hidden, out embed, W's init std, tokens per update, K, eta) of each setting
+    if [[ $dataset == synthetic ]]; then
+        read -r embed hidden out_embed out_std max_tokens skd_warmup skd_eta <<<"128 128 128 0.8 2000 43 0.0114943"
+    else
+        read -r embed hidden out_embed out_std max_tokens skd_warmup skd_eta <<<"256 512 256 0.566 500 4 0.03"
+    fi
     arch=skd_lstm_lm
     train_flags=(
-        --decoder-embed-dim 128 --decoder-hidden-size 128 --decoder-out-embed-dim 128
-        --decoder-out-embed-std 0.8
+        --decoder-embed-dim "$embed" --decoder-hidden-size "$hidden"
+        --decoder-out-embed-dim "$out_embed" --decoder-out-embed-std "$out_std"
         --task language_modeling --sample-break-mode eos --tokens-per-sample 128
-        --optimizer adam --lr 0.002 --clip-norm 1.0 --dropout 0.2 --max-tokens 2000
-        --max-epoch 40 --patience 5 --num-workers 0
-    )
-    log_interval=5
-fi
-if [[ $dataset == synthetic-small && $model == lstm ]]; then
-    skd_warmup=4
-    skd_eta=0.03
-    arch=skd_lstm_lm
-    train_flags=(
-        --decoder-embed-dim 256 --decoder-hidden-size 512 --decoder-out-embed-dim 256
-        --decoder-out-embed-std 0.566
-        --task language_modeling --sample-break-mode eos --tokens-per-sample 128
-        --optimizer adam --lr 0.002 --clip-norm 1.0 --dropout 0.2 --max-tokens 500
+        --optimizer adam --lr 0.002 --clip-norm 1.0 --dropout 0.2 --max-tokens "$max_tokens"
         --max-epoch 40 --patience 5 --num-workers 0
     )
     log_interval=5

@@ -127,29 +127,20 @@ if [[ $dataset == synthetic* ]]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 if [[ $dataset == synthetic-small ]]; then synthetic_sizes=(1000 200 200); fi
-if [[ $dataset == synthetic && $model == lstm ]]; then
-    skd_warmup=87
-    skd_eta=0.00574713
+if [[ $dataset == synthetic* && $model == lstm ]]; then
+    # (embeddings, encoder LSTM, decoder LSTM, attention, tokens per update, K, eta) of each setting
+    if [[ $dataset == synthetic ]]; then
+        read -r embed enc_hidden dec_hidden attention max_tokens skd_warmup skd_eta <<<"64 64 96 64 1000 87 0.00574713"
+    else
+        read -r embed enc_hidden dec_hidden attention max_tokens skd_warmup skd_eta <<<"128 256 256 128 400 7 0.016"
+    fi
     arch=skd_bahdanau
     train_flags=(
-        --encoder-embed-dim 64 --encoder-hidden-size 64 --decoder-embed-dim 64
-        --decoder-hidden-size 96 --decoder-attention-dim 64 --decoder-out-embed-dim 64
+        --encoder-embed-dim "$embed" --encoder-hidden-size "$enc_hidden"
+        --decoder-embed-dim "$embed" --decoder-hidden-size "$dec_hidden"
+        --decoder-attention-dim "$attention" --decoder-out-embed-dim "$embed"
         --task translation --source-lang "$src" --target-lang "$tgt"
-        --optimizer adam --lr 0.005 --clip-norm 1.0 --dropout 0.1 --max-tokens 1000
-        --eval-bleu --eval-bleu-args '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}'
-        --max-epoch 40 --patience 5 --num-workers 0
-    )
-    log_interval=5
-fi
-if [[ $dataset == synthetic-small && $model == lstm ]]; then
-    skd_warmup=7
-    skd_eta=0.016
-    arch=skd_bahdanau
-    train_flags=(
-        --encoder-embed-dim 128 --encoder-hidden-size 256 --decoder-embed-dim 128
-        --decoder-hidden-size 256 --decoder-attention-dim 128 --decoder-out-embed-dim 128
-        --task translation --source-lang "$src" --target-lang "$tgt"
-        --optimizer adam --lr 0.005 --clip-norm 1.0 --dropout 0.1 --max-tokens 400
+        --optimizer adam --lr 0.005 --clip-norm 1.0 --dropout 0.1 --max-tokens "$max_tokens"
         --eval-bleu --eval-bleu-args '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}'
         --max-epoch 40 --patience 5 --num-workers 0
     )
