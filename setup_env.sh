@@ -83,7 +83,7 @@ fi
 log "installing fairseq-skd (editable) and its dependencies (pyproject.toml), transformers included"
 # With its dependencies (no --no-deps), but torch held at the installed build and fairseq's
 # runtime pins (numpy, sacrebleu) as constraints, so none of them can move.
-pip_install --no-build-isolation -e "$repo[test,hf]" -c "$fairseq_runtime" "torch==$installed_torch"
+pip_install --no-build-isolation -e "${repo}[test,hf]" -c "$fairseq_runtime" "torch==$installed_torch"
 
 "$vpy" - <<'PY'
 import importlib.util, sys

@@ -497,3 +497,13 @@ def test_bpe_on_a_small_corpus_gives_about_the_dictionary_asked_for(tmp_path):
                 if "subword units per word" in line]
     assert len(per_word) == 2 and max(per_word) < 3, per_word  # 3.4-4.8 with the threshold 50
     assert "WARNING" not in proc.stderr
+
+
+def test_the_shell_scripts_are_shellcheck_clean():
+    """docs/recipes.md says so: every shell script of the repository, sourced files followed."""
+    scripts = sorted(str(p.relative_to(REPO)) for pattern in ("*.sh", "recipes/**/*.sh", "bench/*.sh")
+                     for p in REPO.glob(pattern))
+    assert "recipes/lm/run.sh" in scripts and "run.sh" in scripts
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    proc = subprocess.run([str(shellcheck), "-x", *scripts], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]

@@ -104,7 +104,7 @@ fi
 # With --model transformer the corpus is the same and the transformer keeps its settings.
 if [[ $dataset == synthetic* ]]; then
     synthetic_sizes=(6000 400 400)   # train, valid, test sentences
-    score_subsets=test
+    score_subsets="test"
     paper=ptb  # the paper's PTB numbers beside ours, as a reference point (other data)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi

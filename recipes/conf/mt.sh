@@ -121,7 +121,7 @@ if [[ $dataset == synthetic* ]]; then
     synthetic_sizes=(3000 200 200)   # train, valid, test pairs
     tokenizer=none
     bpe_method=none
-    score_subsets=test
+    score_subsets="test"
     paper=wmt15_en_fi  # the paper's En-Fi numbers beside ours, as a reference point (other data)
     gen_flags=(--max-tokens 4000 --max-len-a 1.2 --max-len-b 10 --required-batch-size-multiple 1)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -194,6 +194,7 @@ binarize() {
     nwords=()
     # fairseq's count includes its 4 special symbols (<s> <pad> </s> <unk>)
     if [[ -n $vocab_size ]]; then nwords=(--nwordssrc "$((vocab_size + 4))"); fi
+    # shellcheck disable=SC2094  # step appends the tool's stderr to the log, this its stdout
     step "$prep_dir/preprocess.log" "binarizing" fairseq-preprocess --only-source \
         --task language_modeling "${nwords[@]}" --trainpref "$text/train.txt" \
         --validpref "$text/valid.txt" --testpref "$text/test.txt" --destdir "$bin" \

@@ -347,6 +347,7 @@ data_stage 2 bpe "tok" "bpe: joint BPE, about $dict_size symbols" apply_bpe
 binarize() {
     require_tool fairseq-preprocess "Run ./setup_env.sh (it creates .venv), or activate your fairseq environment."
     rm -rf "$bin"
+    # shellcheck disable=SC2094  # step appends the tool's stderr to the log, this its stdout
     step "$prep_dir/preprocess.log" "binarizing" fairseq-preprocess --source-lang "$src" \
         --target-lang "$tgt" --trainpref "$bpe/train" --validpref "$bpe/valid" \
         --testpref "$bpe/test" --nwordssrc "$dict_size" --nwordstgt "$dict_size" \

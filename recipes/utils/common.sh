@@ -101,8 +101,9 @@ check_common_options() {
     local seed
     [[ -n ${seeds// /} ]] || die "--seeds is empty: give one or more seeds, e.g. --seeds \"1 2 3\""
     for seed in $seeds; do
-        [[ $seed =~ ^[0-9]{1,10}$ ]] && (( 10#$seed < 4294967296 )) \
-            || die "--seeds takes whole numbers from 0 to 2**32 - 1 (fairseq's range), not '$seed'"
+        if [[ ! $seed =~ ^[0-9]{1,10}$ ]] || (( 10#$seed >= 4294967296 )); then
+            die "--seeds takes whole numbers from 0 to 2**32 - 1 (fairseq's range), not '$seed'"
+        fi
     done
     [[ -z $(tr ' ' '\n' <<<"$seeds" | sed '/^$/d' | sort | uniq -d) ]] \
         || die "--seeds $seeds: each seed once (a repeated seed trains the same run twice and counts it as two)"
