@@ -302,8 +302,8 @@ def test_the_recipes_take_every_variant_from_fairseq_skd_variants(tmp_path):
     script = ("skd_sigma=0.3; skd_warmup=7; skd_eta=0.05; noise_std=0.2; "
               "skd_args='--skd-qn-max 0.4 --skd-lambda 0.9'; echo \"default: $variants\"; "
               "variants='paper skd_topk skd'; check_variants; echo \"expanded: $variants\"; "
-              "for v in $(python3 $VARIANTS_PY expand all); do variant_criterion_flags $v; "
-              "echo \"$v: ${variant_flags[*]}\"; done")
+              "for v in $(python3 $VARIANTS_PY expand 'all distillation'); do "
+              "variant_criterion_flags $v TEACHER; echo \"$v: ${variant_flags[*]}\"; done")
     proc = bash(script, tmp_path)
     assert proc.returncode == 0, proc.stderr
     default, expanded, *lines = proc.stdout.splitlines()
@@ -313,7 +313,8 @@ def test_the_recipes_take_every_variant_from_fairseq_skd_variants(tmp_path):
     assert list(flags) == list(skd_variants.VARIANTS)
     for variant, line in flags.items():
         assert line.split() == skd_variants.criterion_flags(
-            variant, 0.3, 7, 0.05, 0.2, skd_args=["--skd-qn-max", "0.4", "--skd-lambda", "0.9"])
+            variant, 0.3, 7, 0.05, 0.2, skd_args=["--skd-qn-max", "0.4", "--skd-lambda", "0.9"],
+            teacher="TEACHER")
         assert ("--skd-qn-max" in line) == skd_variants.applies_skd(variant), variant
     assert flags["baseline"] == "--criterion cross_entropy"
     assert "--skd-alpha-max 0" in flags["noise"] and "--skd-alpha-max 0" in flags["label_smoothing"]
