@@ -24,6 +24,7 @@ from helpers import (
     USER_DIR,
     make_reverse_translation_data,
     preprocess_translation,
+    recipe_env,
 )
 
 DOCS = {path.relative_to(REPO).as_posix(): path.read_text()
@@ -305,13 +306,6 @@ def test_the_run_sh_commands_in_the_docs_text_take_their_options(tmp_path):
         out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=recipe_env())
         assert out.returncode == 0, (command, out.stderr[-2000:])
         assert list((tmp_path / f"out{i}" / "data").glob("*/.data.done")), command
-
-
-def recipe_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")
-    env.pop("VIRTUAL_ENV", None)
-    return env
 
 
 def test_the_distillation_flag_table_is_the_criterions_config():

@@ -53,6 +53,7 @@ lang=en
 vocab_size=
 wiki2_unit=sentence
 stop_stage=5
+task=lm
 options="$common_options dataset tokenize lang vocab_size wiki2_unit"
 switches=$common_switches
 # shellcheck source=../utils/parse_options.sh

@@ -26,7 +26,9 @@ Stages:
   1  tokenize: sacremoses normalize + tokenize (-a); clean the training pairs (synthetic: as is)
   2  bpe: subword-nmt joint BPE (synthetic: none)
   3  binarize: fairseq-preprocess
-  4  train: fairseq-train, one run per seed and variant (resumes from checkpoint_last.pt)
+  4  train: fairseq-train, one run per seed and variant (resumes from checkpoint_last.pt);
+     before a Seq-KD variant (seqkd, seqkd_skd) its teacher translates the training set, in
+     shards (recipes/utils/seqkd_data.sh; resumes a killed translation)
   5  decode: fairseq-generate with each of --beams on valid and test (synthetic: test);
      fairseq-skd-bleu (sacreBLEU); fairseq-skd-score-mt: teacher-forced NLL, prediction
      diagnostics and q_n on test
@@ -52,6 +54,7 @@ dataset=
 bpe_size=
 beams="1 12"
 stop_stage=6
+task=mt
 options="$common_options pair dataset bpe_size beams"
 switches=$common_switches
 # shellcheck source=../utils/parse_options.sh
