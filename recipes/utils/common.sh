@@ -360,7 +360,7 @@ seqkd_data() {
 # experiment's (the born-again baseline) else null, "translation": the Seq-KD data's
 # translation.json or null}; absolute paths; rewritten only when it changes.
 teacher_inputs() {
-    local run teacher_run= translation=
+    local run teacher_run='' translation=''
     run=$(run_dir "$1" "$2")
     if [[ -z $teacher ]]; then teacher_run=$(absolute "$(run_dir "$1" baseline)"); fi
     if [[ " $seqkd_variants " == *" $2 "* ]]; then

@@ -210,7 +210,7 @@ done
 for f in "$data_bin"/valid.* "$data_bin"/test.*; do
     case $f in *.bin|*.idx) cp "$f" "$out/bin.part/" ;; esac
 done
-rm -rf "$out/bin"  # a run killed after this rename but before .done
+rm -rf "${out:?}/bin"  # a run killed after this rename but before .done
 mv "$out/bin.part" "$out/bin"
 touch "$out/.done"
 log "  Seq-KD data: $summary; $seconds s translating: $out/translation.json"
