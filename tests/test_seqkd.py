@@ -10,6 +10,7 @@ the length limit, whose rule is fairseq's own; the variants' flags, and the LM r
 them. tests/test_docs.py runs the recipe's command of docs/distillation.md up to the student's
 training."""
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -220,3 +221,25 @@ def test_the_lm_recipe_refuses_the_seqkd_variants_naming_variants(tmp_path):
     assert ("--variants: variant 'seqkd' (Seq-KD (beam 5)) is for the translation recipe only, "
             "not the language-model one") in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_each_teacher_has_its_data_folder_and_each_distilled_run_names_its_inputs(tmp_path):
+    """The born-again teacher's translations: EXP_DIR/seqkd_data/seed<N>; a --teacher's: one
+    folder for every seed, named by its path; inputs.json says which, teacher_run null."""
+    given = tmp_path / "teacher.pt"
+    given.write_bytes(b"")
+    script = (f"set -euo pipefail; . recipes/utils/common.sh; exp_dir={tmp_path}/exp; "
+              "seqkd_variants='seqkd seqkd_skd '; seqkd_dir 1; teacher_inputs 1 seqkd; "
+              f"teacher={given}; seqkd_dir 1; seqkd_dir 2; teacher_inputs 2 seqkd_skd")
+    proc = subprocess.run(["bash", "-c", script], cwd=REPO, env=recipe_env(), capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    own, given_1, given_2 = proc.stdout.split()
+    assert own == f"{tmp_path}/exp/seqkd_data/seed1"
+    digest = hashlib.sha256(f"{given}\n".encode()).hexdigest()[:12]
+    assert given_1 == given_2 == f"{tmp_path}/exp/seqkd_data/teacher_{digest}"
+    assert json.loads((tmp_path / "exp" / "seed1" / "seqkd" / "inputs.json").read_text()) == {
+        "teacher": f"{tmp_path}/exp/seed1/baseline/checkpoint_best.pt",
+        "teacher_run": f"{tmp_path}/exp/seed1/baseline", "translation": f"{own}/translation.json"}
+    assert json.loads((tmp_path / "exp" / "seed2" / "seqkd_skd" / "inputs.json").read_text()) == {
+        "teacher": str(given), "teacher_run": None, "translation": f"{given_1}/translation.json"}
