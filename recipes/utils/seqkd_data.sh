@@ -160,8 +160,8 @@ earlier=()  # shards a previous run finished
 for ((i = 1; i <= shards; i++)); do
     if [[ -f $out/shards/$i.gen ]]; then earlier+=("$i"); else todo+=("$i"); fi
 done
-log "  Seq-KD data: $n training sentences translated by $teacher, beam $beam, in $shards" \
-    "shards of $shard_size, $nproc at once; into $out"
+log "  Seq-KD data: $n training sentences translated by $teacher, beam $beam; shards of" \
+    "$shard_size: $shards, $nproc at once; into $out"
 if (( ${#earlier[@]} )); then
     log "  shards done already (a previous run): ${earlier[*]}; translating: ${todo[*]:-none}"
 fi
