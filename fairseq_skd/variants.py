@@ -16,10 +16,16 @@ that it needs neither torch nor fairseq), and the results tables take the names 
 - R-Drop (Liang et al. 2021): two dropout passes per sentence, their symmetric KL weighted by
   the alpha R-Drop's authors used for the task (``rdrop_cross_entropy``, no label smoothing):
   another regulariser to set beside SKD. Its flags depend on the task (``--task lm|mt``).
+- Seq-KD, translation only: sequence-level distillation (Kim and Rush 2016): the teacher
+  translates the training sources (beam 5) and the student trains with plain cross-entropy on
+  those translations (the MT recipe makes them, docs/distillation.md); +SKD Seq-KD trains on
+  them with +SKD's criterion.
 
 ``--variants`` of the recipes takes names and the groups ``paper`` (the four rows),
-``distillation`` (the baseline, KD and +SKD+KD), ``compare`` (SKD beside label smoothing,
-R-Drop and KD, with and without SKD) and ``all`` (every variant but the KD ones).
+``distillation`` (the baseline and the variants distilled from a teacher), ``compare`` (SKD
+beside label smoothing, R-Drop and distillation, with and without SKD) and ``all`` (every
+variant but the distilled ones). ``--task lm|mt`` (``expand``, ``flags``): the recipe's task; a
+group then holds only the variants of that task, and a variant of the other task is refused.
 """
 
 import argparse
@@ -43,17 +49,23 @@ VARIANTS = {
     "kd": ("KD (a 0.5)", None),
     "skd_kd": ("+SKD+KD (a 0.5)", None),
     "rdrop": ("R-Drop (alpha 1 LM, 5 MT)", None),
+    "seqkd": ("Seq-KD (beam 5)", None),
+    "seqkd_skd": ("+SKD Seq-KD", []),
 }
 NAMES = {variant: name for variant, (name, _) in VARIANTS.items()}
 PAPER = ("baseline", "noise", "skd", "noise_skd")
-DISTILLED = ("kd", "skd_kd")  # from a teacher
+DISTILLED = ("kd", "skd_kd")  # from a teacher's distribution (kd_cross_entropy)
+SEQUENCE_DISTILLED = ("seqkd", "seqkd_skd")  # on the teacher's translations of the training set
+TASK_ONLY = {variant: "mt" for variant in SEQUENCE_DISTILLED}  # the others: both tasks
 # what a user would pick instead of SKD, beside SKD (./run.sh --compare)
-COMPARE = ("baseline", "label_smoothing", "rdrop", "skd", "skd_label_smoothing", *DISTILLED)
-GROUPS = {"paper": PAPER, "distillation": ("baseline", *DISTILLED), "compare": COMPARE,
-          "all": tuple(v for v in VARIANTS if v not in DISTILLED)}
+COMPARE = ("baseline", "label_smoothing", "rdrop", "skd", "skd_label_smoothing", *DISTILLED,
+           *SEQUENCE_DISTILLED)
+GROUPS = {"paper": PAPER, "distillation": ("baseline", *DISTILLED, *SEQUENCE_DISTILLED),
+          "compare": COMPARE,
+          "all": tuple(v for v in VARIANTS if v not in (*DISTILLED, *SEQUENCE_DISTILLED))}
+TASKS = {"lm": "language-model", "mt": "translation"}  # the recipes' tasks
 LABEL_SMOOTHING = "0.1"
 KD_ALPHA, KD_TEMPERATURE = "0.5", "1.0"
-TASKS = ("lm", "mt")
 # R-Drop's alpha as its authors ran it (github.com/dropreg/R-Drop, fairseq_src/examples):
 # translation (IWSLT'14 de-en, translation_rdrop/script/run_train.sh) --reg-alpha 5, language
 # modelling (WikiText-103, language_model_rdrop/script/train_lm_wiki103_rdrop.sh) --reg-alpha 1.0.
@@ -65,9 +77,10 @@ class VariantError(ValueError):
     """An unknown variant or group name."""
 
 
-def expand(spec):
+def expand(spec, task=None):
     """The variants named in ``spec`` (names and groups, space-separated or a list), in the
-    order given, each once."""
+    order given, each once. With ``task`` ('lm' or 'mt'), groups hold only that task's
+    variants and a variant of the other task is refused."""
     words = spec.split() if isinstance(spec, str) else list(spec)
     if not words:
         raise VariantError(f"no variant given (known: {', '.join(VARIANTS)}; groups: "
@@ -77,8 +90,25 @@ def expand(spec):
         if word not in VARIANTS and word not in GROUPS:
             raise VariantError(f"unknown variant '{word}' (known: {', '.join(VARIANTS)}; "
                                f"groups: {', '.join(GROUPS)})")
-        found += GROUPS.get(word, [word])
+        if word in VARIANTS:
+            for_task(word, task)
+        found += [v for v in GROUPS.get(word, [word]) if of_task(v, task)]
     return list(dict.fromkeys(found))
+
+
+def of_task(variant, task):
+    """Whether the recipe of ``task`` ('lm', 'mt'; None: any) trains ``variant``."""
+    return task is None or TASK_ONLY.get(variant, task) == task
+
+
+def for_task(variant, task):
+    """``variant`` if the recipe of ``task`` trains it, else VariantError."""
+    if not of_task(variant, task):
+        raise VariantError(f"variant '{variant}' ({NAMES[variant]}) is for the "
+                           f"{TASKS[TASK_ONLY[variant]]} recipe only, not the {TASKS[task]} one: "
+                           f"leave it out here (./run.sh --task {TASK_ONLY[variant]} runs the "
+                           f"{TASKS[TASK_ONLY[variant]]} recipe alone)")
+    return variant
 
 
 def known(variant):
@@ -100,15 +130,21 @@ def applies_skd(variant):
 
 
 def needs_teacher(variant):
-    return variant in DISTILLED
+    return variant in DISTILLED or variant in SEQUENCE_DISTILLED
+
+
+def trains_on_translations(variant):
+    """Whether the variant's training targets are its teacher's translations (Seq-KD)."""
+    return variant in SEQUENCE_DISTILLED
 
 
 def criterion_flags(variant, sigma, warmup_updates, alpha_step, noise_std, skd_args=(),
                     teacher=None, task=None):
     """What ``variant`` adds to fairseq-train. ``skd_args``: extra flags for the variants that
-    apply SKD (alpha > 0) only; ``teacher``: the checkpoint the KD variants distil from;
-    ``task``: lm or mt, which R-Drop's alpha depends on."""
-    known(variant)
+    apply SKD (alpha > 0) only; ``teacher``: the checkpoint the KD variants distil from (the
+    Seq-KD variants' teacher is in their data, not in their flags); ``task``: see expand; R-Drop's
+    alpha depends on it."""
+    for_task(known(variant), task)
     if variant == "rdrop":
         if task not in TASKS:
             raise VariantError(f"variant rdrop takes R-Drop's alpha for the task: give "
@@ -117,14 +153,14 @@ def criterion_flags(variant, sigma, warmup_updates, alpha_step, noise_std, skd_a
     schedule = ["--skd-sigma", str(sigma), "--skd-warmup-updates", str(warmup_updates),
                 "--skd-alpha-step", str(alpha_step)]
     skd = ["--criterion", "self_kd_cross_entropy", *schedule]
-    if needs_teacher(variant):
+    if variant in DISTILLED:
         if not teacher:
             raise VariantError(f"variant {variant} distils from a teacher: give its checkpoint")
         kd = ["--criterion", "kd_cross_entropy", "--kd-teacher", str(teacher),
               "--kd-alpha", KD_ALPHA, "--kd-temperature", KD_TEMPERATURE]
         return kd if variant == "kd" else [*kd, *schedule, "--skd-alpha-max", "1", *skd_args]
     plain = ["--criterion", "self_kd_cross_entropy", "--skd-alpha-max", "0"]  # alpha stays 0
-    if variant == "baseline":
+    if variant in ("baseline", "seqkd"):
         return ["--criterion", "cross_entropy"]
     if variant == "noise":
         return [*plain, "--target-embed-noise", str(noise_std)]
@@ -161,13 +197,18 @@ def definition_flags(variant):
 
 
 def main(argv=None):
-    """The recipes' questions: ``expand SPEC`` (a name a line), ``name VARIANT`` (its display
-    name), ``flags VARIANT --sigma S --warmup K --alpha-step E --noise-std N [--skd-args ARGS]
-    [--teacher PATH] [--task lm|mt]`` (a flag a line), ``check-skd-args ARGS`` (imports
-    fairseq). Unknown names and refused flags exit with status 2 and say what is wrong."""
+    """The recipes' questions: ``expand SPEC [--task T] [--only teacher|translations]`` (a name
+    a line; ``--only``: those that need a teacher, those trained on its translations), ``name
+    VARIANT`` (its display name), ``flags VARIANT --sigma S --warmup K --alpha-step E
+    --noise-std N [--skd-args ARGS] [--teacher PATH] [--task T]`` (a flag a line),
+    ``check-skd-args ARGS`` (imports fairseq). Unknown names and refused flags exit with status 2
+    and say what is wrong."""
     parser = argparse.ArgumentParser(prog="fairseq_skd/variants.py")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("expand").add_argument("spec")
+    expanding = commands.add_parser("expand")
+    expanding.add_argument("spec")
+    expanding.add_argument("--task", choices=TASKS, default=None)
+    expanding.add_argument("--only", choices=("teacher", "translations"), default=None)
     commands.add_parser("name").add_argument("variant")
     commands.add_parser("check-skd-args").add_argument("skd_args")
     flags = commands.add_parser("flags")
@@ -178,9 +219,10 @@ def main(argv=None):
     flags.add_argument("--teacher", default=None)
     flags.add_argument("--task", choices=TASKS, default=None)
     args = parser.parse_args(argv)
+    only = {None: lambda v: True, "teacher": needs_teacher, "translations": trains_on_translations}
     try:
         if args.command == "expand":
-            lines = expand(args.spec)
+            lines = [v for v in expand(args.spec, args.task) if only[args.only](v)]
         elif args.command == "name":
             lines = [NAMES[known(args.variant)]]
         elif args.command == "check-skd-args":

@@ -98,6 +98,16 @@ def run(command, *args, cwd=None, check=True):
     return proc
 
 
+def recipe_env():
+    """The environment the recipes and ./run.sh run in from the tests: this environment's
+    console scripts first on PATH (and no VIRTUAL_ENV, so a recipe does not look for another),
+    one thread."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
 def preprocess_translation(data_dir, joined_dictionary=False):
     data_dir = Path(data_dir)
     extra = ["--joined-dictionary"] if joined_dictionary else []

@@ -24,6 +24,7 @@ from helpers import (
     USER_DIR,
     make_reverse_translation_data,
     preprocess_translation,
+    recipe_env,
 )
 
 DOCS = {path.relative_to(REPO).as_posix(): path.read_text()
@@ -62,7 +63,7 @@ RUN = {
     ("docs/several-workers.md", "fairseq-skd-train"): 1,
     ("docs/tools.md", "fairseq-hydra-train"): 1, ("docs/tools.md", "fairseq-skd-average"): 1,
     ("docs/distillation.md", "fairseq-train"): 2, ("docs/distillation.md", "fairseq-skd-cache-teacher"): 1,
-    ("docs/distillation.md", "recipes/lm/run.sh"): 1,
+    ("docs/distillation.md", "recipes/lm/run.sh"): 1, ("docs/distillation.md", "recipes/mt/run.sh"): 1,
     ("docs/huggingface.md", "python"): 1,
 }
 
@@ -307,13 +308,6 @@ def test_the_run_sh_commands_in_the_docs_text_take_their_options(tmp_path):
         assert list((tmp_path / f"out{i}" / "data").glob("*/.data.done")), command
 
 
-def recipe_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
-
 def test_the_distillation_flag_table_is_the_criterions_config():
     from fairseq_skd.criterions.config_fields import describe_flags
     from fairseq_skd.criterions.kd_cross_entropy import KDCrossEntropyConfig
@@ -368,7 +362,38 @@ def test_the_distillation_recipe_command_trains_the_baseline_first_as_the_teache
     for variant in ("kd", "skd_kd"):
         command = (tmp_path / "exp" / "seed1" / variant / "train.log").read_text().splitlines()[0]
         assert f"--kd-teacher {teacher}" in command, variant
+        inputs = json.loads((tmp_path / "exp" / "seed1" / variant / "inputs.json").read_text())
+        assert inputs == {"teacher": str(teacher), "teacher_run": str(teacher.parent), "translation": None}
     assert "--skd-alpha-max 1" in (tmp_path / "exp" / "seed1" / "skd_kd" / "train.log").read_text()
+    assert not (tmp_path / "exp" / "seed1" / "baseline" / "inputs.json").exists()
+
+
+def test_the_seqkd_recipe_command_trains_its_students_on_the_teachers_translations(tmp_path):
+    """docs/distillation.md's translation command up to its training stage (4): the baseline,
+    its translation of the training set, the student trained on it, its inputs.json; the
+    translation is kept for the next student. (tests/test_seqkd.py checks the translation.)"""
+    (command,) = doc_commands("recipes/mt/run.sh", "docs/distillation.md")
+    exp, data = tmp_path / "exp", tmp_path / "data"
+    argv = shlex.split(command.replace("/tmp/exp/seqkd", str(exp)))
+    out = subprocess.run(["bash", *argv, "--prep-dir", str(data), "--stop-stage", "4"], cwd=REPO,
+                         capture_output=True, text=True, env=recipe_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    distilled = exp / "seqkd_data" / "seed1"
+    teacher = exp / "seed1" / "baseline" / "checkpoint_best.pt"
+    report = json.loads((distilled / "translation.json").read_text())
+    sources = (data / "bpe" / "train.en").read_text().splitlines()
+    assert {k: report[k] for k in ("sentences", "beam", "teacher", "shards")} == {
+        "sentences": len(sources), "beam": 5, "teacher": str(teacher), "shards": 2}
+    assert (distilled / "text" / "train.en").read_text().splitlines() == sources
+    assert len((distilled / "text" / "train.xx").read_text().splitlines()) == len(sources)
+    for name in ("dict.en.txt", "dict.xx.txt", "train.en-xx.en.bin", "test.en-xx.xx.bin"):
+        assert (distilled / "bin" / name).read_bytes() == (data / "bin" / name).read_bytes(), name
+    assert "Seq-KD data: 300 sentences; empty " in out.stderr and (distilled / ".done").is_file()
+    command = (exp / "seed1" / "seqkd" / "train.log").read_text().splitlines()[0].split()
+    assert command[4] == str(distilled / "bin") and "--criterion cross_entropy" in " ".join(command)
+    inputs = json.loads((exp / "seed1" / "seqkd" / "inputs.json").read_text())
+    assert inputs == {"teacher": str(teacher), "teacher_run": str(teacher.parent),
+                      "translation": str(distilled / "translation.json")}
 
 
 def test_the_plain_pytorch_example_runs_as_written():

@@ -300,12 +300,12 @@ def test_the_recipes_take_every_variant_from_fairseq_skd_variants(tmp_path):
     """The recipes ask fairseq_skd/variants.py for each variant's flags (no copy in bash):
     every variant, --skd-args reaching the ones that apply SKD only, R-Drop's alpha that of the
     recipe's task; groups expand."""
-    script = ("skd_sigma=0.3; skd_warmup=7; skd_eta=0.05; noise_std=0.2; recipe_task=mt; "
+    script = ("skd_sigma=0.3; skd_warmup=7; skd_eta=0.05; noise_std=0.2; task=mt; "
               "skd_args='--skd-qn-max 0.4 --skd-lambda 0.9'; echo \"default: $variants\"; "
               "variants='paper skd_topk skd'; check_variants; echo \"expanded: $variants\"; "
-              "for v in $(python3 $VARIANTS_PY expand all); do variant_criterion_flags $v; "
-              "echo \"$v: ${variant_flags[*]}\"; done; "
-              "recipe_task=lm; variant_criterion_flags rdrop; "
+              "for v in $(python3 $VARIANTS_PY expand 'all distillation' --task mt); do "
+              "variant_criterion_flags $v TEACHER; echo \"$v: ${variant_flags[*]}\"; done; "
+              "task=lm; variant_criterion_flags rdrop; "
               "echo \"rdrop, lm: ${variant_flags[*]}\"")
     proc = bash(script, tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -314,11 +314,11 @@ def test_the_recipes_take_every_variant_from_fairseq_skd_variants(tmp_path):
     assert expanded == "expanded: baseline noise skd noise_skd skd_topk"
     flags = dict(line.split(": ", 1) for line in lines)
     rdrop_lm = flags.pop("rdrop, lm")
-    assert list(flags) == [v for v in skd_variants.VARIANTS if v not in skd_variants.DISTILLED]
+    assert sorted(flags) == sorted(skd_variants.VARIANTS)  # every variant
     for variant, line in flags.items():
         assert line.split() == skd_variants.criterion_flags(
             variant, 0.3, 7, 0.05, 0.2, skd_args=["--skd-qn-max", "0.4", "--skd-lambda", "0.9"],
-            task="mt")
+            teacher="TEACHER", task="mt")
         assert ("--skd-qn-max" in line) == skd_variants.applies_skd(variant), variant
     assert flags["baseline"] == "--criterion cross_entropy"
     assert "--skd-alpha-max 0" in flags["noise"] and "--skd-alpha-max 0" in flags["label_smoothing"]

@@ -84,36 +84,43 @@ def flat_positions(tensor, ignore_prefix_size=0):
 def check_teacher_checkpoint(path, task):
     """The teacher at ``path`` is an intact checkpoint of ``task``'s kind, trained with the
     dictionaries of ``task``'s data folder word for word. Returns its state."""
+    return check_teacher(path, task_name(task), data_folder(task), dictionary_files(task))
+
+
+def check_teacher(path, task, data_dir, dictionaries, flag="--kd-teacher"):
+    """The teacher at ``path`` is an intact checkpoint of the task registered as ``task``,
+    trained with the dictionary files ``dictionaries`` of ``data_dir`` word for word; ``flag``
+    is the option that named it, for the messages. Returns its state. (Also the check of
+    sequence-level KD's teacher before it translates: recipes/utils/seqkd_data.sh.)"""
     from fairseq import checkpoint_utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     if not os.path.isfile(path):
-        raise TeacherError(f"--kd-teacher {path}: no such file")
+        raise TeacherError(f"{flag} {path}: no such file")
     problem = checkpoint_problem(path)
     if problem is not None:
-        raise TeacherError(f"--kd-teacher {path} is not a usable checkpoint: {problem}")
+        raise TeacherError(f"{flag} {path} is not a usable checkpoint: {problem}")
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
     cfg = convert_namespace_to_omegaconf(state["args"]) if state.get("args") else state["cfg"]
     teacher_task = cfg["task"]["_name"]
-    student_task = task_name(task)
-    if teacher_task != student_task:
-        raise TeacherError(f"--kd-teacher {path} was trained with the task {teacher_task}, the "
-                           f"student trains with {student_task}: a teacher predicts the "
+    if teacher_task != task:
+        raise TeacherError(f"{flag} {path} was trained with the task {teacher_task}, the "
+                           f"student trains with {task}: a teacher predicts the "
                            "student's targets only for the same task")
-    for name in dictionary_files(task):
-        student = os.path.join(data_folder(task), name)
+    for name in dictionaries:
+        student = os.path.join(data_dir, name)
         trained = training_dictionary(path, name, cfg["task"].get("data"))
         if trained is None:
             raise TeacherError(
-                f"--kd-teacher {path}: the dictionary it was trained with ({name}) is neither "
+                f"{flag} {path}: the dictionary it was trained with ({name}) is neither "
                 "beside it nor in the data folder its configuration names, so its word ids "
                 f"cannot be checked against the student's ({student}); copy that dictionary "
                 "beside the checkpoint (fairseq-skd-train does so when it trains)")
         difference = dictionary_difference(dictionary_words(trained), dictionary_words(student))
         if difference is not None:
             raise TeacherError(
-                f"--kd-teacher {path} was trained with another dictionary than the student's: "
-                f"{trained} and {student} have {difference}. The teacher's soft targets would "
+                f"{flag} {path} was trained with another dictionary than the student's: "
+                f"{trained} and {student} have {difference}. The teacher's predictions would "
                 "be for other words: distil into a student binarized with the teacher's "
                 f"dictionary (fairseq-preprocess --srcdict/--tgtdict {trained})")
     return state

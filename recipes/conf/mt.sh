@@ -54,14 +54,24 @@ qn_sigma=$skd_sigma
 noise_std=0.1
 
 # ---- decoding: PAPER beam widths 1 and 12 (--beams, default "1 12"), BLEU on the dev and test
-# sets.
-gen_flags=(--batch-size 32 --required-batch-size-multiple 1 --lenpen 1.0)
+# sets. OURS: fairseq-generate's length limit, int(a * source length + b) units (its defaults).
+max_len_a=0
+max_len_b=200
+gen_flags=(--batch-size 32 --required-batch-size-multiple 1 --lenpen 1.0
+           --max-len-a "$max_len_a" --max-len-b "$max_len_b")
 # what is decoded after training (BLEU per subset and beam), and the paper's rows beside ours
 score_subsets="valid test"
 case $src-$tgt in
     en-fi|fi-en|en-de) paper=wmt15_${src}_${tgt} ;;
 esac
 if [[ -n $corpus ]]; then paper=none; fi
+
+# ---- sequence-level KD (the variants seqkd, seqkd_skd): Kim and Rush (2016): the teacher
+# translates the training sources with beam 5 and the student trains on its best hypothesis.
+# OURS: otherwise decoded with gen_flags (the length limit above); shards of 50000 sentences,
+# the unit a killed translation resumes from (recipes/utils/seqkd_data.sh).
+seqkd_beam=5
+seqkd_shard_size=50000
 
 # ---- training: OURS (the paper gives none of these).
 train_flags=(
@@ -123,7 +133,10 @@ if [[ $dataset == synthetic* ]]; then
     bpe_method=none
     score_subsets="test"
     paper=wmt15_en_fi  # the paper's En-Fi numbers beside ours, as a reference point (other data)
-    gen_flags=(--max-tokens 4000 --max-len-a 1.2 --max-len-b 10 --required-batch-size-multiple 1)
+    max_len_a=1.2
+    max_len_b=10
+    gen_flags=(--max-tokens 4000 --max-len-a "$max_len_a" --max-len-b "$max_len_b"
+               --required-batch-size-multiple 1)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 if [[ $dataset == synthetic-small ]]; then synthetic_sizes=(1000 200 200); fi
@@ -147,6 +160,8 @@ if [[ $dataset == synthetic* && $model == lstm ]]; then
     log_interval=5
 fi
 
+# the smoke runs: the Seq-KD translation in a few shards (2 of the synthetic corpus's 300 pairs)
+if (( smoke )); then seqkd_shard_size=150; fi
 if (( smoke )) && [[ $dataset == synthetic* ]]; then synthetic_sizes=(300 40 40); fi
 if (( smoke )) && [[ $dataset == synthetic* && $model == lstm ]]; then
     # The smoke test on the synthetic corpus: 300 pairs, 2 updates per epoch, 2 epochs.

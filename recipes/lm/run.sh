@@ -16,7 +16,6 @@ set -euo pipefail
 
 # shellcheck source=../utils/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../utils/common.sh"
-recipe_task=lm  # the task as fairseq_skd/variants.py and fairseq-skd-collect name it
 
 usage() {
     cat <<EOF
@@ -57,6 +56,7 @@ lang=en
 vocab_size=
 wiki2_unit=sentence
 stop_stage=5
+task=lm  # the task as fairseq_skd/variants.py and fairseq-skd-collect name it
 options="$common_options dataset tokenize lang vocab_size wiki2_unit"
 switches=$common_switches
 # shellcheck source=../utils/parse_options.sh

@@ -15,7 +15,6 @@ set -euo pipefail
 
 # shellcheck source=../utils/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../utils/common.sh"
-recipe_task=mt  # the task as fairseq_skd/variants.py and fairseq-skd-collect name it
 
 usage() {
     cat <<EOF
@@ -27,7 +26,9 @@ Stages:
   1  tokenize: sacremoses normalize + tokenize (-a); clean the training pairs (synthetic: as is)
   2  bpe: subword-nmt joint BPE (synthetic: none)
   3  binarize: fairseq-preprocess
-  4  train: fairseq-train, one run per seed and variant (resumes from checkpoint_last.pt)
+  4  train: fairseq-train, one run per seed and variant (resumes from checkpoint_last.pt);
+     before a Seq-KD variant (seqkd, seqkd_skd) its teacher translates the training set, in
+     shards (recipes/utils/seqkd_data.sh; resumes a killed translation)
   5  decode: fairseq-generate with each of --beams on valid and test (synthetic: test);
      fairseq-skd-bleu (sacreBLEU); fairseq-skd-score-mt: teacher-forced NLL, prediction
      diagnostics and q_n on test, and NLL on a sample of the training set
@@ -55,6 +56,7 @@ dataset=
 bpe_size=
 beams="1 12"
 stop_stage=6
+task=mt  # the task as fairseq_skd/variants.py and fairseq-skd-collect name it
 options="$common_options pair dataset bpe_size beams"
 switches=$common_switches
 # shellcheck source=../utils/parse_options.sh

@@ -46,6 +46,9 @@ nj=$(nproc 2>/dev/null || echo 1)
 nproc=1
 cpu=0
 smoke=0
+task=  # lm or mt: set by the recipe, whose variants fairseq_skd/variants.py then gives
+teacher_variants=
+seqkd_variants=
 VARIANTS_PY="$USER_DIR/variants.py"   # the variants' one home; a script, no torch needed
 # sentences of the training set scored after training (a fixed sample, the same for every run of
 # the data) for the test - train NLL gap of the results: enough for a stable mean per token
@@ -56,10 +59,13 @@ common_usage() {
   --stage N               first stage to run (default 0)
   --stop-stage M          last stage to run (default: the last)
   --variants "LIST"       the variants to train, names or groups (default: paper, the four
-                          rows baseline noise skd noise_skd; distillation: baseline kd skd_kd;
-                          compare: $(python3 "$VARIANTS_PY" expand compare | tr '\n' ' ')
-                          all: every variant but the KD ones):
-                          $(python3 "$VARIANTS_PY" expand all | tr '\n' ' ')
+                          rows baseline noise skd noise_skd; distillation: the baseline and
+                          the variants distilled from a teacher,
+                          $(python3 "$VARIANTS_PY" expand distillation --task "$task" | tr '\n' ' ')
+                          compare: SKD beside what one would use instead,
+                          $(python3 "$VARIANTS_PY" expand compare --task "$task" | tr '\n' ' ')
+                          all: every variant but the distilled ones):
+                          $(python3 "$VARIANTS_PY" expand all --task "$task" | tr '\n' ' ')
   --seeds "LIST"          one training per seed and variant (default 1); the tables give
                           mean ± std over the seeds and say which variant beat the baseline
   --data-dir DIR          take the paper's raw files from DIR (searched recursively) instead
@@ -72,11 +78,13 @@ common_usage() {
                           (settings in recipes/conf, marked OURS)
   --skd-args "FLAGS"      fairseq-train flags for the variants that apply SKD only,
                           e.g. --skd-args "--skd-sigma auto"; flags after -- go to every variant
-  --teacher PATH          the checkpoint the KD variants (kd, skd_kd) distil from, trained
-                          with this data's dictionaries (default: the same seed's baseline)
+  --teacher PATH          the checkpoint the distilled variants (kd, skd_kd; MT: seqkd,
+                          seqkd_skd) distil from, trained with this data's dictionaries
+                          (default: the same seed's baseline)
   --nj N                  parallel jobs for data preparation (default: number of cores)
   --nproc N               data-parallel training workers (default 1): N GPUs, or on CPU N
-                          workers sharing the cores (fairseq-skd-train --nproc)
+                          workers sharing the cores (fairseq-skd-train --nproc); MT: also the
+                          shards of the Seq-KD translation translated at once
   --cpu                   train on CPU even when a GPU is available
   --smoke                 tiny model and 2 epochs: a check of the plumbing in minutes on a CPU
                           (with --data-dir, --corpus or a synthetic --dataset)
@@ -281,16 +289,22 @@ check_language() {
 }
 
 # ------------------------------------------------------------------ fairseq
-# check_variants: expands --variants (names and groups) into the variants' names, through
-# fairseq_skd/variants.py, which refuses unknown ones naming the known.
+# check_variants: expands --variants (names and groups) into the variants of the recipe's $task,
+# through fairseq_skd/variants.py, which refuses unknown ones naming the known, and those of the
+# other task. Sets variants, and teacher_variants and seqkd_variants: those of them that distil
+# from a teacher, and those that train on its translations.
 check_variants() {
     local expanded
-    expanded=$(python3 "$VARIANTS_PY" expand "$variants" 2>&1) || die "--variants: ${expanded#error: }"
+    expanded=$(python3 "$VARIANTS_PY" expand "$variants" ${task:+--task "$task"} 2>&1) \
+        || die "--variants: ${expanded#error: }"
     variants=$(tr '\n' ' ' <<<"$expanded")
     variants=${variants% }
-    if [[ -z $teacher && " $variants " =~ \ (kd|skd_kd)\  && ! " $variants " =~ \ baseline\  ]]; then
-        die "--variants $variants: the KD variants distil from the same seed's baseline unless" \
-            "--teacher PATH names a teacher: add baseline to --variants or give --teacher"
+    teacher_variants=$(python3 "$VARIANTS_PY" expand "$variants" --only teacher | tr '\n' ' ')
+    seqkd_variants=$(python3 "$VARIANTS_PY" expand "$variants" --only translations | tr '\n' ' ')
+    if [[ -z $teacher && -n $teacher_variants && ! " $variants " =~ \ baseline\  ]]; then
+        die "--variants $variants: the distilled variants (${teacher_variants% }) distil from the" \
+            "same seed's baseline unless --teacher PATH names a teacher: add baseline to" \
+            "--variants or give --teacher"
     fi
 }
 
@@ -301,14 +315,66 @@ variant_criterion_flags() {
     local flags
     flags=$(python3 "$VARIANTS_PY" flags "$1" --sigma "$skd_sigma" --warmup "$skd_warmup" \
         --alpha-step "$skd_eta" --noise-std "$noise_std" --skd-args "${skd_args:-}" \
-        --teacher "${2:-}" --task "$recipe_task" 2>&1) || die "variant $1: ${flags#error: }"
+        --teacher "${2:-}" --task "$task" 2>&1) || die "variant $1: ${flags#error: }"
     mapfile -t variant_flags <<<"$flags"
 }
 
-# teacher_of SEED: the checkpoint the KD variants of SEED distil from: --teacher, else that
+# teacher_of SEED: the checkpoint the distilled variants of SEED distil from: --teacher, else that
 # seed's baseline (born-again), which the train stage trains first.
 teacher_of() {
     if [[ -n $teacher ]]; then echo "$teacher"; else echo "$(run_dir "$1" baseline)/checkpoint_best.pt"; fi
+}
+
+# absolute PATH: PATH from the root, through its folder's path as pwd gives it (the files that
+# name other files name them so).
+absolute() {
+    if [[ -d $(dirname "$1") ]]; then
+        echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+    else
+        case $1 in /*) echo "$1" ;; *) echo "$PWD/${1#./}" ;; esac
+    fi
+}
+
+# seqkd_dir SEED: the Seq-KD data of SEED's teacher, one folder per teacher that its students
+# share: EXP_DIR/seqkd_data/seed<N> for the born-again one (that seed's baseline), else
+# EXP_DIR/seqkd_data/teacher_<the first 12 hex digits of the sha256 of --teacher's path>.
+seqkd_dir() {
+    if [[ -n $teacher ]]; then
+        echo "$exp_dir/seqkd_data/teacher_$(absolute "$teacher" | sha256sum | cut -c 1-12)"
+    else
+        echo "$exp_dir/seqkd_data/seed$1"
+    fi
+}
+
+# seqkd_data SEED DATA_BIN: the training set of DATA_BIN translated by SEED's teacher and
+# binarized with DATA_BIN's dictionaries, in $(seqkd_dir SEED) (recipes/utils/seqkd_data.sh:
+# resumes a killed translation, skips what is done). Needs the settings src, tgt, seqkd_beam,
+# seqkd_shard_size, max_len_a, max_len_b and gen_flags (the MT recipe's).
+seqkd_data() {
+    local make=("$RECIPES_DIR/utils/seqkd_data.sh" --teacher "$(teacher_of "$1")" --data-bin "$2"
+                --out "$(seqkd_dir "$1")" --source-lang "$src" --target-lang "$tgt"
+                --beam "$seqkd_beam" --max-len-a "$max_len_a" --max-len-b "$max_len_b"
+                --shard-size "$seqkd_shard_size" --nproc "$nproc" --nj "$nj")
+    if (( cpu )); then make+=(--cpu); fi
+    make+=(-- "${gen_flags[@]}")
+    record_command "${make[@]}"
+    "${make[@]}" </dev/null || die "making the Seq-KD data of $(teacher_of "$1") failed (above)"
+}
+
+# teacher_inputs SEED VARIANT: RUN/inputs.json of a distilled run, what its cost builds on:
+# {"teacher": its checkpoint, "teacher_run": the teacher's run folder when it is one of this
+# experiment's (the born-again baseline) else null, "translation": the Seq-KD data's
+# translation.json or null}; absolute paths; rewritten only when it changes.
+teacher_inputs() {
+    local run teacher_run='' translation=''
+    run=$(run_dir "$1" "$2")
+    if [[ -z $teacher ]]; then teacher_run=$(absolute "$(run_dir "$1" baseline)"); fi
+    if [[ " $seqkd_variants " == *" $2 "* ]]; then
+        translation=$(absolute "$(seqkd_dir "$1")/translation.json")
+    fi
+    mkdir -p "$run"
+    python3 "$RECIPES_DIR/utils/text_tools.py" json "$run/inputs.json" teacher \
+        "$(absolute "$(teacher_of "$1")")" teacher_run "$teacher_run" translation "$translation"
 }
 
 # train_command VARIANT SEED DATA_BIN: VARIANT's fairseq-train flags for SEED, in the array
@@ -355,9 +421,10 @@ runs() {
 run_dir() { echo "$exp_dir/seed$1/$2"; }
 
 # train_stage N DATA_BIN: stage N, when selected: every run's training (resumed where it stopped,
-# skipped when done), after the binarizing stage N - 1.
+# skipped when done), after the binarizing stage N - 1. A Seq-KD run trains on its teacher's
+# translations of DATA_BIN's training set, made first (seqkd_data) unless it is trained already.
 train_stage() {
-    local seed v i=0 n
+    local seed v i=0 n data
     stage_enabled "$1" || return 0
     log "stage $1: train: $variants; seeds $seeds"
     [[ -f $prep_dir/.bin.done ]] || die "no binarized data in $2: run stage $(($1 - 1)) first"
@@ -365,7 +432,13 @@ train_stage() {
     n=$(runs | wc -l)
     while read -r seed v; do
         i=$((i + 1))
-        train_command "$v" "$seed" "$2"
+        data=$2
+        if [[ " $seqkd_variants " == *" $v "* ]]; then
+            data=$(seqkd_dir "$seed")/bin
+            if [[ ! -f $(run_dir "$seed" "$v")/.train.done ]]; then seqkd_data "$seed" "$2"; fi
+        fi
+        if [[ " $teacher_variants " == *" $v "* ]]; then teacher_inputs "$seed" "$v"; fi
+        train_command "$v" "$seed" "$data"
         run_train "$(run_dir "$seed" "$v")" "$v, seed $seed (run $i of $n)" "${train_args[@]}"
     done < <(runs)
 }
@@ -422,7 +495,7 @@ step() {
 # figures), unless its results are newer than every score file and log. $paper names the
 # paper experiment whose numbers are printed beside ours (none for a corpus).
 collect_stage() {
-    local args=(--task "$recipe_task" --name "$name" --paper "$paper")
+    local args=(--task "$task" --name "$name" --paper "$paper")
     if (( smoke )); then args+=(--smoke); fi
     require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
     if [[ -f $exp_dir/results.md && -z $(find "$exp_dir" \( -name '*.json' -o -name train.log \) \

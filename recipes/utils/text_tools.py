@@ -22,12 +22,16 @@
     text_tools.py language CODE
         Whether sacremoses can be given the language CODE, and which of its rules it applies
         (fairseq_skd/evaluation/languages.py); fails for a code that is likely a typo.
+    text_tools.py json OUT KEY VALUE [KEY VALUE ...]
+        A JSON object of strings (an empty VALUE is null) written to OUT, unless OUT holds it
+        already (a file rewritten unchanged would look newer than the tables made from it).
 
 Every step reads and writes a line at a time: none holds a corpus in memory.
 """
 
 import argparse
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -149,6 +153,17 @@ def count_tokens(path):
         return sum(len(line.split()) for line in f)
 
 
+def write_json(path, data):
+    """``data`` into ``path`` (through a .part file), unless ``path`` holds it already."""
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    part = path.with_name(path.name + ".part")
+    part.write_text(text, encoding="utf-8")
+    part.replace(path)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -178,6 +193,9 @@ def main():
     a = sub.add_parser("units-per-word")
     a.add_argument("words")
     a.add_argument("subwords")
+    a = sub.add_parser("json")
+    a.add_argument("out")
+    a.add_argument("pairs", nargs="+", metavar="KEY VALUE")
     args = p.parse_args()
     if args.cmd == "sgm":
         sgm_to_text(args.path, sys.stdout)
@@ -191,6 +209,10 @@ def main():
         print(bpe_threshold(args.vocab, args.max, args.keep))
     elif args.cmd == "units-per-word":
         print(f"{count_tokens(args.subwords) / max(1, count_tokens(args.words)):.2f}")
+    elif args.cmd == "json":
+        if len(args.pairs) % 2:
+            sys.exit("error: json takes KEY VALUE pairs")
+        write_json(args.out, {key: value or None for key, value in zip(args.pairs[::2], args.pairs[1::2])})
     else:
         wikitext_sentences(args.path, args.out, args.unit)
 
