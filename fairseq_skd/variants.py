@@ -192,7 +192,8 @@ def check_skd_args(skd_args):
 
 def definition_flags(variant):
     """The flags ``variant``'s definition sets (whatever their values; the same for each task)."""
-    flags = criterion_flags(variant, 0.1, 1, 1, 0.1, teacher="TEACHER", task=TASKS[0])
+    flags = criterion_flags(variant, 0.1, 1, 1, 0.1, teacher="TEACHER",
+                            task=TASK_ONLY.get(variant, "lm"))
     return [word for word in flags if word.startswith("--")]
 
 

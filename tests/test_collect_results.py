@@ -677,25 +677,25 @@ def test_a_command_that_differs_from_the_baselines_beyond_the_variant_is_noted(t
 
 
 def test_the_cost_of_a_distilled_variant_counts_its_teacher_and_the_translation_pass(tmp_path):
-    """kd: the same seed's baseline as its teacher; skd_kd: the same, found relative to EXP_DIR,
-    and a translation pass (as sequence-level KD has); noise_skd: a teacher from elsewhere."""
+    """kd: the same seed's baseline as its teacher; seqkd: the same, found relative to EXP_DIR,
+    and the translation pass; skd_kd: a teacher from elsewhere."""
     exp = tmp_path / "synthetic_en_xx"
-    for variant, updates in (("baseline", 12), ("kd", 8), ("skd_kd", 8), ("noise_skd", 4)):
+    for variant, updates in (("baseline", 12), ("kd", 8), ("seqkd", 8), ("skd_kd", 4)):
         write(exp / variant / "train.log", train_log(updates, skd=False))  # 2 s an update
         write_json(exp / variant / "score_test.json", score_test("baseline"))
     write_json(exp / "translation.json", {"seconds": 10.0, "sentences": 200})
     write_json(exp / "kd" / "inputs.json", {"teacher": str(exp / "baseline" / "checkpoint_best.pt"),
                                             "teacher_run": str(exp / "baseline"), "translation": None})
-    write_json(exp / "skd_kd" / "inputs.json", {"teacher": "baseline/checkpoint_best.pt",
-                                                "teacher_run": "baseline",
-                                                "translation": "translation.json"})
-    write_json(exp / "noise_skd" / "inputs.json", {"teacher": "/elsewhere/teacher.pt",
-                                                   "teacher_run": None, "translation": None})
+    write_json(exp / "seqkd" / "inputs.json", {"teacher": "baseline/checkpoint_best.pt",
+                                               "teacher_run": "baseline",
+                                               "translation": "translation.json"})
+    write_json(exp / "skd_kd" / "inputs.json", {"teacher": "/elsewhere/teacher.pt",
+                                                "teacher_run": None, "translation": None})
     results = report.collect(exp, task="lm")
     rows = {row["variant"]: row for row in report.rows(results)}
     cost = {v: (rows[v]["cost_updates"], rows[v]["cost_seconds"]) for v in rows}
     assert cost == {"baseline": (12, 24), "kd": (8 + 12, 16 + 24),
-                    "skd_kd": (8 + 12, 16 + 24 + 10), "noise_skd": (4, 8)}
-    assert rows["skd_kd"]["updates"] == 8 and rows["skd_kd"]["seconds"] == 16
-    assert ("noise_skd: its teacher (/elsewhere/teacher.pt) was not trained in this experiment: "
+                    "seqkd": (8 + 12, 16 + 24 + 10), "skd_kd": (4, 8)}
+    assert rows["seqkd"]["updates"] == 8 and rows["seqkd"]["seconds"] == 16
+    assert ("skd_kd: its teacher (/elsewhere/teacher.pt) was not trained in this experiment: "
             "its cost counts the student's training alone") in results["notes"]
