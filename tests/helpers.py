@@ -367,3 +367,17 @@ def loss_and_grads(criterion, sample, num_updates, reduce=True):
     loss, sample_size, log = criterion(model, sample, reduce=reduce)
     loss.sum().backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()], sample_size, log
+
+
+def assert_incremental_state_stays_one_constant_entry(decode_prefix, length, batch, hidden):
+    """A decoder's incremental state, fed prefix after prefix (``decode_prefix(t, state)`` runs
+    the decoder on the first t + 1 target tokens), is one entry holding the recurrent state, of
+    the same size at every step: a step's cost does not grow with the prefix."""
+    state = {}
+    with torch.no_grad():
+        for t in range(length):
+            decode_prefix(t, state)
+            assert len(state) == 1
+            (cached,) = state.values()
+            assert {k: tuple(v.shape) for k, v in cached.items()} == {
+                "hidden": (batch, hidden), "cell": (batch, hidden)}

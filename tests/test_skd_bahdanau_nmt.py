@@ -17,9 +17,10 @@ from fairseq_skd.modules.additive_attention import additive_attention
 from fairseq_skd.modules.lstm_layers import SplitInputLSTMCell
 from fairseq_skd.modules.output_embedding import find_output_embedding
 
-from helpers import (USER_DIR, build_model, generate, greedy, incremental_lprobs,
-                     make_dictionary, make_reverse_translation_data, parse_json_logs,
-                     preprocess_translation, random_sentences, run, train)
+from helpers import (USER_DIR, assert_incremental_state_stays_one_constant_entry, build_model,
+                     generate, greedy, incremental_lprobs, make_dictionary,
+                     make_reverse_translation_data, parse_json_logs, preprocess_translation,
+                     random_sentences, run, train)
 
 ARCHS = ("skd_bahdanau", "skd_bahdanau_small", "skd_bahdanau_tiny")
 SKD_SIGMA = 0.1
@@ -369,16 +370,11 @@ def test_incremental_state_is_one_dict_and_step_cost_is_constant():
     d = model.decoder.dictionary
     src, lengths = source_batch(d)
     prev = target_batch(d)
-    state = {}
     with torch.no_grad():
         encoder_out = model.encoder(src, lengths)
-        for t in range(prev.size(1)):
-            model.decoder(prev[:, : t + 1], encoder_out, state)
-            assert len(state) == 1
-            (cached,) = state.values()
-            # the state does not grow with the prefix: (s, m), B x hidden each
-            assert {k: tuple(v.shape) for k, v in cached.items()} == {
-                "hidden": (4, 64), "cell": (4, 64)}
+    # (s, m), B x hidden each
+    assert_incremental_state_stays_one_constant_entry(
+        lambda t, state: model.decoder(prev[:, : t + 1], encoder_out, state), prev.size(1), 4, 64)
 
 
 def test_reorder_incremental_state_and_encoder_out():

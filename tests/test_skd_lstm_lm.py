@@ -17,7 +17,8 @@ from fairseq_skd.models.skd_lstm_lm import SKDLSTMLanguageModel
 from fairseq_skd.modules.output_embedding import find_output_embedding
 from fairseq_skd.modules.target_embedding_noise import TargetEmbeddingNoise
 
-from helpers import (LM_TASK, USER_DIR, build_model, generate, greedy, incremental_lprobs,
+from helpers import (LM_TASK, USER_DIR, assert_incremental_state_stays_one_constant_entry,
+                     build_model, generate, greedy, incremental_lprobs,
                      make_dictionary, make_lm_data, parse_json_logs, preprocess_lm,
                      random_sentences, run, train)
 
@@ -239,15 +240,10 @@ def test_incremental_state_is_one_dict_and_step_cost_is_constant():
     model = tiny_model().eval()
     d = model.decoder.dictionary
     tokens, _ = lm_batch(d)
-    state = {}
-    with torch.no_grad():
-        for t in range(tokens.size(1)):
-            model.decoder(tokens[:, : t + 1], incremental_state=state)
-            assert len(state) == 1
-            (cached,) = state.values()
-            # the state does not grow with the prefix: (s, c), B x hidden each
-            assert {k: tuple(v.shape) for k, v in cached.items()} == {
-                "hidden": (5, 64), "cell": (5, 64)}
+    # (s, c), B x hidden each
+    assert_incremental_state_stays_one_constant_entry(
+        lambda t, state: model.decoder(tokens[:, : t + 1], incremental_state=state),
+        tokens.size(1), 5, 64)
 
 
 def test_reorder_incremental_state():
