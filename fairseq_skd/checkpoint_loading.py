@@ -30,22 +30,36 @@ import torch
 
 
 def fairseq_checkpoint_globals():
+    """What fairseq checkpoints need beyond torch's defaults, as (object, name) pairs."""
     allowed = [argparse.Namespace, numpy.ndarray, numpy.dtype]
     # numpy >= 1.25 rebuilds a dtype as an instance of its class (numpy.dtypes.Int64DType...)
     allowed += sorted({type(numpy.dtype(code)) for code in "? b h i l q B H I L Q e f d".split()},
                       key=lambda cls: cls.__name__)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x, 2.x
+    pairs = [(obj, f"{obj.__module__}.{obj.__qualname__}") for obj in allowed]
+    # An array pickled by numpy 1.x names numpy.core.multiarray, by 2.x numpy._core.multiarray:
+    # the same function under either name.
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         try:
-            allowed.append(__import__(module, fromlist=["_reconstruct"])._reconstruct)
+            reconstruct = __import__(module, fromlist=["_reconstruct"])._reconstruct
         except (ImportError, AttributeError):
-            pass
-    return allowed
+            continue
+        pairs.append((reconstruct, f"{module}._reconstruct"))
+    return pairs
 
 
 def allow_fairseq_checkpoint_globals() -> None:
+    """Allow-list :func:`fairseq_checkpoint_globals` for torch's safe loader, for the process.
+
+    Registered as (object, name) pairs, which are entries of their own: a library that
+    allow-lists the bare objects for one load and removes them afterwards (transformers'
+    ``Trainer`` does so for numpy when it resumes) leaves these in place."""
     add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
-    if add_safe_globals is not None:  # torch < 2.4 loads everything anyway
-        add_safe_globals(fairseq_checkpoint_globals())
+    if add_safe_globals is None:  # torch < 2.4 loads everything anyway
+        return
+    pairs = fairseq_checkpoint_globals()
+    if torch.__version__ < "2.5":  # takes no (object, name) pairs; loads all unless asked
+        pairs = [obj for obj, _ in pairs]
+    add_safe_globals(pairs)
 
 
 def checkpoint_problem(path):

@@ -1,11 +1,13 @@
 """fairseq-train with self_kd_cross_entropy on fairseq's own architectures, then
 fairseq-generate / fairseq-eval-lm with --user-dir; resume; checkpoint loading safety."""
 
+import argparse
 import functools
 import pickle
 import re
 import shutil
 
+import numpy
 import pytest
 import torch
 from fairseq import checkpoint_utils, options, tasks
@@ -154,6 +156,20 @@ def test_checkpoint_with_an_unexpected_global_is_refused(lm_bin, tmp_path):
     proc = run("fairseq-eval-lm", lm_bin, "--user-dir", USER_DIR, "--path", bad, "--cpu",
                "--sample-break-mode", "eos", "--tokens-per-sample", 64, check=False)
     assert proc.returncode != 0 and "code ran while loading" not in proc.stdout
+
+
+def test_the_allow_list_outlives_another_librarys_numpy_allow_list(tmp_path):
+    """transformers' Trainer allow-lists numpy's array globals around its own torch.load when it
+    resumes, and removes them afterwards: fairseq checkpoints (an argparse.Namespace, --eval-bleu's
+    int64 counts) still load in that process."""
+    path = tmp_path / "state.pt"
+    torch.save({"args": argparse.Namespace(arch="lstm"), "counts": numpy.arange(4)}, path)
+    numpy_globals = [numpy.core.multiarray._reconstruct, numpy.ndarray, numpy.dtype,
+                     type(numpy.arange(1).dtype)]
+    with torch.serialization.safe_globals(numpy_globals):
+        pass
+    state = torch.load(path, weights_only=True)
+    assert state["args"].arch == "lstm" and state["counts"].tolist() == [0, 1, 2, 3]
 
 
 def test_bad_flag_value_stops_fairseq_train_with_a_usage_error(lm_bin, tmp_path):
