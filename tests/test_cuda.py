@@ -34,10 +34,10 @@ from fairseq_skd.modules.skd_losses import (
     output_embedding_distances,
     predicted_skd_loss,
     predicted_soft_targets,
-    row_argmax,
     topk_skd_loss,
 )
 from fairseq_skd.modules.embedding_distance import nearest_neighbours
+from fairseq_skd.modules.row_ops import row_argmax
 from fairseq_skd.modules.soft_target_losses import full_soft_target_loss, topk_soft_target_loss
 # ---
 

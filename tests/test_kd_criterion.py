@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fairseq_skd.criterions.kd_cross_entropy import KDCrossEntropyConfig, KDCrossEntropyCriterion
 from fairseq_skd.criterions.teacher import CachedTeacher, CacheWriter, OnlineTeacher
+from fairseq_skd.modules import row_ops
 
 from helpers import PAD, TinyDecoderModel, at_update, make_criterion, make_sample, make_task
 
@@ -67,6 +68,29 @@ def test_loss_and_gradients_equal_a_hand_computation(members, temperature, topk)
         torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-5, atol=1e-7)
     assert sample_size == sample["ntokens"] and log["kd_positions"] == sample["ntokens"]
     assert not any(p.requires_grad or p.grad is not None for m in models for p in m.parameters())
+
+
+def test_the_row_blocks_give_torchs_results(monkeypatch):
+    """The teacher's softmax, entropy and argmax, and the KL's dot product and its gradient,
+    worked a few rows at a time on CPU (7 blocks here, the last one short), equal torch's
+    operations on the whole matrix."""
+    monkeypatch.setattr(row_ops, "BLOCK_ELEMENTS", 3 * 40)
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(20, 40)
+    probs, neg_entropy, argmax = row_ops.softmax_with_neg_entropy_(logits.clone().view(4, 5, 40))
+    expected = logits.softmax(-1)
+    assert probs.shape == (4, 5, 40) and neg_entropy.shape == argmax.shape == (4, 5)
+    assert torch.allclose(probs.reshape(20, 40), expected, rtol=1e-5, atol=1e-8)
+    assert torch.allclose(neg_entropy.reshape(-1), torch.xlogy(expected, expected).sum(-1),
+                          atol=1e-5)
+    assert torch.equal(argmax.reshape(-1), logits.argmax(-1))
+    lprobs = torch.randn(20, 40).log_softmax(-1).requires_grad_()
+    weighted = row_ops.WeightedRowSum.apply(expected, lprobs)
+    reference = torch.linalg.vecdot(expected, lprobs)
+    assert torch.allclose(weighted, reference, atol=1e-6)
+    grad_out = torch.randn(20)
+    assert torch.equal(torch.autograd.grad(weighted, lprobs, grad_out)[0],
+                       torch.autograd.grad(reference, lprobs, grad_out)[0])
 
 
 def test_with_skd_and_label_smoothing_the_hard_term_takes_1_minus_a_of_the_mass():

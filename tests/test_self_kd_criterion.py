@@ -18,7 +18,8 @@ import fairseq_skd  # noqa: F401  (registers the criterion)
 from fairseq_skd.criterions.self_kd_cross_entropy import (SelfKDCrossEntropyConfig,
                                                           SelfKDCrossEntropyCriterion, skd_alpha)
 from fairseq_skd.modules.saturation_warning import SATURATION_MIN_POSITIONS
-from fairseq_skd.modules.skd_losses import predicted_skd_loss, row_argmax
+from fairseq_skd.modules.row_ops import row_argmax
+from fairseq_skd.modules.skd_losses import predicted_skd_loss
 from fairseq_skd.modules.target_embedding_noise import TargetEmbeddingNoise
 from fairseq_skd.modules.update_counter import UpdateCounter, attach_update_counter
 

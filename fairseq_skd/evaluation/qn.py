@@ -13,7 +13,8 @@ import math
 import torch
 
 from ..modules.embedding_distance import auto_sigma, mean_nearest_neighbour_distance
-from ..modules.skd_losses import output_embedding_distances, row_argmax  # the criterion's Eq. 8
+from ..modules.row_ops import row_argmax  # the criterion's Eq. 8
+from ..modules.skd_losses import output_embedding_distances
 
 
 def parse_qn_sigma(text):

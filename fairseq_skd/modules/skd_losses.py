@@ -24,28 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from .embedding_distance import pair_distance
+from .row_ops import row_argmax
 from .soft_target_losses import full_soft_target_loss, topk_soft_target_loss
 
 # Distances are computed for this many positions at a time, so the [positions x dim] rows of W
 # gathered for them stay small next to the [positions x vocab] log-probabilities.
 DISTANCE_CHUNK = 4096
-
-
-def row_argmax(x: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """``x.argmax(-1)`` for a [N x V] matrix, exactly (the first maximum of each row), faster on
-    CPU: the maximum of each block of ``block`` columns first (a plain reduction), then the
-    argmax within each row's first best block. torch's CPU argmax reads about 1 GB/s, so over
-    [tokens x vocab] log-probabilities it was most of SKD's extra cost (bench_criterion)."""
-    n, v = x.shape
-    blocks = v // block
-    if x.is_cuda or blocks < 2 or x.stride(1) != 1:
-        return x.argmax(-1)
-    maxima = x.as_strided((n, blocks, block), (x.stride(0), block, 1)).amax(-1)
-    if v > blocks * block:
-        maxima = torch.cat([maxima, x[:, blocks * block :].amax(-1, keepdim=True)], dim=1)
-    columns = (maxima.argmax(-1)[:, None] * block
-               + torch.arange(block, device=x.device)).clamp_(max=v - 1)
-    return columns.gather(1, x.gather(1, columns).argmax(-1, keepdim=True)).squeeze(1)
 
 
 def output_embedding_distances(output_embed, target, pred, distance="l2", chunk=DISTANCE_CHUNK):

@@ -21,6 +21,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .embedding_distance import VocabDistance, pair_distance, rows_per_chunk
+from .row_ops import WeightedRowSum, row_argmax, softmax_with_neg_entropy_
 
 
 def clip_soft_targets(q, target_column, qn_max):
@@ -148,30 +149,19 @@ def teacher_kl(student_lprobs, teacher_probs, teacher_ids=None, teacher_neg_entr
     it. Terms where the teacher gives 0 are 0.
     """
     p = teacher_probs.detach().float()
-    lp = student_lprobs if teacher_ids is None else student_lprobs.gather(1, teacher_ids)
     if teacher_neg_entropy is None:
         teacher_neg_entropy = torch.xlogy(p, p).sum(-1)
-    # one fused pass: no [N x V] product kept for the backward, which needs p alone
-    return teacher_neg_entropy.detach().float() - torch.linalg.vecdot(p, lp.float())
+    if teacher_ids is None:  # [N x V]: no product made, none kept for the backward
+        cross = WeightedRowSum.apply(p, student_lprobs.float())
+    else:
+        cross = torch.linalg.vecdot(p, student_lprobs.gather(1, teacher_ids).float())
+    return teacher_neg_entropy.detach().float() - cross
 
 
 def softmax_(logits):
     """softmax over the last dimension, in place, of a float tensor."""
     logits.sub_(logits.amax(-1, keepdim=True)).exp_()
     return logits.div_(logits.sum(-1, keepdim=True))
-
-
-def softmax_with_neg_entropy_(logits):
-    """(softmax over the last dimension, sum p ln p per row, the argmax per row) of float
-    ``logits``, which this overwrites: ln p = (z - max) - ln s, so the entropy costs one dot
-    product per row instead of a logarithm of every probability, and the argmax comes with the
-    max (a separate argmax pass costs more than the softmax on CPU)."""
-    top, argmax = logits.max(-1, keepdim=True)
-    shifted = logits.sub_(top)
-    probs = shifted.exp()
-    total = probs.sum(-1)
-    neg_entropy = torch.linalg.vecdot(probs, shifted) / total - total.log()
-    return probs.div_(total[..., None]), neg_entropy, argmax.squeeze(-1)
 
 
 class TeacherProbs(NamedTuple):
@@ -207,7 +197,7 @@ def teacher_distribution(member_logits, temperature=1.0, topk=0):
             plain.div_(count)
     if not topk:
         if argmax is None:
-            argmax = probs.max(-1).indices  # max's indices: faster than argmax on CPU
+            argmax = row_argmax(probs.view(-1, probs.shape[-1])).view(probs.shape[:-1])
         return TeacherProbs(probs, None, plain, neg_entropy, argmax)
     values, ids = probs.topk(topk, dim=-1)
     return TeacherProbs(values / values.sum(-1, keepdim=True), ids,
