@@ -442,3 +442,21 @@ def test_the_hf_example_trains_both_and_compares_them(tmp_path):
     for r in results.values():
         assert 0 < r["valid_nll_per_token"] < 6 and r["valid_ppl"] == pytest.approx(math.exp(r["valid_nll_per_token"]))
     assert results["skd"]["skd_alpha"] > 0 and "| skd |" in out.stdout
+
+
+def heading_anchor(heading):
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_reaches_a_file_and_its_heading():
+    anchors = {name: {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+               for name, text in DOCS.items()}
+    links = [(name, target) for name, text in DOCS.items()
+             for target in re.findall(r"\]\(([^)\s]+\.md(?:#[^)\s]*)?)\)", text)]
+    assert len(links) > 20
+    for name, target in links:
+        path, _, anchor = target.partition("#")
+        resolved = (REPO / name).parent.joinpath(path).resolve().relative_to(REPO).as_posix()
+        assert resolved in DOCS, f"{name}: link to {target}: no such file"
+        assert not anchor or anchor in anchors[resolved], f"{name}: link to {target}: no such heading"
