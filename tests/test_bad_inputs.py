@@ -406,19 +406,14 @@ def refused_by_fairseq(argv, named):
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == f"ValueError: {named}"
 
 
-def test_a_language_model_given_to_fairseq_generate_is_refused_naming_the_task(tiny_lm, tiny_mt):
-    _, mt_bin, _ = tiny_mt
-    _, _, lm_checkpoint = tiny_lm
-    refused_by_fairseq([BIN / "fairseq-generate", mt_bin, "--user-dir", USER_DIR, "--path",
-                        lm_checkpoint, "--cpu"],
-                       "skd_lstm_lm is a language model and the task is TranslationTask: use it "
-                       "with --task language_modeling")
-
-
-def test_a_translation_model_given_to_fairseq_eval_lm_is_refused_naming_the_task(tiny_lm, tiny_mt):
-    _, lm_bin, _ = tiny_lm
-    _, _, mt_checkpoint = tiny_mt
-    refused_by_fairseq([BIN / "fairseq-eval-lm", lm_bin, "--user-dir", USER_DIR, "--path",
-                        mt_checkpoint, "--cpu"],
-                       "skd_bahdanau is a translation model and the task is LanguageModelingTask: "
-                       "use it with --task translation")
+@pytest.mark.parametrize("tool, data, checkpoint, named", [
+    ("fairseq-generate", "mt", "lm", "skd_lstm_lm is a language model and the task is "
+     "TranslationTask: use it with --task language_modeling"),
+    ("fairseq-eval-lm", "lm", "mt", "skd_bahdanau is a translation model and the task is "
+     "LanguageModelingTask: use it with --task translation"),
+])
+def test_a_checkpoint_given_to_a_tool_of_the_other_task_is_refused_naming_the_task(
+        tool, data, checkpoint, named, tiny_lm, tiny_mt):
+    tiny = {"lm": tiny_lm, "mt": tiny_mt}
+    refused_by_fairseq([BIN / tool, tiny[data][1], "--user-dir", USER_DIR, "--path",
+                        tiny[checkpoint][2], "--cpu"], named)

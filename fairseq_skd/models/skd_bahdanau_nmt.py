@@ -76,7 +76,8 @@ from torch import Tensor
 
 from ..modules.additive_attention import additive_attention
 from ..modules.lstm_layers import (DecoderEmbedding, LSTMDecoderBase, ScaledLinear,
-                                   SplitInputLSTMCell, add_lstm_args, add_output_embedding_args,
+                                   SplitInputLSTMCell, add_dropout_arg, add_lstm_args,
+                                   add_output_embedding_args,
                                    check_output_embedding_args, check_task, left_pad_index,
                                    set_defaults, shares_output_embedding)
 
@@ -106,8 +107,7 @@ class SKDBahdanauModel(FairseqEncoderDecoderModel):
                                  'and --decoder-out-embed-dim)')
         parser.add_argument('--decoder-dropout-readout', type=float, metavar='D',
                             help='dropout on the readout t_i (softmax input)')
-        parser.add_argument('--dropout', type=float, metavar='D',
-                            help='dropout probability (default of every --*-dropout-* flag)')
+        add_dropout_arg(parser, 'every --*-dropout-* flag')
         # fmt: on
 
     @classmethod

@@ -71,7 +71,7 @@ from fairseq.models import FairseqLanguageModel, register_model, register_model_
 from fairseq.models.lstm import LSTM
 from torch import Tensor
 
-from ..modules.lstm_layers import (LSTMDecoderBase, ScaledLinear, add_lstm_args,
+from ..modules.lstm_layers import (LSTMDecoderBase, ScaledLinear, add_dropout_arg, add_lstm_args,
                                    add_output_embedding_args, check_output_embedding_args,
                                    check_task, left_pad_index, set_defaults)
 
@@ -89,8 +89,7 @@ class SKDLSTMLanguageModel(FairseqLanguageModel):
         add_lstm_args(parser, 'decoder', 'input word embeddings', 'LSTM hidden size',
                       'the LSTM outputs and on the feed-forward outputs')
         add_output_embedding_args(parser, 'the output h of the feed-forward ReLU layer')
-        parser.add_argument('--dropout', type=float, metavar='D',
-                            help='dropout probability (default of --decoder-dropout-in/out)')
+        add_dropout_arg(parser, '--decoder-dropout-in/out')
         # fmt: on
 
     @classmethod

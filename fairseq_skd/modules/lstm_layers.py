@@ -43,6 +43,12 @@ def add_lstm_args(parser, side, embeddings, hidden, outputs):
     # fmt: on
 
 
+def add_dropout_arg(parser, flags):
+    """--dropout, fairseq lstm's: the default of the dropout ``flags``."""
+    parser.add_argument('--dropout', type=float, metavar='D',
+                        help=f'dropout probability (default of {flags})')
+
+
 def add_output_embedding_args(parser, features):
     """The flags of W, the softmax layer z = W x + b, whose input x is ``features``."""
     # fmt: off

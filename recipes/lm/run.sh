@@ -57,11 +57,7 @@ vocab_size=
 wiki2_unit=sentence
 stop_stage=5
 task=lm  # the task as fairseq_skd/variants.py and fairseq-skd-collect name it
-options="$common_options dataset tokenize lang vocab_size wiki2_unit"
-switches=$common_switches
-# shellcheck source=../utils/parse_options.sh
-. "$RECIPES_DIR/utils/parse_options.sh"
-use_repo_venv
+parse_recipe_options "$common_options dataset tokenize lang vocab_size wiki2_unit" "$@"
 
 if [[ -n $corpus ]]; then
     [[ -z $dataset ]] || die "--dataset and --corpus exclude each other: give one of them"
@@ -214,24 +210,16 @@ if stage_enabled 4; then
         ckpt=$(best_checkpoint "$seed" "$v" 3)
         run=$(run_dir "$seed" "$v")
         for subset in $score_subsets; do
-            out=$run/score_$subset.json
-            if up_to_date "$out" "$ckpt"; then continue; fi
             # the same sigma for every variant: q_n then compares the models' embeddings
-            step "$run/score.log" "scoring $v, seed $seed on $subset" fairseq-skd-score-lm "$bin" \
-                --path "$ckpt" --subset "$subset" --qn-sigma "$qn_sigma" \
-                --output "$run/score_$subset.tsv" --json "$out.part" "${device_flags[@]}" \
-                | sed "s/^/  $v, seed $seed: /" >&2
-            mv "$out.part" "$out"
+            score_subset fairseq-skd-score-lm "$bin" "$ckpt" "$run" "$v, seed $seed" "$subset" \
+                --qn-sigma "$qn_sigma" --output "$run/score_$subset.tsv"
         done
         score_train_sample fairseq-skd-score-lm "$bin" "$ckpt" "$run" "$v, seed $seed"
     done < <(runs)
 fi
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 5; then
-    log "stage 5: collect: fairseq-skd-collect $exp_dir"
-    collect_stage
-fi
+if stage_enabled 5; then collect_stage 5; fi
 log "lm recipe: done"
 exit 0
 }

@@ -57,11 +57,7 @@ bpe_size=
 beams="1 12"
 stop_stage=6
 task=mt  # the task as fairseq_skd/variants.py and fairseq-skd-collect name it
-options="$common_options pair dataset bpe_size beams"
-switches=$common_switches
-# shellcheck source=../utils/parse_options.sh
-. "$RECIPES_DIR/utils/parse_options.sh"
-use_repo_venv
+parse_recipe_options "$common_options pair dataset bpe_size beams" "$@"
 
 case $dataset in
     "") ;;
@@ -397,22 +393,14 @@ if stage_enabled 5; then
         # teacher-forced on the references: NLL, calibration, the reliability table that
         # fairseq-skd-collect tables and draws (temperature fitted on valid), and q_n at the
         # same sigma for every variant
-        out=$run/score_test.json
-        if ! up_to_date "$out" "$ckpt"; then
-            step "$run/score.log" "scoring $v, seed $seed on test" fairseq-skd-score-mt "$bin" \
-                --path "$ckpt" --subset test --qn-sigma "$qn_sigma" --json "$out.part" \
-                "${device_flags[@]}" | sed "s/^/  $v, seed $seed: /" >&2
-            mv "$out.part" "$out"
-        fi
+        score_subset fairseq-skd-score-mt "$bin" "$ckpt" "$run" "$v, seed $seed" test \
+            --qn-sigma "$qn_sigma"
         score_train_sample fairseq-skd-score-mt "$bin" "$ckpt" "$run" "$v, seed $seed"
     done < <(runs)
 fi
 
 # ----------------------------------------------------------------------------------------------
-if stage_enabled 6; then
-    log "stage 6: collect: fairseq-skd-collect $exp_dir"
-    collect_stage
-fi
+if stage_enabled 6; then collect_stage 6; fi
 log "mt recipe: done"
 exit 0
 }

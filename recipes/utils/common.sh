@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2034,SC2154  # variables shared with the sourcing recipe
+# shellcheck shell=bash source-path=SCRIPTDIR disable=SC2034,SC2154  # variables shared with the sourcing recipe
 # What recipes/lm/run.sh and recipes/mt/run.sh share (sourced, not run): logging, the options
 # every recipe has, stage selection, the device, checksums and downloads, checks of a user's own
 # corpus, and the train and collect stages. A recipe keeps its data stages and its settings.
@@ -20,6 +20,16 @@ use_repo_venv() {
         PATH="$venv/bin:$PATH"
         export PATH
     fi
+}
+
+# parse_recipe_options "OPTIONS" "$@": a recipe's command line, by utils/parse_options.sh, into
+# the variables named in OPTIONS and the common switches; then the repository's environment.
+parse_recipe_options() {
+    local options=$1 switches=$common_switches
+    shift
+    # shellcheck source=parse_options.sh
+    . "$RECIPES_DIR/utils/parse_options.sh"
+    use_repo_venv
 }
 
 # require_tool NAME HINT: fail with HINT when NAME is not on PATH.
@@ -451,15 +461,23 @@ best_checkpoint() {
     echo "$ckpt"
 }
 
+# score_subset TOOL BIN CKPT RUN WHAT SUBSET FLAGS...: fairseq-skd-score-lm/-mt (TOOL) of
+# checkpoint CKPT on SUBSET into RUN/score_SUBSET.json, unless that is newer than CKPT.
+score_subset() {
+    local tool=$1 bin=$2 ckpt=$3 run=$4 what=$5 subset=$6 out=$4/score_$6.json
+    shift 6
+    if up_to_date "$out" "$ckpt"; then return 0; fi
+    step "$run/score.log" "scoring $what on $subset" "$tool" "$bin" --path "$ckpt" \
+        --subset "$subset" --json "$out.part" "$@" "${device_flags[@]}" \
+        | sed "s/^/  $what: /" >&2
+    mv "$out.part" "$out"
+}
+
 # score_train_sample TOOL BIN CKPT RUN WHAT: the NLL of checkpoint CKPT on a fixed sample of the
 # training set, in eval mode as the test set is scored, into RUN/score_train.json.
 score_train_sample() {
-    local tool=$1 bin=$2 ckpt=$3 run=$4 what=$5 out=$4/score_train.json
-    if up_to_date "$out" "$ckpt"; then return 0; fi
-    step "$run/score.log" "scoring $what on $train_sample training sentences" "$tool" "$bin" \
-        --path "$ckpt" --subset train --max-sentences "$train_sample" --calibration-subset none \
-        --qn-sigma none --json "$out.part" "${device_flags[@]}" | sed "s/^/  $what: /" >&2
-    mv "$out.part" "$out"
+    score_subset "$@" train --max-sentences "$train_sample" --calibration-subset none \
+        --qn-sigma none
 }
 
 # up_to_date OUT CKPT: OUT exists and is newer than CKPT (then it is not made again).
@@ -491,10 +509,11 @@ step() {
     fi
 }
 
-# collect_stage: fairseq-skd-collect EXP_DIR (tables over the seeds, each seed's tables and
-# figures), unless its results are newer than every score file and log. $paper names the
-# paper experiment whose numbers are printed beside ours (none for a corpus).
+# collect_stage N: stage N, fairseq-skd-collect EXP_DIR (tables over the seeds, each seed's
+# tables and figures), unless its results are newer than every score file and log. $paper
+# names the paper experiment whose numbers are printed beside ours (none for a corpus).
 collect_stage() {
+    log "stage $1: collect: fairseq-skd-collect $exp_dir"
     local args=(--task "$task" --name "$name" --paper "$paper")
     if (( smoke )); then args+=(--smoke); fi
     require_tool fairseq-skd-collect "Install this repository's package: ./setup_env.sh (or pip install -e .)."
