@@ -11,7 +11,8 @@
 # 2. environment: nvidia-smi, Python, torch, CUDA, cuDNN, numpy, fairseq versions;
 # 3. tests: python -m pytest tests/test_cuda.py;
 # 4. benchmarks on the GPU: bench_criterion.py at 10K and 33K vocabularies (cross_entropy and the
-#    predicted, topk and full modes side by side), bench_lm_model.py, bench_nmt_model.py;
+#    predicted, topk and full modes side by side), bench_lm_model.py, bench_nmt_model.py,
+#    bench_kd.py (kd_cross_entropy online, top-8 and cached, beside cross_entropy);
 # 5. one report, $OUT/gpu_report.md when OUT is set, else outputs/gpu_report.md: the
 #    environment, the tests' summary, a table measure | value | goal | met?, every step's exit
 #    status, time and exact command; each step's log in gpu_check_logs/ beside it.
@@ -196,6 +197,7 @@ if [ "$device" = cuda ]; then
   crit=(--device cuda --threads 4 --modes predicted topk full --steps 120 --warmup 10)
   lm=(--device cuda --steps 20 --repeats 5)
   nmt=(--device cuda --train-batches 10 --repeats 3)
+  kd=(--device cuda --steps 24 --warmup 4)
   vocabs=(10000 33278)
 else  # a dry run: tiny sizes, seconds each
   crit=(--device cpu --modes predicted topk full --steps 4 --warmup 1 --embed 32 --hidden 32
@@ -204,6 +206,8 @@ else  # a dry run: tiny sizes, seconds each
       --bsz 4)
   nmt=(--device cpu --vocab 500 --embed 32 --hidden 32 --readout 32 --train-batches 2
        --train-bsz 4 --gen-bsz 2 --gen-batches 1 --beam 3 --gen-len 5 --lengths 4 8 --repeats 1)
+  kd=(--device cpu --vocab 500 --embed 32 --hidden 32 --out-embed 32 --bsz 4 --tokens 8
+      --batches 2 --steps 2 --warmup 1)
   vocabs=(2000 3000)
 fi
 for vocab in "${vocabs[@]}"; do
@@ -216,6 +220,8 @@ cmd=("$python" bench/bench_lm_model.py "${lm[@]}" --json "$logs/bench_lm_model.j
 if [ "$device" = none ]; then skip lm_model "no GPU" "${cmd[@]}"; else step lm_model 60 "${cmd[@]}"; fi
 cmd=("$python" bench/bench_nmt_model.py "${nmt[@]}" --json "$logs/bench_nmt_model.json")
 if [ "$device" = none ]; then skip nmt_model "no GPU" "${cmd[@]}"; else step nmt_model 75 "${cmd[@]}"; fi
+cmd=("$python" bench/bench_kd.py "${kd[@]}" --json "$logs/bench_kd.json")
+if [ "$device" = none ]; then skip kd "no GPU" "${cmd[@]}"; else step kd 75 "${cmd[@]}"; fi
 
 # --- 5. the report ---------------------------------------------------------------------------
 total=$((SECONDS - start))

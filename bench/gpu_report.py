@@ -5,7 +5,8 @@ library only: it must run even where the set-up failed).
 
 LOG_DIR holds steps.tsv (name, exit status, seconds, status, command per step), device,
 environment.json, nvidia-smi.csv, test_cuda.xml (pytest's JUnit XML), the benchmarks' JSON files
-(bench_criterion_VOCAB.json, bench_lm_model.json, bench_nmt_model.json) and each step's log.
+(bench_criterion_VOCAB.json, bench_lm_model.json, bench_nmt_model.json, bench_kd.json) and each
+step's log.
 The goals and whether each was met come from the benchmarks' own JSON: this script states none.
 """
 
@@ -89,6 +90,15 @@ def goal_rows(log_dir, steps, device):
             what = "time per update" if g["what"] == "time" else "peak memory"
             clock = f", {g['clock']} clock, paired median" if g["what"] == "time" else ""
             rows.append((f"`{g['config']}` / cross_entropy {what}, vocab {vocab}{clock}",
+                         fmt(g["value"]), f"<= {g['limit']}", met_text(g["met"])))
+    if "kd" in by_name:
+        data = read_json(log_dir / "bench_kd.json")
+        if data is None:
+            rows.append(("kd_cross_entropy", "not measured", "", by_name["kd"]["status"]))
+        for g in data["goals"] if data else []:
+            what = "time per update" if g["what"] == "time" else "peak memory"
+            clock = f", {g['clock']} clock, paired median" if g["what"] == "time" else ""
+            rows.append((f"kd_cross_entropy `{g['config']}` / cross_entropy {what}{clock}",
                          fmt(g["value"]), f"<= {g['limit']}", met_text(g["met"])))
     for name, label in (("lm_model", "bench_lm_model.json"), ("nmt_model", "bench_nmt_model.json")):
         if name not in by_name:
