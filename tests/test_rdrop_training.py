@@ -57,8 +57,12 @@ def test_every_recipe_architecture_trains_and_validates_with_its_plain_nll(arch,
 
 def test_two_workers_equal_one_worker_with_update_freq_2(tiny_lm, tmp_path):
     """Without dropout (2 workers draw other masks than 1 worker does), so the two passes agree
-    and the KL is 0: the losses, summed over the workers' copies and normalised once, and the
-    weights are the same."""
+    and the KL is 0: the losses, summed over the workers' copies and normalised once, are the
+    same, and so are the weights to float rounding. Not bitwise: each sentence and its copy go
+    through one matrix product of the doubled batch, whose CPU kernels may round rows apart
+    depending on where the batch lies in memory, so the copies' outputs can differ in their last
+    bits and leave a KL gradient of that size (once in seven runs: the logs agreed at every
+    update, the final weights not bitwise)."""
     data_bin = tiny_lm[1]
     flags = ["--arch", "skd_lstm_lm_tiny", *LM_TASK, *TRAIN, "--max-tokens", 300, "--dropout", 0,
              "--update-epoch-batch-itr", "True"]
@@ -69,4 +73,6 @@ def test_two_workers_equal_one_worker_with_update_freq_2(tiny_lm, tmp_path):
         assert [one[update].get(k) for k in LOGGED] == [two[update].get(k) for k in LOGGED], update
         assert float(two[update].get("rdrop_kl_loss", 0)) == 0  # logged only when above 0
     w1, w2 = last_weights(tmp_path / "one"), last_weights(tmp_path / "two")
-    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-6), (k, (w1[k] - w2[k]).abs().max())
