@@ -131,22 +131,25 @@ def collect(exp_dir, name=None, task=None, paper_name=None):
                 for beam in beams:
                     entry["scores"][(subset, beam)] = _read_json(d / layout.bleu_file(subset, beam),
                                                                  notes, variant)
+        train_sample = d / layout.score_file(layout.TRAIN_SAMPLE)
+        if train_sample.is_file():
+            entry["scores"][layout.TRAIN_SAMPLE] = _read_json(train_sample, notes, variant)
+    # once every run's log is read: a distilled variant's cost counts its teacher's training
+    trained = {d.resolve(): variants[v]["training"] for v, d in variant_dirs.items()}
     for variant, d in variant_dirs.items():
-        entry = variants[variant]
-        if (d / layout.score_file(layout.TRAIN_SAMPLE)).is_file():
-            entry["scores"][layout.TRAIN_SAMPLE] = _read_json(
-                d / layout.score_file(layout.TRAIN_SAMPLE), notes, variant)
-        entry["cost"] = training_cost(d, entry["training"], exp_dir, notes, variant)
+        variants[variant]["cost"] = training_cost(d, variants[variant]["training"], exp_dir,
+                                                  notes, variant, trained)
     notes += command_differences(variant_dirs)
     _check_sentence_counts(variants, notes)
     return {"experiment": name, "task": task, "exp_dir": str(exp_dir), "variants": variants,
             "subsets": subsets, "beams": beams, "paper": paper_name, "notes": notes}
 
 
-def training_cost(variant_dir, training, exp_dir, notes, variant):
+def training_cost(variant_dir, training, exp_dir, notes, variant, trained=None):
     """{"updates", "seconds"}: what the variant cost to train, its teacher's training and the
     translation pass of sequence-level KD included (``inputs.json``, written by the recipes for
-    the variants that learn from a teacher); None where the training log gives no figure."""
+    the variants that learn from a teacher); None where the training log gives no figure.
+    ``trained``: the training summaries read already, by run folder (resolved)."""
     if not training or training.get("updates") is None:
         return None
     updates, seconds = training["updates"], training.get("seconds")
@@ -159,9 +162,11 @@ def training_cost(variant_dir, training, exp_dir, notes, variant):
         path = Path(path)
         return path if path.is_absolute() else Path(exp_dir) / path
 
-    teacher_run = inputs.get("teacher_run")
-    if teacher_run and (found(teacher_run) / layout.TRAIN_LOG).is_file():
-        teacher = training_summary(parse_log(found(teacher_run) / layout.TRAIN_LOG))
+    teacher_run = inputs.get("teacher_run") and found(inputs["teacher_run"])
+    teacher = (trained or {}).get(teacher_run.resolve()) if teacher_run else None
+    if teacher is None and teacher_run and (teacher_run / layout.TRAIN_LOG).is_file():
+        teacher = training_summary(parse_log(teacher_run / layout.TRAIN_LOG))
+    if teacher is not None:
         updates += teacher.get("updates") or 0
         seconds = None if seconds is None or teacher.get("seconds") is None else \
             seconds + teacher["seconds"]
